@@ -1,0 +1,44 @@
+"""`robot-wsrl bench NAME [--json]`: each benchmark is a function returning a flat dict of measurements.
+
+Benchmarks are imported only when named, so `bench runner` never imports the learner's stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from typing import Any
+
+BENCHMARKS: dict[str, str] = {
+    "runner": "robot_wsrl.bench.runner:run_runner_benchmark",
+    "learner": "robot_wsrl.bench.learner:run_learner_benchmark",
+}
+
+
+def _table(result: dict[str, Any]) -> str:
+    width = max((len(key) for key in result), default=0)
+    lines = []
+    for key, value in result.items():
+        shown = (
+            f"{value:.3f}"
+            if isinstance(value, float)
+            else json.dumps(value)
+            if isinstance(value, dict)
+            else value
+        )
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="robot-wsrl bench", description="Run a benchmark and print its results."
+    )
+    parser.add_argument("name", choices=sorted(BENCHMARKS))
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    args = parser.parse_args(argv)
+    module, function = BENCHMARKS[args.name].split(":")
+    result = getattr(importlib.import_module(module), function)()
+    print(json.dumps(result, sort_keys=True) if args.json else _table(result))
+    return 0

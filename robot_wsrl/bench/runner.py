@@ -1,0 +1,138 @@
+"""Robot-side benchmark: onboard policy step latency and control-loop timing (DESIGN §6 targets).
+
+Measures, in one process: the onnxruntime step of a 2x256 actor (obs 11, act 3, one thread, one sampled
+action per call, as the runner does it), the same step in eager torch for comparison (torch is imported
+here only, never by the robot-side modules), and the jitter and missed deadlines of the real Runner on
+the null driver at 500 Hz and 1 kHz, with normal scheduling and, where permitted, SCHED_FIFO. Loop
+timing depends on what else the machine runs: `load_average_1min` is reported next to it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from drivers.null import NullDriver
+from robot_wsrl.policy import OnnxPolicy
+from robot_wsrl.runner import Runner
+from robot_wsrl.spec import EnvSpec
+
+OBS_DIM, ACT_DIM, HIDDEN = 11, 3, (256, 256)
+RATES = {"500hz": 500, "1khz": 1000}
+FIFO_PRIORITY = 80
+TARGETS = {"policy_step_p99_us": 50.0, "loop_jitter_p99_us_1khz": 100.0, "missed_deadlines_500hz": 0}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _percentiles_us(samples: np.ndarray) -> tuple[float, float]:
+    p50, p99 = np.percentile(samples, [50, 99]) * 1e6
+    return float(p50), float(p99)
+
+
+def _time_calls(step: Any, observations: np.ndarray, calls: int, warmup: int) -> np.ndarray:
+    """Per-call wall times of `step(obs)`, cycling through `observations`, after `warmup` untimed calls."""
+    n = len(observations)
+    for i in range(warmup):
+        step(observations[i % n])
+    times = np.empty(calls)
+    clock = time.perf_counter
+    for i in range(calls):
+        obs = observations[i % n]
+        start = clock()
+        step(obs)
+        times[i] = clock() - start
+    return times
+
+
+def _export(actor: Any, out_dir: Path, period_s: float) -> OnnxPolicy:
+    from robot_wsrl.export import export_policy
+
+    spec = EnvSpec("bench-null", OBS_DIM, ACT_DIM, (-1.0,) * ACT_DIM, (1.0,) * ACT_DIM, period_s)
+    return OnnxPolicy.load(export_policy(actor, out_dir, spec=spec))
+
+
+def _loop(policy: OnnxPolicy, hz: int, seconds: float, rt_priority: int | None) -> dict[str, Any]:
+    driver = NullDriver(OBS_DIM, ACT_DIM, control_period_s=1.0 / hz)
+    return Runner(driver, policy, seed=0, rt_priority=rt_priority).run(max_steps=int(seconds * hz))
+
+
+def _torch_step_us(actor: Any, observations: np.ndarray, calls: int, warmup: int) -> tuple[float, float]:
+    """The same sampled step in eager torch, one thread, no autograd: what the ONNX path replaces."""
+    import torch
+
+    def step(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            mean, log_std = actor(torch.from_numpy(obs).unsqueeze(0))
+            return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))[0].numpy()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _percentiles_us(_time_calls(step, observations, calls, warmup))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_runner_benchmark(
+    calls: int = 20_000, warmup: int = 2_000, loop_seconds: float = 3.0, rt_priority: int = FIFO_PRIORITY
+) -> dict[str, Any]:
+    """Policy step latency and loop timing; loop keys without a suffix use normal scheduling, `_fifo` keys
+    the runner's opt-in SCHED_FIFO (present only where the process may use it)."""
+    import torch
+
+    from robot_wsrl.checkpoint import build_actor
+
+    torch.manual_seed(0)
+    spec = EnvSpec("bench-null", OBS_DIM, ACT_DIM, (-1.0,) * ACT_DIM, (1.0,) * ACT_DIM, 1e-3)
+    actor = build_actor(spec, list(HIDDEN)).eval()
+    observations = np.random.default_rng(0).standard_normal((1024, OBS_DIM)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = {hz: _export(actor, Path(tmp) / f"{hz}hz", 1.0 / hz) for hz in RATES.values()}
+
+    policy = policies[1000]
+    result: dict[str, Any] = {}
+    times = _time_calls(lambda obs: policy.act(obs, False), observations, calls, warmup)
+    result["policy_step_p50_us"], result["policy_step_p99_us"] = _percentiles_us(times)
+    result["torch_step_p50_us"], result["torch_step_p99_us"] = _torch_step_us(
+        actor, observations, calls, warmup
+    )
+    for label, hz in RATES.items():
+        for suffix, priority in (("", None), ("_fifo", rt_priority)):
+            status = _loop(policies[hz], hz, loop_seconds, priority)
+            if priority is not None and not status["sched_fifo"]:
+                continue
+            result[f"loop_jitter_p50_us_{label}{suffix}"] = status["jitter_p50_us"]
+            result[f"loop_jitter_p99_us_{label}{suffix}"] = status["jitter_p99_us"]
+            result[f"missed_deadlines_{label}{suffix}"] = status["overruns"]
+            result[f"loop_rate_hz_{label}{suffix}"] = status["loop_rate_hz"]
+    result["targets_met"] = {key: result[key] <= target for key, target in TARGETS.items()}
+    result.update(
+        policy_calls=calls,
+        loop_seconds=loop_seconds,
+        device="cpu",
+        cpu=f"{_cpu_model()}, {os.cpu_count()} logical cores",
+        load_average_1min=os.getloadavg()[0],
+        versions={
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+    )
+    return result

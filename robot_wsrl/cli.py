@@ -1,0 +1,44 @@
+"""The `robot-wsrl` command: one entry point, one module per subcommand.
+
+Subcommand modules are imported lazily so that robot-side commands (runner) never import torch.
+Each module exposes `cli(argv: list[str]) -> int`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("robot_wsrl.pretrain", "offline CQL / Cal-QL pre-training on a dataset -> checkpoint"),
+    "finetune": ("robot_wsrl.finetune", "in-process warm-start fine-tuning (warmup, then online-only SAC)"),
+    "export": ("robot_wsrl.export", "export a checkpoint's actor to ONNX + JSON sidecar (sha256, metadata)"),
+    "runner": ("robot_wsrl.runner", "run an ONNX policy on a driver behind the safety envelope (no torch)"),
+    "demo": ("robot_wsrl.demo", "the main job on a small sim task, end to end"),
+    "bench": ("robot_wsrl.bench", "benchmarks that print one JSON line (learner, runner)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: robot-wsrl COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "`robot-wsrl COMMAND --help` describes a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"robot-wsrl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.cli(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

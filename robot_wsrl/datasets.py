@@ -1,0 +1,505 @@
+"""Offline datasets: D4RL-style HDF5, .npz and (when installed) Minari, loaded into one flat layout.
+
+Numpy only at import time; h5py and minari are imported inside the loaders that need them, so the robot
+side can import this module (e.g. to write recorded runs as .npz) without the learner's dependencies.
+
+Every problem with a file raises `DatasetError`, whose message names the file and the field, because the
+usual failure is "someone handed us the wrong file" and the fix starts with knowing which file and key.
+
+Layout: one row per transition (s, a, r, s', terminal, timeout). `terminals` stops the TD backup;
+`timeouts` only marks that an episode was cut off (the backup continues through s').
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ACTION_TOLERANCE",
+    "DatasetError",
+    "OfflineDataset",
+    "dataset_stats",
+    "load_dataset",
+    "save_dataset",
+]
+
+#: Slack on the action bounds check: float32 round-off of actions recorded exactly at the limit.
+ACTION_TOLERANCE = 1e-6
+
+_REQUIRED = ("observations", "actions", "rewards", "terminals")
+_OPTIONAL = ("timeouts", "next_observations")
+_HDF5_SUFFIXES = (".hdf5", ".h5")
+_NPZ_SUFFIXES = (".npz",)
+_MINARI_PREFIX = "minari:"
+
+# (action_low, action_high) as given to load_dataset, or None when no bounds check is wanted.
+_Bounds = tuple[Any, Any] | None
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used; the message says which file and which field, and what is wrong."""
+
+    def __init__(self, source: str | os.PathLike[str], field: str | None, problem: str) -> None:
+        self.source = str(source)
+        self.field = field
+        self.problem = problem
+        where = self.source if field is None else f"{self.source}: field '{field}'"
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps the exception picklable (multiprocessing) despite the three-argument constructor.
+        return (type(self), (self.source, self.field, self.problem))
+
+
+@dataclass(frozen=True, eq=False)
+class OfflineDataset:
+    """Flat transitions. Arrays are coerced to float32/bool and checked for consistent shapes on creation."""
+
+    observations: np.ndarray  # [N, obs_dim] float32
+    actions: np.ndarray  # [N, act_dim] float32
+    rewards: np.ndarray  # [N] float32
+    next_observations: np.ndarray  # [N, obs_dim] float32
+    terminals: np.ndarray  # [N] bool
+    timeouts: np.ndarray  # [N] bool
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        fields = _check_fields(
+            self.source,
+            {
+                "observations": self.observations,
+                "actions": self.actions,
+                "rewards": self.rewards,
+                "next_observations": self.next_observations,
+                "terminals": self.terminals,
+                "timeouts": self.timeouts,
+            },
+        )
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "source", str(self.source))
+
+    @property
+    def size(self) -> int:
+        return int(self.observations.shape[0])
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.observations.shape[1])
+
+    @property
+    def act_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    def episode_ends(self) -> np.ndarray:
+        """Bool [N]: True on the last row of each episode.
+
+        An episode ends at a terminal or timeout, where the stored next observation is not the following
+        row's observation (D4RL files without explicit boundaries), and always at the last row.
+        """
+        ends = self.terminals | self.timeouts
+        if self.size > 1:
+            ends[:-1] |= np.any(self.next_observations[:-1] != self.observations[1:], axis=1)
+        if self.size:
+            ends[-1] = True
+        return ends
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays under their file keys (what `save_dataset` writes)."""
+        return {
+            "observations": self.observations,
+            "actions": self.actions,
+            "rewards": self.rewards,
+            "next_observations": self.next_observations,
+            "terminals": self.terminals,
+            "timeouts": self.timeouts,
+        }
+
+    def head(self, n: int) -> OfflineDataset:
+        """The first n rows (a view), e.g. to honour `max_transitions`."""
+        return OfflineDataset(**{k: v[:n] for k, v in self.to_arrays().items()}, source=self.source)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_dataset(
+    path: str | os.PathLike[str],
+    *,
+    action_low: float | np.ndarray | list[float] | tuple[float, ...] | None = None,
+    action_high: float | np.ndarray | list[float] | tuple[float, ...] | None = None,
+    max_transitions: int | None = None,
+) -> OfflineDataset:
+    """Load `path` (.hdf5/.h5, .npz, or `minari:DATASET_ID`) and validate it.
+
+    Files need the D4RL keys `observations, actions, rewards, terminals` at the top level; `timeouts`
+    defaults to all False and `next_observations` is derived when absent (see `_derive_next_observations`:
+    rows whose successor belongs to another episode are dropped, so the result can be shorter than the
+    file). `action_low`/`action_high` (scalars or per-dimension) reject data recorded outside the robot's
+    limits, with tolerance `ACTION_TOLERANCE`. `max_transitions` keeps at most the first that many rows.
+    """
+    if max_transitions is not None and (isinstance(max_transitions, bool) or int(max_transitions) <= 0):
+        raise ValueError(f"max_transitions must be a positive integer, got {max_transitions!r}")
+    limit = None if max_transitions is None else int(max_transitions)
+    bounds = None if action_low is None and action_high is None else (action_low, action_high)
+
+    if isinstance(path, str) and path.startswith(_MINARI_PREFIX):
+        ds = _load_minari(path, path[len(_MINARI_PREFIX) :], limit, bounds)
+    else:
+        p = Path(path)
+        suffix = p.suffix.lower()
+        if suffix not in _HDF5_SUFFIXES + _NPZ_SUFFIXES:
+            raise DatasetError(
+                p, None, f"unsupported file type {p.suffix!r}; expected .hdf5, .h5, .npz or minari:DATASET_ID"
+            )
+        if not p.exists():
+            raise DatasetError(p, None, "file not found")
+        if not p.is_file():
+            raise DatasetError(p, None, "not a regular file")
+        ds = _load_hdf5(p, limit, bounds) if suffix in _HDF5_SUFFIXES else _load_npz(p, limit, bounds)
+    return ds
+
+
+def _load_npz(path: Path, limit: int | None, bounds: _Bounds) -> OfflineDataset:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            raw = {k: z[k] for k in z.files if k in _REQUIRED + _OPTIONAL}
+    except Exception as e:  # OSError, ValueError (pickled/non-npz), zipfile.BadZipFile (truncated)
+        raise DatasetError(path, None, f"cannot read as .npz: {type(e).__name__}: {e}") from e
+    return _from_raw(path, raw, limit, bounds)
+
+
+def _load_hdf5(path: Path, limit: int | None, bounds: _Bounds) -> OfflineDataset:
+    try:
+        import h5py
+    except ImportError as e:
+        raise DatasetError(path, None, "reading HDF5 needs h5py (pip install 'robot-wsrl[learner]')") from e
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(path, None, f"cannot read as HDF5: {e}") from e
+    with f:
+        raw: dict[str, Any] = {}
+        for key in _REQUIRED + _OPTIONAL:
+            if key not in f:
+                continue
+            node = f[key]
+            if not isinstance(node, h5py.Dataset):
+                raise DatasetError(path, key, f"is an HDF5 {type(node).__name__}, expected an array")
+            raw[key] = node  # read lazily: only the rows we keep (see _from_raw)
+        return _from_raw(path, raw, limit, bounds)
+
+
+def _from_raw(
+    source: str | os.PathLike[str], raw: Mapping[str, Any], limit: int | None, bounds: _Bounds = None
+) -> OfflineDataset:
+    """Check keys and lengths on the stored shapes, read (at most) the rows needed, derive s' if absent.
+
+    Values (finiteness, action bounds) are checked before deriving s', so reported rows are file rows.
+    """
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        present = ", ".join(sorted(raw)) or "none of the expected keys"
+        raise DatasetError(source, missing[0], f"missing required key(s) {missing}; found: {present}")
+    for key, arr in raw.items():
+        if len(arr.shape) == 0:
+            raise DatasetError(source, key, "is a scalar, expected one row per transition")
+    n = int(raw["observations"].shape[0])
+    for key, arr in raw.items():
+        if int(arr.shape[0]) != n:
+            raise DatasetError(
+                source, key, f"has {arr.shape[0]} rows but 'observations' has {n} (length mismatch)"
+            )
+    if n == 0:
+        raise DatasetError(source, "observations", "empty dataset (0 rows)")
+
+    derive = "next_observations" not in raw
+    # Deriving s' needs the row after the last kept one.
+    stop = None if limit is None else limit + (1 if derive else 0)
+    arrays = {k: np.asarray(v[:stop]) for k, v in raw.items()}
+    if "timeouts" not in arrays:
+        arrays["timeouts"] = np.zeros(arrays["observations"].shape[0], dtype=bool)
+
+    checked = _check_fields(source, arrays, with_next=not derive)
+    if bounds is not None:
+        _check_action_bounds(source, checked["actions"], *bounds)
+    if derive:
+        checked = _derive_next_observations(source, checked)
+    ds = OfflineDataset(**checked, source=str(source))
+    return ds if limit is None or ds.size <= limit else ds.head(limit)
+
+
+def _derive_next_observations(
+    source: str | os.PathLike[str], f: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """D4RL-style s' for files that store only s: next_obs[i] = obs[i+1] within an episode.
+
+    A row whose successor is in another episode has no valid s', so it is dropped: timeout rows and the
+    file's last row, as d4rl.qlearning_dataset does. Terminal rows are kept because the backup ignores s'
+    there (it is set to obs[i] itself). The kept row just before a dropped one is marked as a timeout, so
+    the episode boundary stays explicit. Files that mark neither terminals nor timeouts at episode ends
+    cannot be split correctly; nothing in the data says where they end.
+    """
+    obs, term, tout = f["observations"], f["terminals"], f["timeouts"]
+    n = obs.shape[0]
+    nxt = np.empty_like(obs)
+    nxt[:-1] = obs[1:]
+    nxt[-1] = obs[-1]
+    nxt[term] = obs[term]
+    keep = term | ~tout
+    keep[-1] = term[-1]
+    # Kept, non-terminal rows whose successor is dropped now end their (truncated) episode.
+    cut = np.zeros(n, dtype=bool)
+    cut[:-1] = keep[:-1] & ~term[:-1] & ~keep[1:]
+    tout = tout | cut
+    if not keep.any():
+        raise DatasetError(
+            source, "next_observations", f"none of the {n} rows has a successor in the same episode"
+        )
+    return {
+        "observations": obs[keep],
+        "actions": f["actions"][keep],
+        "rewards": f["rewards"][keep],
+        "next_observations": nxt[keep],
+        "terminals": term[keep],
+        "timeouts": tout[keep],
+    }
+
+
+def _check_fields(
+    source: str | os.PathLike[str], f: Mapping[str, Any], *, with_next: bool = True
+) -> dict[str, np.ndarray]:
+    """Coerce dtypes and check ndim, widths, lengths and finiteness; returns new arrays."""
+    out: dict[str, np.ndarray] = {}
+    for key in ("observations", "actions") + (("next_observations",) if with_next else ()):
+        a = _numeric(source, key, f[key])
+        if a.ndim != 2:
+            raise DatasetError(source, key, f"has ndim {a.ndim} (shape {a.shape}), expected 2: [N, dim]")
+        if a.shape[1] == 0:
+            raise DatasetError(source, key, f"has shape {a.shape}: zero width")
+        out[key] = _finite(source, key, a.astype(np.float32, copy=False))
+    for key in ("rewards", "terminals", "timeouts"):
+        a = _numeric(source, key, f[key])
+        if a.ndim == 2 and a.shape[1] == 1:  # some writers store [N, 1]
+            a = a[:, 0]
+        if a.ndim != 1:
+            raise DatasetError(source, key, f"has ndim {a.ndim} (shape {a.shape}), expected 1: [N]")
+        if key == "rewards":
+            out[key] = _finite(source, key, a.astype(np.float32, copy=False))
+        else:
+            if a.dtype != bool and np.issubdtype(a.dtype, np.floating):
+                _finite(source, key, a)
+            out[key] = a.astype(bool, copy=False)
+    n = out["observations"].shape[0]
+    for key, a in out.items():
+        if a.shape[0] != n:
+            raise DatasetError(
+                source, key, f"has {a.shape[0]} rows but 'observations' has {n} (length mismatch)"
+            )
+    if with_next and out["next_observations"].shape != out["observations"].shape:
+        raise DatasetError(
+            source,
+            "next_observations",
+            f"has shape {out['next_observations'].shape} but 'observations' has {out['observations'].shape}",
+        )
+    return out
+
+
+def _numeric(source: str | os.PathLike[str], key: str, value: Any) -> np.ndarray:
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(source, key, f"cannot be read as an array: {e}") from e
+    if not (a.dtype == bool or np.issubdtype(a.dtype, np.number)):
+        raise DatasetError(source, key, f"has non-numeric dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise DatasetError(source, key, f"has complex dtype {a.dtype}")
+    return a
+
+
+def _finite(source: str | os.PathLike[str], key: str, a: np.ndarray) -> np.ndarray:
+    """Reject NaN/inf (after the float32 cast, so float64 values beyond float32 range count as inf)."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        n_nan = int(np.isnan(a).sum())
+        n_inf = int(bad.sum()) - n_nan
+        row = int(np.flatnonzero(bad.reshape(a.shape[0], -1).any(axis=1))[0])
+        raise DatasetError(source, key, f"contains {n_nan} NaN and {n_inf} inf value(s); first bad row {row}")
+    return a
+
+
+def _check_action_bounds(source: str | os.PathLike[str], actions: np.ndarray, low: Any, high: Any) -> None:
+    n, act_dim = actions.shape
+
+    def bound(value: Any, name: str, default: float) -> np.ndarray:
+        if value is None:
+            return np.full(act_dim, default)
+        b = np.asarray(value, dtype=np.float64).reshape(-1)
+        if b.size == 1:
+            return np.full(act_dim, b[0])
+        if b.size != act_dim:
+            raise DatasetError(source, "actions", f"{name} has {b.size} entries but actions have {act_dim}")
+        return b
+
+    lo, hi = bound(low, "action_low", -np.inf), bound(high, "action_high", np.inf)
+    if np.any(lo > hi):
+        raise ValueError(f"action_low must not exceed action_high: {lo.tolist()} vs {hi.tolist()}")
+    a = actions.astype(np.float64)
+    excess = np.maximum(lo - a, a - hi)  # > 0 outside the box
+    outside = excess > ACTION_TOLERANCE
+    if outside.any():
+        rows = int(outside.any(axis=1).sum())
+        r, d = np.unravel_index(int(np.argmax(excess)), excess.shape)
+        raise DatasetError(
+            source,
+            "actions",
+            f"{rows} of {n} row(s) outside [action_low, action_high] (tolerance {ACTION_TOLERANCE:g}); "
+            f"worst value {a[r, d]:.6g} at row {r}, dim {d}, bounds [{lo[d]:.6g}, {hi[d]:.6g}]",
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Minari
+
+
+def _load_minari(source: str, dataset_id: str, limit: int | None, bounds: _Bounds) -> OfflineDataset:
+    """Concatenate the episodes of a locally present Minari dataset (never downloads)."""
+    if not dataset_id:
+        raise DatasetError(source, None, "empty dataset id; use minari:DATASET_ID")
+    try:
+        import minari
+    except ImportError as e:
+        raise DatasetError(
+            source, None, "the 'minari' package is not installed (pip install minari) to load Minari datasets"
+        ) from e
+    try:
+        mds = minari.load_dataset(dataset_id)
+    except Exception as e:  # minari raises FileNotFoundError/ValueError depending on the version
+        raise DatasetError(
+            source,
+            None,
+            f"Minari dataset {dataset_id!r} not found locally ({type(e).__name__}: {e}); "
+            f"fetch it first with `minari download {dataset_id}`",
+        ) from e
+
+    space = getattr(mds, "observation_space", None)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in _REQUIRED + _OPTIONAL}
+    total = 0
+    for ep in mds.iterate_episodes():
+        acts = np.asarray(ep.actions)
+        t = acts.shape[0]
+        if t == 0:
+            continue
+        acts = acts.reshape(t, -1)
+        obs = _flatten_obs(ep.observations, space)
+        if obs.shape[0] != t + 1:
+            raise DatasetError(
+                source,
+                "observations",
+                f"episode {getattr(ep, 'id', '?')} has {obs.shape[0]} observations for {t} actions "
+                "(Minari stores T+1)",
+            )
+        term = np.asarray(ep.terminations, dtype=bool).reshape(-1)
+        trunc = np.asarray(ep.truncations, dtype=bool).reshape(-1)
+        trunc = trunc.copy()
+        trunc[-1] |= not term[-1]  # every episode ends at its last step, whatever it recorded
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(acts)
+        parts["rewards"].append(np.asarray(ep.rewards).reshape(-1))
+        parts["terminals"].append(term)
+        parts["timeouts"].append(trunc)
+        total += t
+        if limit is not None and total >= limit:
+            break
+    if total == 0:
+        raise DatasetError(source, "observations", "empty dataset (no transitions in any episode)")
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    for key, a in arrays.items():
+        if a.shape[0] != total:
+            raise DatasetError(source, key, f"has {a.shape[0]} rows but the episodes hold {total} actions")
+    checked = _check_fields(source, arrays)
+    if bounds is not None:
+        _check_action_bounds(source, checked["actions"], *bounds)
+    ds = OfflineDataset(**checked, source=source)
+    return ds if limit is None or ds.size <= limit else ds.head(limit)
+
+
+def _flatten_obs(obs: Any, space: Any) -> np.ndarray:
+    """[T+1, ...] observations (possibly dict/tuple) to [T+1, D], in the space's key order like gymnasium."""
+    if isinstance(obs, Mapping):
+        sub = getattr(space, "spaces", None)
+        if not isinstance(sub, Mapping):
+            sub = dict.fromkeys(sorted(obs))
+        return np.concatenate([_flatten_obs(obs[k], sub[k]) for k in sub], axis=1)
+    if isinstance(obs, tuple):  # gymnasium Tuple space
+        sub = getattr(space, "spaces", None)
+        return np.concatenate(
+            [_flatten_obs(o, sub[i] if sub is not None else None) for i, o in enumerate(obs)], axis=1
+        )
+    a = np.asarray(obs)
+    return a.reshape(a.shape[0], -1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saving and summaries
+
+
+def save_dataset(path: str | os.PathLike[str], dataset: OfflineDataset) -> Path:
+    """Write `dataset` as .npz or .hdf5/.h5 (by suffix) with the D4RL keys, next_observations included.
+
+    Written to a temporary file and renamed, so a crashed `collect` never leaves a half-written dataset.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in _HDF5_SUFFIXES + _NPZ_SUFFIXES:
+        raise DatasetError(
+            p, None, f"unsupported file type {p.suffix!r} for saving; expected .npz, .hdf5 or .h5"
+        )
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    arrays = dataset.to_arrays()
+    try:
+        if suffix in _NPZ_SUFFIXES:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would otherwise append ".npz"
+                np.savez(fh, **arrays)
+        else:
+            import h5py
+
+            with h5py.File(tmp, "w") as f:
+                for key, a in arrays.items():
+                    f.create_dataset(key, data=a)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def dataset_stats(ds: OfflineDataset) -> dict[str, Any]:
+    """JSON-ready summary for run manifests: sizes, observation moments and per-episode returns."""
+    ends = np.flatnonzero(ds.episode_ends())
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    returns = np.add.reduceat(ds.rewards.astype(np.float64), starts)
+    obs = ds.observations.astype(np.float64)
+    return {
+        "source": ds.source,
+        "size": ds.size,
+        "obs_dim": ds.obs_dim,
+        "act_dim": ds.act_dim,
+        "episodes": len(ends),
+        "terminals": int(ds.terminals.sum()),
+        "episode_length_mean": float(ds.size / len(ends)),
+        "obs_mean": obs.mean(axis=0).tolist(),
+        "obs_std": obs.std(axis=0).tolist(),
+        "return_mean": float(returns.mean()),
+        "return_min": float(returns.min()),
+        "return_max": float(returns.max()),
+    }

@@ -1,0 +1,98 @@
+"""What pre-training and fine-tuning share: seeding, agent construction, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robot_wsrl.agent import Agent
+from robot_wsrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from robot_wsrl.config import Config, config_hash, to_dict
+from robot_wsrl.envs import evaluate
+from robot_wsrl.spec import EnvSpec
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def evaluate_agent(agent: Agent, env, episodes: int, seed: int) -> dict[str, float]:
+    returns = evaluate(lambda obs: agent.act(obs, deterministic=True), env, episodes, seed)
+    return {
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "return_min": float(returns.min()),
+        "return_max": float(returns.max()),
+    }
+
+
+def checkpoint_payload(
+    agent: Agent, spec: EnvSpec, cfg: Config, step: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    state = agent.state_dict()
+    return {
+        "spec": spec.to_dict(),
+        "agent_config": to_dict(cfg)["agent"],
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "step": step,
+        "actor": state["actor"],
+        "agent": state,
+        "extra": extra,
+    }
+
+
+def save_training_checkpoint(
+    path: Path, agent: Agent, spec: EnvSpec, cfg: Config, step: int, extra: dict[str, Any]
+) -> Path:
+    return save_checkpoint(path, checkpoint_payload(agent, spec, cfg, step, extra))
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """RNG states as plain values (weights_only checkpoints hold no numpy objects)."""
+    state = rng.bit_generator.state
+    return {
+        "numpy": {
+            "state": str(state["state"]["state"]),
+            "inc": str(state["state"]["inc"]),
+            "has_uint32": int(state["has_uint32"]),
+            "uinteger": int(state["uinteger"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng(rng: np.random.Generator, saved: dict[str, Any]) -> None:
+    n = saved["numpy"]
+    rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": int(n["state"]), "inc": int(n["inc"])},
+        "has_uint32": n["has_uint32"],
+        "uinteger": n["uinteger"],
+    }
+    torch.set_rng_state(saved["torch"])
+
+
+def load_agent_checkpoint(path: str, agent: Agent, spec: EnvSpec, *, with_optimizers: bool) -> dict[str, Any]:
+    """Load a checkpoint into `agent` after checking it was made for the same observation/action sizes."""
+    payload = load_checkpoint(path, map_location=agent.device)
+    saved = EnvSpec.from_dict(payload["spec"])
+    if (saved.obs_dim, saved.act_dim) != (spec.obs_dim, spec.act_dim):
+        raise CheckpointError(
+            f"{path}: made for obs_dim={saved.obs_dim}, act_dim={saved.act_dim} ({saved.name}); "
+            f"this env has obs_dim={spec.obs_dim}, act_dim={spec.act_dim} ({spec.name})"
+        )
+    if "agent" not in payload:
+        raise CheckpointError(f"{path}: holds no learner state (an actor-only export cannot be fine-tuned)")
+    try:
+        agent.load_state_dict(payload["agent"], with_optimizers=with_optimizers)
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: does not fit the configured agent ({exc})") from exc
+    return payload

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+
+from robot_wsrl.agent import Agent
+from robot_wsrl.config import AgentConfig
+
+
+def _cfg(**kw) -> AgentConfig:
+    base = dict(num_critics=4, critic_hidden=[16, 16], actor_hidden=[16, 16], batch_size=8, utd=3)
+    return AgentConfig(**{**base, **kw})
+
+
+def _batch(n: int, obs_dim: int = 5, act_dim: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "obs": torch.randn(n, obs_dim, generator=g),
+        "action": torch.rand(n, act_dim, generator=g) * 2 - 1,
+        "reward": torch.randn(n, generator=g),
+        "next_obs": torch.randn(n, obs_dim, generator=g),
+        "terminated": torch.zeros(n),
+        "mc_return": torch.randn(n, generator=g),
+    }
+
+
+def test_one_round_is_utd_critic_steps_then_one_actor_and_temperature_step():
+    torch.manual_seed(0)
+    agent = Agent(5, 2, _cfg())
+    agent.update(_batch(24))
+    step_of = lambda opt: int(next(iter(opt.state.values()))["step"])  # noqa: E731
+    assert step_of(agent.critic_opt) == 3
+    assert step_of(agent.actor_opt) == 1 and step_of(agent.temperature_opt) == 1
+    assert agent.updates == 1
+
+
+def test_batch_must_be_utd_times_minibatch():
+    agent = Agent(5, 2, _cfg())
+    with pytest.raises(ValueError, match="utd x batch_size"):
+        agent.update(_batch(10))
+
+
+def test_polyak_after_each_critic_step():
+    torch.manual_seed(0)
+    cfg = _cfg(utd=1, tau=0.25)
+    agent = Agent(5, 2, cfg)
+    before_target = [p.detach().clone() for p in agent.target_critic.parameters()]
+    agent.update(_batch(8))
+    for t0, t1, c1 in zip(
+        before_target, agent.target_critic.parameters(), agent.critic.parameters(), strict=True
+    ):
+        torch.testing.assert_close(t1, 0.75 * t0 + 0.25 * c1.detach())
+
+
+def test_temperature_moves_toward_target_entropy():
+    torch.manual_seed(0)
+    agent = Agent(5, 2, _cfg(temperature_lr=0.1, target_entropy=100.0))  # unreachable: alpha must grow
+    start = float(agent.temperature.detach())
+    for _ in range(3):
+        agent.update(_batch(24))
+    assert float(agent.temperature.detach()) > start
+
+
+@pytest.mark.parametrize("regularizer", ["none", "cql", "calql"])
+def test_update_metrics_are_finite(regularizer):
+    torch.manual_seed(0)
+    agent = Agent(5, 2, _cfg(regularizer=regularizer))
+    info = agent.update(_batch(24))
+    assert all(torch.isfinite(v).all() for v in info.values())
+    assert ("cql_gap" in info) == (regularizer != "none")
+
+
+def test_state_round_trip_reproduces_the_next_update():
+    torch.manual_seed(0)
+    a = Agent(5, 2, _cfg())
+    a.update(_batch(24))
+    b = Agent(5, 2, _cfg())
+    b.load_state_dict(a.state_dict())
+    torch.manual_seed(1)
+    a.update(_batch(24))
+    torch.manual_seed(1)
+    b.update(_batch(24))
+    # MKL may pick kernels by memory alignment, so equal up to float32 rounding, not bit for bit
+    for pa, pb in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=1e-4, rtol=1e-3)
+    assert a.updates == b.updates == 2
+
+
+def test_device_placement_and_numpy_acting():
+    agent = Agent(5, 2, _cfg(), device="cpu")
+    tensors = [
+        *agent.actor.parameters(),
+        *agent.critic.parameters(),
+        *agent.target_critic.buffers(),
+        agent.log_temperature,
+    ]
+    assert {t.device.type for t in tensors} == {agent.device.type}
+    act = agent.act(np.zeros(5, np.float32))
+    assert isinstance(act, np.ndarray) and act.shape == (2,) and np.all(np.abs(act) <= 1)
+    assert agent.act(np.zeros((3, 5), np.float32), deterministic=True).shape == (3, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_update_stays_on_device():
+    agent = Agent(5, 2, _cfg(), device="cuda")
+    info = agent.update(agent.to_batch({k: v.numpy() for k, v in _batch(24).items()}))
+    assert all(v.device.type == "cuda" for v in info.values())

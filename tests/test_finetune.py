@@ -1,0 +1,138 @@
+"""In-process fine-tuning: the warmup gate, online-only data, resume, and a learning smoke test."""
+
+import csv
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from robot_wsrl import finetune as finetune_module
+from robot_wsrl.agent import Agent
+from robot_wsrl.config import compose_config
+from robot_wsrl.finetune import finetune
+from robot_wsrl.replay import ReplayBuffer
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _cfg(overrides, *extra):
+    return compose_config("finetune", ["env=inverted_pendulum", "run.eval_every=0", *overrides, *extra])
+
+
+def test_warmup_gate_no_update_before_k_and_no_random_actions(small_overrides, monkeypatch, tmp_path):
+    def no_random(*_a, **_k):
+        raise AssertionError("warmup must not draw random actions")
+
+    monkeypatch.setattr(gym.spaces.Box, "sample", no_random)
+    acted: list[np.ndarray] = []
+    original_act = Agent.act
+
+    def recording_act(self, obs, deterministic=False):
+        action = original_act(self, obs, deterministic)
+        if not deterministic:
+            acted.append(action.copy())
+        return action
+
+    monkeypatch.setattr(Agent, "act", recording_act)
+    cfg = _cfg(small_overrides, "run.steps=60", "run.warmup_steps=40", "run.log_every=1")
+    summary = finetune(cfg)
+    rows = _rows(tmp_path / "run" / "train.csv")
+    for row in rows:
+        step, updates = int(row["step"]), int(row["updates"])
+        assert updates == max(0, step - 39), row  # first UTD round once the buffer holds K = 40
+        assert row["phase"] == ("warmup" if step < 40 else "online")
+    assert summary["updates"] == 21
+    replay = ReplayBuffer.load(next((tmp_path / "run").glob("replay-*.npz")))
+    np.testing.assert_allclose(replay.action[:60], np.array(acted), atol=1e-6)  # the policy's own samples
+
+
+def test_wsrl_never_loads_offline_data(small_overrides, monkeypatch):
+    def forbidden(*_a, **_k):
+        raise AssertionError("WSRL must not load the offline dataset")
+
+    monkeypatch.setattr(finetune_module, "load_offline_buffer", forbidden)
+    monkeypatch.setattr("robot_wsrl.datasets.load_dataset", forbidden)
+    summary = finetune(
+        _cfg(small_overrides, "run.steps=30", "run.warmup_steps=20", "run.dataset=ignored.npz")
+    )
+    assert summary["steps"] == 30
+
+
+def test_retain_offline_baseline_mixes_dataset(small_overrides, pendulum_dataset, monkeypatch):
+    calls = []
+    original = finetune_module.load_offline_buffer
+
+    def spy(cfg, spec):
+        calls.append(cfg.run.dataset)
+        return original(cfg, spec)
+
+    monkeypatch.setattr(finetune_module, "load_offline_buffer", spy)
+    cfg = _cfg(
+        small_overrides,
+        "run.steps=30",
+        "run.warmup_steps=20",
+        "run.offline_ratio=0.5",
+        f"run.dataset={pendulum_dataset}",
+    )
+    assert finetune(cfg)["updates"] == 11
+    assert calls == [str(pendulum_dataset)]
+
+
+def test_resume_after_crash_continues_the_same_step_count(small_overrides, monkeypatch, tmp_path):
+    base = ["run.steps=40", "run.warmup_steps=20", "run.checkpoint_every=20", "run.log_every=1"]
+    original_log = finetune_module.MetricsLogger.log
+
+    def crash_at_30(self, stream, step, values):
+        if stream == "train" and step == 30:
+            raise KeyboardInterrupt  # the process dies after the step-20 checkpoint
+        original_log(self, stream, step, values)
+
+    monkeypatch.setattr(finetune_module.MetricsLogger, "log", crash_at_30)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_cfg(small_overrides, *base))
+    monkeypatch.setattr(finetune_module.MetricsLogger, "log", original_log)
+    summary = finetune(compose_config("finetune", [f"run.resume={tmp_path / 'run'}"]))
+    assert summary["steps"] == 40 and summary["updates"] == 21  # same count as an uninterrupted run
+    replay = ReplayBuffer.load(next((tmp_path / "run").glob("replay-*.npz")))
+    assert replay.total_added == 40
+    steps = [int(r["step"]) for r in _rows(tmp_path / "run" / "train.csv")]
+    assert steps[-10:] == list(range(31, 41)) and max(steps) == 40
+
+
+def test_resume_of_a_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config\.yaml"):
+        finetune(compose_config("finetune", [f"run.resume={tmp_path}"]))
+
+
+def test_learning_smoke_sac_solves_more_than_balance_basics(tmp_path):
+    """From scratch, a small SAC must clearly learn InvertedPendulum inside CI time."""
+    cfg = compose_config(
+        "finetune",
+        [
+            "env=inverted_pendulum",
+            "agent=sac",
+            "agent.num_critics=2",
+            "agent.critic_hidden=[64,64]",
+            "agent.actor_hidden=[64,64]",
+            "agent.utd=1",
+            "agent.batch_size=128",
+            "agent.actor_lr=1e-3",
+            "agent.critic_lr=1e-3",
+            "agent.temperature_lr=1e-3",
+            "run.steps=4000",
+            "run.warmup_steps=500",
+            "run.eval_every=4000",
+            "run.eval_episodes=3",
+            "run.log_every=1000",
+            "run.checkpoint_every=0",
+            "progress=false",
+            "tensorboard=false",
+            f"out_dir={tmp_path / 'run'}",
+        ],
+    )
+    summary = finetune(cfg)
+    # a fresh policy balances for ~5 steps; the threshold is many times that
+    assert summary["final_eval"]["return_mean"] >= 150, summary["final_eval"]

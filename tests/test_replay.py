@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from robot_wsrl.replay import MixedSampler, ReplayBuffer
+
+
+def _fill(buf: ReplayBuffer, rewards, ends, truncs=None):
+    truncs = truncs or [False] * len(rewards)
+    for i, (r, end, tr) in enumerate(zip(rewards, ends, truncs, strict=True)):
+        buf.add(np.full(buf.obs_dim, i), np.zeros(buf.act_dim), r, np.full(buf.obs_dim, i + 1), end, tr)
+
+
+def test_mc_return_to_go_by_hand_terminated_and_truncated():
+    buf = ReplayBuffer(10, 2, 1, discount=0.5)
+    _fill(buf, [1, 2, 4, 8, 16], [False, False, True, False, False], [False] * 4 + [True])
+    # episode 1: rtg = [1 + .5*2 + .25*4, 2 + .5*4, 4]; episode 2 (truncated, no bootstrap): [8 + 8, 16]
+    np.testing.assert_allclose(buf.mc_return[:5], [3.0, 4.0, 4.0, 16.0, 16.0])
+    np.testing.assert_array_equal(buf.terminated[:5], [0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(buf.truncated[:5], [0, 0, 0, 0, 1])
+
+
+def test_ring_overwrites_oldest_and_handles_episode_across_the_wrap():
+    buf = ReplayBuffer(4, 1, 1, discount=1.0)
+    _fill(buf, [1, 1, 1, 1, 1, 1], [False] * 5 + [True])
+    assert len(buf) == 4 and buf.cursor == 2 and buf.total_added == 6
+    # the surviving transitions are rows 2..5 (obs 2,3 at slots 2,3 and obs 4,5 at slots 0,1)
+    np.testing.assert_array_equal(buf.obs[:, 0], [4, 5, 2, 3])
+    np.testing.assert_allclose(buf.mc_return, [2, 1, 4, 3])  # the capped episode: last 4 steps
+
+
+def test_sampling_is_uniform_over_filled_part():
+    buf = ReplayBuffer(100, 1, 1)
+    _fill(buf, [0.0] * 10, [False] * 10)
+    idx = buf.sample_indices(5000, np.random.default_rng(0))
+    assert idx.min() == 0 and idx.max() == 9
+    counts = np.bincount(idx, minlength=10)
+    assert counts.min() > 400  # ~500 each
+    with pytest.raises(ValueError, match="empty"):
+        ReplayBuffer(3, 1, 1).sample_indices(1, np.random.default_rng(0))
+
+
+def test_end_episode_closes_a_partial_episode_as_truncated():
+    buf = ReplayBuffer(10, 1, 1, discount=1.0)
+    _fill(buf, [1, 1, 1], [False] * 3)
+    assert buf.mc_return[:3].sum() == 0
+    buf.end_episode()
+    np.testing.assert_allclose(buf.mc_return[:3], [3, 2, 1])
+    assert buf.truncated[2] == 1 and buf.terminated[2] == 0
+
+
+def test_save_load_round_trip(tmp_path):
+    buf = ReplayBuffer(8, 3, 2, discount=0.9)
+    _fill(buf, list(range(11)), [i % 4 == 3 for i in range(11)])
+    buf.save(tmp_path / "r.npz")
+    back = ReplayBuffer.load(tmp_path / "r.npz")
+    for field in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "mc_return"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(buf, field))
+    assert (back.size, back.cursor, back.total_added, back.discount) == (8, 3, 11, 0.9)
+
+
+def test_from_arrays_computes_returns_per_episode():
+    n = 5
+    buf = ReplayBuffer.from_arrays(
+        1.0,
+        np.zeros((n, 1)),
+        np.zeros((n, 1)),
+        np.ones(n),
+        np.zeros((n, 1)),
+        np.array([0, 1, 0, 0, 0], np.float32),
+        np.array([False, True, False, False, True]),
+    )
+    np.testing.assert_allclose(buf.mc_return, [2, 1, 3, 2, 1])
+    np.testing.assert_array_equal(buf.truncated, [0, 0, 0, 0, 1])
+
+
+def _tagged(n: int, tag: float) -> ReplayBuffer:
+    buf = ReplayBuffer(n, 1, 1)
+    _fill(buf, [tag] * n, [False] * n)
+    return buf
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 1.0])
+def test_mixed_sampler_exact_split_in_every_minibatch(ratio):
+    sampler = MixedSampler(_tagged(50, 1.0), _tagged(50, 2.0), ratio)
+    batch = sampler.sample(4, 32, np.random.default_rng(0))
+    assert batch["reward"].shape == (128,) and batch["obs"].shape == (128, 1)
+    for k in range(4):
+        offline = (batch["reward"][k * 32 : (k + 1) * 32] == 2.0).sum()
+        assert offline == round(ratio * 32)
+
+
+def test_mixed_sampler_wsrl_needs_no_offline_buffer():
+    sampler = MixedSampler(_tagged(10, 1.0), None, 0.0)
+    assert sampler.sample(2, 4, np.random.default_rng(0))["reward"].tolist() == [1.0] * 8
+    with pytest.raises(ValueError, match="offline buffer"):
+        MixedSampler(_tagged(10, 1.0), None, 0.5)
