@@ -477,7 +477,9 @@ class EmulatedRobotDriver:
     (the server de-duplicates, so a retried step is never executed twice); after that it raises
     DriverFault, so one call blocks at most `worst_case_s`. `safe_stop` uses its own channel so it is not
     queued behind a step that is waiting out its deadline. `close()` releases the sockets only;
-    `shutdown_server()` ends the server.
+    `shutdown_server()` ends the server. `keeps_time` is true when the server runs on its own real-time
+    clock: `step()` then returns at the robot's next tick (the runner follows that clock rather than
+    its own) and `info["late"]` says whether the command missed its tick.
     """
 
     def __init__(
@@ -496,6 +498,7 @@ class EmulatedRobotDriver:
         self.spec = EnvSpec.from_dict(header["spec"])
         self.server_params: dict[str, Any] = dict(header.get("params") or {})
         self.server_realtime = bool(header.get("realtime", False))
+        self.keeps_time = self.server_realtime
         self.safe_stop_count = 0
         self.last_safe_stop_time: float | None = None
 

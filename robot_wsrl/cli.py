@@ -10,10 +10,12 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("robot_wsrl.collect", "behaviour SAC on a sim task -> medium, medium-replay datasets"),
     "pretrain": ("robot_wsrl.pretrain", "offline CQL / Cal-QL pre-training on a dataset -> checkpoint"),
     "finetune": ("robot_wsrl.finetune", "in-process warm-start fine-tuning (warmup, then online-only SAC)"),
     "export": ("robot_wsrl.export", "export a checkpoint's actor to ONNX + JSON sidecar (sha256, metadata)"),
     "runner": ("robot_wsrl.runner", "run an ONNX policy on a driver behind the safety envelope (no torch)"),
+    "keys": ("robot_wsrl.keys", "make and list CURVE key pairs and the learner's policy-signing key"),
     "demo": ("robot_wsrl.demo", "the main job on a small sim task, end to end"),
     "bench": ("robot_wsrl.bench", "benchmarks that print one JSON line (learner, runner)"),
 }

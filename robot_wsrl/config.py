@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(os.environ.get("ROBOT_WSRL_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
 # Keys that change where and how a run reports, not what it computes: left out of the hash.
-_PRESENTATION_KEYS = ("out_dir", "progress", "tensorboard")
+_PRESENTATION_KEYS = ("out_dir", "progress", "tensorboard", "threads", "device")
 # The agent each run starts from unless `agent=` is given: pre-training is CQL, fine-tuning is WSRL.
 DEFAULT_AGENT = {"pretrain": "cql", "finetune": "wsrl"}
 
@@ -26,8 +26,9 @@ DEFAULT_AGENT = {"pretrain": "cql", "finetune": "wsrl"}
 @dataclass
 class EnvConfig:
     name: str = "hopper"
-    id: str = "Hopper-v5"
+    driver: str = "gym:Hopper-v5"  # see drivers.make_driver
     max_episode_steps: int | None = 1000
+    shift: str = "nominal"  # dynamics shift preset in configs/shift/
 
 
 @dataclass
@@ -94,6 +95,7 @@ class RunConfig:
     eval_episodes: int = 5
     checkpoint_every: int = 10_000
     log_every: int = 1_000
+    snapshots: bool = False  # save the actor at every evaluation (for `collect`)
     resume: str | None = None
 
     def validate(self) -> None:
@@ -112,6 +114,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     seed: int = 0
     device: str = "auto"
+    threads: int = 0  # torch intra-op CPU threads; 0 keeps torch's default (one per core)
     out_dir: str | None = None
     progress: bool = True
     tensorboard: bool = True

@@ -13,10 +13,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
+from robot_wsrl.collect import record_pendulum_controller_dataset
 from robot_wsrl.config import compose_config
-from robot_wsrl.datasets import OfflineDataset, save_dataset
 
 ENV = "inverted_pendulum"
 # The WSRL mechanisms at a size that trains in minutes on 2 CPU cores.
@@ -31,36 +29,6 @@ DEMO_AGENT = [
 ]
 
 
-def record_behaviour_dataset(path: Path, transitions: int, seed: int) -> Path:
-    """A weak controller's rollouts: balances for a while, then drifts and falls (a "medium" dataset)."""
-    import gymnasium as gym
-
-    env = gym.make("InvertedPendulum-v5", max_episode_steps=1000)
-    rng = np.random.default_rng(seed)
-    cols: dict[str, list] = {k: [] for k in ("o", "a", "r", "n", "t", "x")}
-    obs, _ = env.reset(seed=seed)
-    for i in range(transitions):
-        action = np.clip(2.0 * obs[1] + 0.5 * obs[3] + rng.normal(0.0, 0.5, 1), -3.0, 3.0).astype(np.float32)
-        nxt, reward, term, trunc, _ = env.step(action)
-        for key, value in zip(
-            cols, (obs, action, reward, nxt, term, trunc or i == transitions - 1), strict=True
-        ):
-            cols[key].append(value)
-        obs = nxt
-        if term or trunc:
-            obs, _ = env.reset(seed=seed + i + 1)
-    dataset = OfflineDataset(
-        observations=np.array(cols["o"]),
-        actions=np.array(cols["a"]),
-        rewards=np.array(cols["r"]),
-        next_observations=np.array(cols["n"]),
-        terminals=np.array(cols["t"]),
-        timeouts=np.array(cols["x"]),
-        source=str(path),
-    )
-    return save_dataset(path, dataset)
-
-
 def run_demo(out: Path, pretrain_steps: int, finetune_steps: int, warmup_steps: int, seed: int) -> dict:
     from robot_wsrl.export import export_policy
     from robot_wsrl.finetune import finetune
@@ -68,7 +36,7 @@ def run_demo(out: Path, pretrain_steps: int, finetune_steps: int, warmup_steps: 
 
     started = time.perf_counter()
     print(f"[1/4] recording an offline dataset with a weak behaviour controller -> {out / 'dataset.npz'}")
-    dataset = record_behaviour_dataset(out / "dataset.npz", 20_000, seed)
+    dataset = record_pendulum_controller_dataset(out / "dataset.npz", 20_000, seed)
     common = [f"env={ENV}", *DEMO_AGENT, f"seed={seed}", "tensorboard=true"]
     print(f"[2/4] offline CQL pre-training, {pretrain_steps} updates")
     pre = pretrain(

@@ -1,48 +1,43 @@
-"""Simulated environments for in-process training and evaluation (learner side).
+"""The learner's view of a simulated robot: a driver built from the env config, and evaluation on it.
 
-The agent acts in [-1, 1]; the env is wrapped so that these actions are mapped affinely onto the robot's
-limits, the same map `EnvSpec.to_robot_action` applies on the robot side.
+Training talks to the same Driver protocol as the onboard runner: the agent's [-1, 1] action is mapped to
+the robot's limits with `EnvSpec.to_robot_action`, and the action the driver reports as executed is mapped
+back and stored, so in-process runs and robot runs record data the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from drivers import make_driver
 from robot_wsrl.config import EnvConfig
-from robot_wsrl.spec import EnvSpec
+from robot_wsrl.driver import Driver, StepResult
 
 
-def make_env(env_cfg: EnvConfig, seed: int | None = None):
-    """A gymnasium env with actions rescaled to [-1, 1], and the spec of the underlying robot."""
-    import gymnasium as gym
-
-    try:
-        env = gym.make(env_cfg.id, max_episode_steps=env_cfg.max_episode_steps)
-    except gym.error.Error as exc:
-        raise ValueError(f"env.id={env_cfg.id!r}: gymnasium cannot make it ({exc})") from exc
-    space = env.action_space
-    spec = EnvSpec(
-        name=env_cfg.name,
-        obs_dim=int(np.prod(env.observation_space.shape)),
-        act_dim=int(np.prod(space.shape)),
-        action_low=tuple(float(x) for x in space.low),
-        action_high=tuple(float(x) for x in space.high),
-        control_period_s=float(getattr(env.unwrapped, "dt", 0.02)),
+def make_env(env_cfg: EnvConfig, seed: int | None = None) -> Driver:
+    return make_driver(
+        env_cfg.driver, seed=seed, max_episode_steps=env_cfg.max_episode_steps, shift_preset=env_cfg.shift
     )
-    env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
-    env.reset(seed=seed)
-    env.action_space.seed(seed)
-    return env, spec
 
 
-def evaluate(policy, env, episodes: int, seed: int) -> np.ndarray:
-    """Returns of `episodes` deterministic episodes with fixed seeds (seed, seed+1, ...)."""
+def step_normalised(driver: Driver, action: np.ndarray) -> tuple[StepResult, np.ndarray]:
+    """Command a [-1, 1] action; returns the step and the executed action, normalised again."""
+    result = driver.step(driver.spec.to_robot_action(action))
+    return result, driver.spec.to_normalised(result.executed_action)
+
+
+def evaluate(
+    policy: Callable[[np.ndarray], np.ndarray], driver: Driver, episodes: int, seed: int
+) -> np.ndarray:
+    """Returns of `episodes` episodes of `policy` (obs -> [-1, 1] action) with seeds seed, seed+1, ..."""
     returns = np.zeros(episodes)
     for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
+        obs, _ = driver.reset(seed=seed + i)
         done = False
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            returns[i] += reward
-            done = terminated or truncated
+            result, _ = step_normalised(driver, policy(obs))
+            obs, returns[i] = result.obs, returns[i] + result.reward
+            done = result.terminated or result.truncated
     return returns

@@ -15,18 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from robot_wsrl.agent import Agent
 from robot_wsrl.config import Config, compose_config, config_hash, prepare_out_dir, resumed
-from robot_wsrl.envs import make_env
+from robot_wsrl.envs import make_env, step_normalised
 from robot_wsrl.metrics import MetricsLogger
 from robot_wsrl.replay import MixedSampler, ReplayBuffer
 from robot_wsrl.training import (
     evaluate_agent,
     load_agent_checkpoint,
+    progress_bar,
     restore_rng,
     rng_state,
+    save_actor_snapshot,
     save_training_checkpoint,
     seed_everything,
 )
@@ -54,9 +55,9 @@ def finetune(cfg: Config) -> dict[str, Any]:
     """Run fine-tuning to cfg.run.steps environment steps; returns a summary (also in summary.json)."""
     cfg = resumed(cfg)
     out = prepare_out_dir(cfg)
-    rng = seed_everything(cfg.seed)
-    env, spec = make_env(cfg.env, seed=cfg.seed)
-    eval_env, _ = make_env(cfg.env, seed=cfg.seed + 10_000)
+    rng = seed_everything(cfg.seed, cfg.threads)
+    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 10_000)
+    spec = env.spec
     agent = Agent(spec.obs_dim, spec.act_dim, cfg.agent, cfg.device)
     run = cfg.run
 
@@ -83,12 +84,18 @@ def finetune(cfg: Config) -> dict[str, Any]:
     if step == 0 and run.eval_every > 0:
         last_eval = evaluate_agent(agent, eval_env, run.eval_episodes, seed=cfg.seed + 20_000)
         logger.log("eval", 0, {"phase": "pretrained", **last_eval})
-    bar = tqdm(total=run.steps, initial=step, disable=not cfg.progress, desc="finetune", unit="step")
-    started = time.perf_counter()
+    bar = progress_bar(run.steps, step, cfg.progress, "finetune", "step")
+    started, first_step = time.perf_counter(), step
     while step < run.steps:
         action = agent.act(obs)  # stochastic: warmup uses the pre-trained policy's samples, never random
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        online.add(obs, action, reward, next_obs, terminated, truncated)
+        result, executed = step_normalised(env, action)
+        next_obs, reward, terminated, truncated = (
+            result.obs,
+            result.reward,
+            result.terminated,
+            result.truncated,
+        )
+        online.add(obs, executed, reward, next_obs, terminated, truncated)  # what the robot actually did
         step += 1
         episode_return += float(reward)
         episode_len += 1
@@ -112,25 +119,31 @@ def finetune(cfg: Config) -> dict[str, Any]:
                 "updates": agent.updates,
                 "buffer": len(online),
                 "recent_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
-                "steps_per_s": step / max(time.perf_counter() - started, 1e-9),
+                "steps_per_s": (step - first_step) / max(time.perf_counter() - started, 1e-9),
                 **{k: float(v) for k, v in info.items()},
             }
             logger.log("train", step, row)
         if run.eval_every and step % run.eval_every == 0:
             last_eval = evaluate_agent(agent, eval_env, run.eval_episodes, seed=cfg.seed + 20_000)
             logger.log("eval", step, {"phase": phase, **last_eval})
+            if run.snapshots:  # the actor as evaluated, for datasets recorded from intermediate policies
+                save_actor_snapshot(out / "snapshots" / f"actor-{step:09d}.pt", agent, spec, cfg, step)
         if run.checkpoint_every and step % run.checkpoint_every == 0:
             _save(out, agent, spec, cfg, step, episode, online, rng)
         bar.update(1)
-        bar.set_postfix(
-            phase=phase,
-            updates=agent.updates,
-            ret=f"{recent_returns[-1]:.0f}" if recent_returns else "-",
-            eval=f"{last_eval.get('return_mean', float('nan')):.0f}",
-        )
+        if step % 100 == 0:
+            bar.set_postfix(
+                phase=phase,
+                updates=agent.updates,
+                ret=f"{recent_returns[-1]:.0f}" if recent_returns else "-",
+                eval=f"{last_eval.get('return_mean', float('nan')):.0f}",
+                refresh=False,
+            )
     bar.close()
     _save(out, agent, spec, cfg, step, episode, online, rng)
     logger.close()
+    env.close()
+    eval_env.close()
     summary = {
         "out_dir": str(out),
         "steps": step,
@@ -145,7 +158,13 @@ def finetune(cfg: Config) -> dict[str, Any]:
 
 
 def _save(
-    out: Path, agent: Agent, spec, cfg: Config, step: int, episode: int, online: ReplayBuffer,
+    out: Path,
+    agent: Agent,
+    spec,
+    cfg: Config,
+    step: int,
+    episode: int,
+    online: ReplayBuffer,
     rng: np.random.Generator,
 ) -> None:
     """Replay under a step-stamped name, then the checkpoint naming it, then old replays go.

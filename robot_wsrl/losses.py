@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from robot_wsrl.networks import QEnsemble, TanhGaussianActor
+from robot_wsrl.networks import reduce_ensemble as reduce_ensemble  # re-exported: the actor's reduction
 
 
 @dataclass(frozen=True)
@@ -179,18 +180,9 @@ def actor_loss(
     Returns (loss, log-probabilities for the temperature step, info).
     """
     action, log_prob = actor.sample(obs)
-    q_all = critic(obs, action, detach=True)
-    q = reduce_ensemble(q_all, objective)
+    q = critic.actor_value(obs, action, objective)
     loss = (temperature.detach() * log_prob - q).mean()
     return loss, log_prob.detach(), {"actor_loss": loss.detach(), "entropy": -log_prob.detach().mean()}
-
-
-def reduce_ensemble(q_all: torch.Tensor, objective: str) -> torch.Tensor:
-    if objective == "min":
-        return q_all.min(dim=0).values
-    if objective == "mean":
-        return q_all.mean(dim=0)
-    raise ValueError(f"actor objective must be 'min' or 'mean', got {objective!r}")
 
 
 def temperature_loss(

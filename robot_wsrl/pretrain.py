@@ -7,8 +7,6 @@ import json
 import time
 from typing import Any
 
-from tqdm import tqdm
-
 from robot_wsrl.agent import Agent
 from robot_wsrl.config import Config, compose_config, config_hash, prepare_out_dir, resumed
 from robot_wsrl.datasets import load_dataset
@@ -18,6 +16,7 @@ from robot_wsrl.replay import MixedSampler, ReplayBuffer
 from robot_wsrl.training import (
     evaluate_agent,
     load_agent_checkpoint,
+    progress_bar,
     restore_rng,
     rng_state,
     save_training_checkpoint,
@@ -33,13 +32,14 @@ def pretrain(cfg: Config) -> dict[str, Any]:
     if not cfg.run.dataset:
         raise ValueError("pretrain needs a dataset: run.dataset=PATH (.hdf5, .npz or minari:ID)")
     out = prepare_out_dir(cfg)
-    rng = seed_everything(cfg.seed)
-    eval_env, spec = make_env(cfg.env, seed=cfg.seed + 10_000)
+    rng = seed_everything(cfg.seed, cfg.threads)
+    eval_env = make_env(cfg.env, seed=cfg.seed + 10_000)
+    spec = eval_env.spec
     ds = load_dataset(cfg.run.dataset, action_low=spec.low, action_high=spec.high)
     if ds.obs_dim != spec.obs_dim or ds.act_dim != spec.act_dim:
         raise ValueError(
             f"{cfg.run.dataset}: obs/action sizes {ds.obs_dim}/{ds.act_dim} do not match "
-            f"{cfg.env.id} ({spec.obs_dim}/{spec.act_dim})"
+            f"{cfg.env.driver} ({spec.obs_dim}/{spec.act_dim})"
         )
     offline = ReplayBuffer.from_arrays(
         cfg.agent.discount,
@@ -61,7 +61,7 @@ def pretrain(cfg: Config) -> dict[str, Any]:
     logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
     run = cfg.run
     last_eval: dict[str, float] = {}
-    bar = tqdm(total=run.steps, initial=step, disable=not cfg.progress, desc="pretrain", unit="update")
+    bar = progress_bar(run.steps, step, cfg.progress, "pretrain", "update")
     started, first_step = time.perf_counter(), step
     while step < run.steps:
         info = agent.update(agent.to_batch(sampler.sample(cfg.agent.utd, cfg.agent.batch_size, rng)))
@@ -75,11 +75,12 @@ def pretrain(cfg: Config) -> dict[str, Any]:
         if run.checkpoint_every and step % run.checkpoint_every == 0:
             save_training_checkpoint(out / CHECKPOINT, agent, spec, cfg, step, {"rng": rng_state(rng)})
         bar.update(1)
-        if last_eval:
-            bar.set_postfix(eval=f"{last_eval['return_mean']:.0f}")
+        if last_eval and step % 100 == 0:
+            bar.set_postfix(eval=f"{last_eval['return_mean']:.0f}", refresh=False)
     bar.close()
     save_training_checkpoint(out / CHECKPOINT, agent, spec, cfg, step, {"rng": rng_state(rng)})
     logger.close()
+    eval_env.close()
     summary = {
         "out_dir": str(out),
         "steps": step,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -27,7 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from robot_wsrl.driver import Driver
+from drivers import make_driver
+from robot_wsrl.driver import Driver, DriverFault
 from robot_wsrl.policy import OnnxPolicy, PolicyError
 from robot_wsrl.safety import (
     FAULT_CAUSES,
@@ -47,6 +47,8 @@ SwapMode = Literal["between_episodes", "immediate"]
 SPIN_S = 200e-6  # sleep until this long before a deadline, then spin
 JITTER_WINDOW = 10_000  # ticks of timing kept for the percentiles (10 s at 1 kHz)
 TRANSITION_BUFFER = 10_000
+STATUS_PERIOD_S = 0.25  # how often the CLI redraws its status line
+DRIVER_TIMEOUT_PERIODS = 5  # default per-request deadline of a driver behind a link, in control periods
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,11 @@ class Runner:
     """Runs `policy` on `driver` at the driver's control period, safely; see the module docstring.
 
     `max_steps` of `run` counts control ticks (ticks while paused or e-stopped included), so a run ends
-    on time even when the robot is stopped. Leaving `run` stops the robot (driver.safe_stop) and the next
+    on time even when the robot is stopped. A driver whose `keeps_time` attribute is true runs on the
+    robot's own clock: its step returns at the robot's next tick, so the runner does not add a schedule of
+    its own (two clocks in lock-step would make every reply look late); jitter is then measured against
+    one period after the previous tick, and missed deadlines are the steps the robot reports with
+    `info["late"]`. Leaving `run` stops the robot (driver.safe_stop) and the next
     `run` starts a new episode. `on_transition` runs in the loop thread, so it must only hand the
     transition over (to a bounded queue or spool); if it raises, the runner latches an internal-error stop.
     Controls (`estop`, `release`, `pause`, `offer_policy`, `rollback`, `heartbeat`, `status`) may be called
@@ -188,6 +194,7 @@ class Runner:
         self._phase = self._check_phase(phase)
         self._timing = LoopTiming()
         self._transitions: deque[Transition] = deque(maxlen=transition_buffer)
+        self._robot_clock = bool(getattr(driver, "keeps_time", False))
         self._running = False
         self._paused = False
         self._needs_reset = True
@@ -359,13 +366,16 @@ class Runner:
                 break
             if self.realtime:
                 sleep_until(next_tick)
-                self._timing.tick(time.perf_counter(), next_tick)
-            else:
-                self._timing.tick(time.perf_counter(), None)
+            start = time.perf_counter()
+            self._timing.tick(start, next_tick if self.realtime else None)
             self._guarded_tick()
             ticks += 1
             self._ticks += 1
-            if self.realtime:
+            if self.realtime and self._robot_clock:
+                # The step returned at the robot's tick, so the next tick starts now; the schedule (which
+                # only waits on ticks that did not step) follows the robot, and the robot reports misses.
+                next_tick = start + period
+            elif self.realtime:
                 next_tick += period
                 now = time.perf_counter()
                 if now > next_tick:  # this tick's work ran into the next one's slot: a missed deadline
@@ -409,6 +419,8 @@ class Runner:
                 return
         self._steps += 1
         self._episode_step += 1
+        if self._robot_clock and result.info.get("late"):
+            self._timing.overruns += 1  # the robot's clock says this command missed its tick
         self._episode_return += float(result.reward)
         next_obs = np.array(result.obs, dtype=np.float32)  # a copy: drivers may reuse their buffer
         violation = self._envelope.record_executed(result.executed_action)
@@ -516,32 +528,6 @@ class Runner:
 # ----- command line -----
 
 
-def make_driver(name: str, policy_spec: EnvSpec, seed: int | None = None) -> Driver:
-    """`gym:ENV_ID`, `dmc:DOMAIN-TASK`, `null` or `emulated:ENDPOINT`; drivers are imported only when named.
-
-    The null driver takes the policy's dimensions and control period, so any policy can be timed on it.
-    """
-    kind, _, arg = name.partition(":")
-    if kind == "gym" and arg:
-        return _driver_class("drivers.gym_mujoco", "GymMujocoDriver")(arg, seed=seed)
-    if kind == "dmc" and "-" in arg:
-        domain, _, task = arg.partition("-")
-        return _driver_class("drivers.dm_control_suite", "DmControlDriver")(domain, task, seed=seed)
-    if kind == "null" and not arg:
-        return _driver_class("drivers.null", "NullDriver")(
-            obs_dim=policy_spec.obs_dim,
-            act_dim=policy_spec.act_dim,
-            control_period_s=policy_spec.control_period_s,
-        )
-    if kind == "emulated" and arg:
-        return _driver_class("drivers.emulated_robot", "EmulatedRobotDriver")(arg)
-    raise ValueError(f"unknown driver {name!r}: use gym:ENV_ID, dmc:DOMAIN-TASK, null or emulated:ENDPOINT")
-
-
-def _driver_class(module: str, name: str) -> Any:
-    return getattr(importlib.import_module(module), name)
-
-
 def _status_line(s: dict[str, Any]) -> str:
     faults = s["safety"]["nonfinite_obs"] + s["safety"]["nonfinite_action"] + s["safety"]["limit_violations"]
     return (
@@ -552,8 +538,12 @@ def _status_line(s: dict[str, Any]) -> str:
     )
 
 
-def _print_status(runner: Runner, done: threading.Event) -> None:
-    while not done.wait(0.25):
+def _supervise(runner: Runner, stop: threading.Event, done: threading.Event) -> None:
+    """Redraw the status line; end the run once the e-stop latches, since the CLI has no operator release
+    (the latch has already stopped the robot, so waiting out --steps/--episodes would only hang)."""
+    while not done.wait(STATUS_PERIOD_S):
+        if runner.latch.latched:
+            stop.set()
         print("\r" + _status_line(runner.status()), end="", file=sys.stderr, flush=True)
 
 
@@ -579,14 +569,24 @@ def cli(argv: list[str]) -> int:
         "--rt-priority", type=int, default=None, help="run the loop SCHED_FIFO at this priority (1-99)"
     )
     parser.add_argument("--max-delta", type=float, default=None, help="rate limit, robot units per step")
+    parser.add_argument(
+        "--driver-timeout",
+        type=float,
+        default=None,
+        help="emulated driver: seconds to wait for each reply before a retry, then a driver fault "
+        f"(default {DRIVER_TIMEOUT_PERIODS} control periods)",
+    )
     args = parser.parse_args(argv)
     if args.episodes is None and args.steps is None:
         parser.error("give --episodes and/or --steps")
     logging.basicConfig(level=logging.WARNING, format="\n%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         policy = OnnxPolicy.load(args.policy)
-        driver = make_driver(args.driver, policy.spec, seed=args.seed)
-    except (PolicyError, ValueError, ImportError) as exc:
+        timeout_s = args.driver_timeout
+        if timeout_s is None and args.driver.startswith("emulated:"):
+            timeout_s = DRIVER_TIMEOUT_PERIODS * policy.spec.control_period_s
+        driver = make_driver(args.driver, seed=args.seed, spec=policy.spec, timeout_s=timeout_s)
+    except (PolicyError, ValueError, ImportError, DriverFault) as exc:
         print(f"robot-wsrl runner: {exc}", file=sys.stderr)
         return 2
     try:
@@ -605,7 +605,7 @@ def cli(argv: list[str]) -> int:
         return 2
     stop, done = threading.Event(), threading.Event()
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    printer = threading.Thread(target=_print_status, args=(runner, done), daemon=True)
+    printer = threading.Thread(target=_supervise, args=(runner, stop, done), daemon=True)
     printer.start()
     try:
         summary = runner.run(max_steps=args.steps, max_episodes=args.episodes, stop_event=stop)

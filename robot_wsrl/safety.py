@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from robot_wsrl.driver import DriverFault
 from robot_wsrl.spec import EnvSpec
 
 log = logging.getLogger(__name__)
@@ -286,6 +287,9 @@ class EStopLatch:
             log.error("E-STOP (%s) at %.6f: %s", cause.value, event.time, detail)
             try:
                 self._safe_stop()
+            except DriverFault as exc:  # expected when the link is what failed: the message says it all
+                self.safe_stop_errors += 1
+                log.error("safe_stop failed after e-stop (%s): %s", cause.value, exc)
             except Exception:  # the latch must hold even if the driver's stop fails; the operator sees it
                 self.safe_stop_errors += 1
                 log.exception("safe_stop failed after e-stop (%s)", cause.value)

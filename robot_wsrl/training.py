@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from robot_wsrl.agent import Agent
 from robot_wsrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -16,7 +17,15 @@ from robot_wsrl.envs import evaluate
 from robot_wsrl.spec import EnvSpec
 
 
-def seed_everything(seed: int) -> np.random.Generator:
+def progress_bar(total: int, initial: int, enabled: bool, desc: str, unit: str) -> tqdm:
+    """A progress bar that redraws at most once a second (log files stay readable)."""
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit=unit, mininterval=1.0)
+
+
+def seed_everything(seed: int, threads: int = 0) -> np.random.Generator:
+    """Seed every RNG a run uses (and set torch's CPU thread count when `threads` > 0)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -53,6 +62,13 @@ def save_training_checkpoint(
     path: Path, agent: Agent, spec: EnvSpec, cfg: Config, step: int, extra: dict[str, Any]
 ) -> Path:
     return save_checkpoint(path, checkpoint_payload(agent, spec, cfg, step, extra))
+
+
+def save_actor_snapshot(path: Path, agent: Agent, spec: EnvSpec, cfg: Config, step: int) -> Path:
+    """An actor-only checkpoint (what `load_actor` and export read), without the learner state."""
+    payload = checkpoint_payload(agent, spec, cfg, step, {})
+    del payload["agent"]
+    return save_checkpoint(path, payload)
 
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:

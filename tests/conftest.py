@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MUJOCO_GL", "disable")
+# Test-sized networks gain nothing from a second thread, and OpenMP threads that spin-wait for a busy
+# core make a shared 2-core machine crawl: one thread keeps the suite's time predictable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np
 import pytest
 
 # A WSRL-shaped agent small enough for unit tests: every mechanism, tiny sizes.
@@ -28,30 +30,7 @@ def small_overrides(tmp_path) -> list[str]:
 
 @pytest.fixture
 def pendulum_dataset(tmp_path):
-    """A small InvertedPendulum dataset from a noisy proportional controller (episodes end by falling)."""
-    import gymnasium as gym
+    """A small InvertedPendulum dataset from a noisy controller (short episodes, falls and time-outs)."""
+    from robot_wsrl.collect import record_pendulum_controller_dataset
 
-    from robot_wsrl.datasets import OfflineDataset, save_dataset
-
-    env = gym.make("InvertedPendulum-v5", max_episode_steps=100)
-    rng = np.random.default_rng(0)
-    rows: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "next", "term", "trunc")}
-    obs, _ = env.reset(seed=0)
-    for _ in range(600):
-        action = np.clip(2.0 * obs[1] + 0.5 * obs[3] + rng.normal(0, 0.5, 1), -3, 3).astype(np.float32)
-        nxt, reward, term, trunc, _ = env.step(action)
-        for k, v in zip(rows, (obs, action, reward, nxt, term, trunc), strict=True):
-            rows[k].append(v)
-        obs = nxt
-        if term or trunc:
-            obs, _ = env.reset(seed=len(rows["obs"]))
-    rows["trunc"][-1] = True
-    ds = OfflineDataset(
-        observations=np.array(rows["obs"]),
-        actions=np.array(rows["act"]),
-        rewards=np.array(rows["rew"]),
-        next_observations=np.array(rows["next"]),
-        terminals=np.array(rows["term"]),
-        timeouts=np.array(rows["trunc"]),
-    )
-    return save_dataset(tmp_path / "pendulum.npz", ds)
+    return record_pendulum_controller_dataset(tmp_path / "pendulum.npz", 600, seed=0, max_episode_steps=100)

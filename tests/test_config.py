@@ -18,7 +18,8 @@ def test_commands_pick_their_default_agent():
 
 def test_overrides_and_groups():
     cfg = compose_config("finetune", ["env=inverted_pendulum", "agent.utd=2", "agent=calql"])
-    assert cfg.env.id == "InvertedPendulum-v5" and cfg.agent.utd == 2 and cfg.agent.regularizer == "calql"
+    assert cfg.env.driver == "gym:InvertedPendulum-v5"
+    assert cfg.agent.utd == 2 and cfg.agent.regularizer == "calql"
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,11 @@ ROBOT_MODULES = [
     "robot_wsrl.policy",
     "robot_wsrl.safety",
     "robot_wsrl.runner",
+    "robot_wsrl.protocol",
+    "robot_wsrl.signing",
+    "robot_wsrl.keys",
+    "robot_wsrl.transport",
+    "robot_wsrl.spool",
 ]
 
 SCRIPT = f"""

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from drivers import make_driver
 from robot_wsrl.checkpoint import build_actor
 from robot_wsrl.driver import DriverFault, StepResult
 from robot_wsrl.export import export_policy
 from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.runner import Runner, Transition, cli, make_driver, realtime_priority
+from robot_wsrl.runner import Runner, Transition, cli, realtime_priority
 from robot_wsrl.safety import RunnerState, SafetyConfig
 from robot_wsrl.spec import EnvSpec
 
@@ -309,9 +310,9 @@ def test_rate_limit_config_reaches_the_envelope(paths: dict[str, Path]) -> None:
 def test_null_driver_from_the_cli_factory(paths: dict[str, Path]) -> None:
     policy = OnnxPolicy.load(paths["v1"])
     with pytest.raises(ValueError, match="unknown driver"):
-        make_driver("warp:drive", policy.spec)
+        make_driver("warp:drive", spec=policy.spec)
     null_spec = EnvSpec("n", 4, 2, (-1.0, -1.0), (1.0, 1.0), 0.002)
-    driver = make_driver("null", null_spec)
+    driver = make_driver("null", spec=null_spec)
     assert (driver.spec.obs_dim, driver.spec.act_dim, driver.spec.control_period_s) == (4, 2, 0.002)
 
 

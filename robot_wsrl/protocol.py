@@ -1,0 +1,636 @@
+"""The wire format (numpy + msgpack only): a versioned msgpack header frame plus raw array frames.
+
+A message is the frame list `[header, *arrays]`. The header is a msgpack map with exactly the keys
+`v` (PROTOCOL_VERSION), `type`, `sender`, `body` (the type's fields) and `arrays` (one `{dtype, shape}`
+descriptor per array frame, in the type's fixed order). Array frames are the arrays' raw little-endian
+bytes, so a batch of transitions crosses the network without a copy into a serialiser, and nothing
+received is ever unpickled.
+
+`decode` trusts nothing that arrives from a socket: sizes are checked before parsing, then the header's
+shape, version, type, every field's type and range, each array's dtype, shape and byte length, and the
+cross-field facts (sequence numbers contiguous, episode ids matching, finite floats). Any failure is a
+single `ProtocolError` whose `reason` is a short code a `RejectCounter` counts; no other exception
+escapes `decode`, and decoding has no side effects, so a bad message changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MiB = 1 << 20
+DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int64": np.dtype("<i8"),
+    "uint8": np.dtype("u1"),
+    "bool": np.dtype("?"),
+}
+HEADER_KEYS = frozenset({"v", "type", "sender", "body", "arrays"})
+ROLES = ("runner", "learner", "console")
+COMMANDS = ("estop", "release", "pause", "resume", "rollback", "set_phase")
+MAX_TEXT = 4096  # characters in a free-text field (state, error, command name, signer)
+MAX_SIGNATURE = 256  # bytes; an Ed25519 signature is 64
+MAX_DEPTH = 8  # nesting of a status dict or command args
+MAX_DIM = 1 << 31
+_IDENT = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+class ProtocolError(ValueError):
+    """A frame set is not a valid message; `reason` is a short code for counting, the text says why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits: total and header size are checked before parsing, the per-type limit as soon as the
+    type is known. Policies may be large; nothing else needs to be."""
+
+    max_bytes: int = 16 * MiB
+    max_policy_bytes: int = 64 * MiB
+    max_header_bytes: int = 1 * MiB
+
+    def for_type(self, type_name: str) -> int:
+        return self.max_policy_bytes if type_name == PolicyMessage.TYPE else self.max_bytes
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class RejectCounter:
+    """Counts rejected messages by reason (thread-safe), so a status report shows what was refused."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] += 1
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+# ----- field checks: each returns nothing and raises ProtocolError("field", ...) -----
+
+Check = Callable[[Any, str], None]
+
+
+def _fail(name: str, why: str) -> ProtocolError:
+    return ProtocolError("field", f"{name!r} {why}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _ident(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not _IDENT.match(value):
+        raise _fail(name, "must be 1-64 characters of [A-Za-z0-9_.:-]")
+
+
+def _text(value: Any, name: str) -> None:
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise _fail(name, f"must be a string of at most {MAX_TEXT} characters")
+
+
+def _opt_text(value: Any, name: str) -> None:
+    if value is not None:
+        _text(value, name)
+
+
+def _nonneg(value: Any, name: str) -> None:
+    if not _is_int(value) or not 0 <= value < 2**63:
+        raise _fail(name, "must be an integer in [0, 2**63)")
+
+
+def _opt_nonneg(value: Any, name: str) -> None:
+    if value is not None:
+        _nonneg(value, name)
+
+
+def _watermark(value: Any, name: str) -> None:
+    """A cumulative sequence number: -1 means nothing yet."""
+    if not _is_int(value) or not -1 <= value < 2**63:
+        raise _fail(name, "must be an integer in [-1, 2**63)")
+
+
+def _seconds(value: Any, name: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise _fail(name, "must be a finite number")
+
+
+def _bool(value: Any, name: str) -> None:
+    if not isinstance(value, bool):
+        raise _fail(name, "must be a bool")
+
+
+def _signature(value: Any, name: str) -> None:
+    if not isinstance(value, bytes) or len(value) > MAX_SIGNATURE:
+        raise _fail(name, f"must be bytes of at most {MAX_SIGNATURE}")
+
+
+def _sha256(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise _fail(name, "must be 64 lowercase hex digits")
+
+
+def _int_list(value: Any, name: str) -> None:
+    if not isinstance(value, list) or not all(_is_int(v) and -(2**63) <= v < 2**63 for v in value):
+        raise _fail(name, "must be a list of int64 integers")
+
+
+def _json_object(value: Any, name: str) -> None:
+    if not isinstance(value, str):
+        raise _fail(name, "must be a string of JSON")
+    try:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError) as exc:
+        raise _fail(name, f"is not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise _fail(name, "must be a JSON object")
+
+
+def _one_of(options: Sequence[str]) -> Check:
+    def check(value: Any, name: str) -> None:
+        if not isinstance(value, str) or value not in options:
+            raise _fail(name, f"must be one of {list(options)}")
+
+    return check
+
+
+def _plain(value: Any, name: str, depth: int = 0) -> None:
+    """msgpack-native data only (no ext types, no non-string keys), nested at most MAX_DEPTH deep."""
+    if depth > MAX_DEPTH:
+        raise _fail(name, f"is nested deeper than {MAX_DEPTH}")
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return
+    if isinstance(value, list):
+        for item in value:
+            _plain(item, name, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _fail(name, "has a non-string key")
+            _plain(item, name, depth + 1)
+        return
+    raise _fail(name, f"holds a {type(value).__name__}, not plain data")
+
+
+def _plain_dict(value: Any, name: str) -> None:
+    if not isinstance(value, dict):
+        raise _fail(name, "must be a map")
+    _plain(value, name)
+
+
+# ----- messages -----
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of all messages: `sender` is who sent it; each subclass names its type, fields and arrays."""
+
+    sender: str
+    TYPE: ClassVar[str] = ""
+    FIELDS: ClassVar[dict[str, Check]] = {}
+    ARRAYS: ClassVar[tuple[tuple[str, str, int], ...]] = ()  # (name, dtype, ndim) in frame order
+
+    def __post_init__(self) -> None:
+        _ident(self.sender, "sender")
+        for name, check in self.FIELDS.items():
+            check(getattr(self, name), name)
+
+    def body(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def arrays(self) -> list[np.ndarray]:
+        return [getattr(self, name) for name, _, _ in self.ARRAYS]
+
+    @classmethod
+    def build(cls, sender: str, body: dict[str, Any], arrays: list[np.ndarray]) -> Message:
+        """Construct from a checked header body and arrays (`decode` calls this; the constructor validates
+        again). Types that carry arrays override it."""
+        return cls(sender=sender, **body)
+
+
+class StepLike(Protocol):
+    """What `Transitions.from_steps` reads from each step (the runner's Transition has these)."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: float
+    next_obs: np.ndarray
+    terminated: bool
+    truncated: bool
+    episode: int
+    policy_version: int
+
+
+@dataclass(frozen=True, eq=False)
+class Transitions(Message):
+    """A batch of consecutive transitions of one runner; `seq` is first_seq, first_seq + 1, ...
+
+    The header repeats runner id, episode ids (sorted, unique), first sequence number and count, so a
+    learner can de-duplicate and route a batch before touching its arrays.
+    """
+
+    runner_id: str
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    episode_id: np.ndarray
+    seq: np.ndarray
+    policy_version: np.ndarray
+    TYPE: ClassVar[str] = "transitions"
+    FIELDS: ClassVar[dict[str, Check]] = {
+        "runner_id": _ident,
+        "episode_ids": _int_list,
+        "first_seq": _nonneg,
+        "count": _nonneg,
+    }
+    ARRAYS: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("obs", "float32", 2),
+        ("action", "float32", 2),
+        ("reward", "float32", 1),
+        ("next_obs", "float32", 2),
+        ("terminated", "bool", 1),
+        ("truncated", "bool", 1),
+        ("episode_id", "int64", 1),
+        ("seq", "int64", 1),
+        ("policy_version", "int64", 1),
+    )
+
+    def __post_init__(self) -> None:
+        for name, dtype, ndim in self.ARRAYS:
+            value = getattr(self, name)
+            if not isinstance(value, np.ndarray) or value.dtype != DTYPES[dtype] or value.ndim != ndim:
+                raise ProtocolError("value", f"{name!r} must be a {ndim}-d {dtype} array")
+        n = len(self.seq)
+        if n == 0:
+            raise ProtocolError("value", "a transitions batch must not be empty")
+        if any(len(getattr(self, name)) != n for name, _, _ in self.ARRAYS):
+            raise ProtocolError("value", "arrays disagree on the number of transitions")
+        if self.obs.shape != self.next_obs.shape or self.obs.shape[1] == 0 or self.action.shape[1] == 0:
+            raise ProtocolError(
+                "value",
+                f"obs {self.obs.shape}, next_obs {self.next_obs.shape} and "
+                f"action {self.action.shape} must be [n, dim>0] with obs == next_obs",
+            )
+        first = int(self.seq[0])
+        if first < 0 or first > 2**63 - 1 - n or not np.array_equal(self.seq, first + np.arange(n)):
+            raise ProtocolError("value", "seq must be contiguous non-negative sequence numbers")
+        for name in ("obs", "action", "reward", "next_obs"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ProtocolError("value", f"{name!r} holds NaN or inf")
+        super().__post_init__()
+
+    @property
+    def first_seq(self) -> int:
+        return int(self.seq[0])
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.seq[-1])
+
+    @property
+    def count(self) -> int:
+        return len(self.seq)
+
+    @property
+    def episode_ids(self) -> list[int]:
+        return [int(e) for e in np.unique(self.episode_id)]
+
+    @classmethod
+    def build(cls, sender: str, body: dict[str, Any], arrays: list[np.ndarray]) -> Message:
+        msg = cls(sender, body["runner_id"], *arrays)
+        for name in ("episode_ids", "first_seq", "count"):
+            if body[name] != getattr(msg, name):
+                raise ProtocolError("value", f"header {name} {body[name]!r} disagrees with the arrays")
+        return msg
+
+    @classmethod
+    def make(
+        cls,
+        runner_id: str,
+        first_seq: int,
+        *,
+        obs: Any,
+        action: Any,
+        reward: Any,
+        next_obs: Any,
+        terminated: Any,
+        truncated: Any,
+        episode_id: Any,
+        policy_version: Any,
+        sender: str | None = None,
+    ) -> Transitions:
+        """Cast array-likes to the wire dtypes and number them from `first_seq`."""
+        n = len(reward)
+        as_ = np.ascontiguousarray
+        return cls(
+            sender or runner_id,
+            runner_id,
+            obs=as_(obs, dtype=DTYPES["float32"]),
+            action=as_(action, dtype=DTYPES["float32"]),
+            reward=as_(reward, dtype=DTYPES["float32"]),
+            next_obs=as_(next_obs, dtype=DTYPES["float32"]),
+            terminated=as_(terminated, dtype=DTYPES["bool"]),
+            truncated=as_(truncated, dtype=DTYPES["bool"]),
+            episode_id=as_(episode_id, dtype=DTYPES["int64"]),
+            seq=np.arange(first_seq, first_seq + n, dtype=DTYPES["int64"]),
+            policy_version=as_(policy_version, dtype=DTYPES["int64"]),
+        )
+
+    @classmethod
+    def from_steps(cls, runner_id: str, first_seq: int, steps: Sequence[StepLike]) -> Transitions:
+        """Stack the runner's per-step transitions into one batch."""
+        return cls.make(
+            runner_id,
+            first_seq,
+            obs=[s.obs for s in steps],
+            action=[s.action for s in steps],
+            reward=[s.reward for s in steps],
+            next_obs=[s.next_obs for s in steps],
+            terminated=[s.terminated for s in steps],
+            truncated=[s.truncated for s in steps],
+            episode_id=[s.episode for s in steps],
+            policy_version=[s.policy_version for s in steps],
+        )
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """The learner holds every transition of `runner_id` up to `acked_seq` durably (-1: none yet)."""
+
+    runner_id: str
+    acked_seq: int
+    TYPE: ClassVar[str] = "ack"
+    FIELDS: ClassVar[dict[str, Check]] = {"runner_id": _ident, "acked_seq": _watermark}
+
+
+@dataclass(frozen=True)
+class PolicyMessage(Message):
+    """A signed policy: the ONNX file's bytes (one uint8 frame) and its JSON sidecar text, as signed."""
+
+    version: int
+    parent: int | None
+    sha256: str
+    signer: str
+    signature: bytes
+    sidecar: str
+    onnx: bytes
+    TYPE: ClassVar[str] = "policy"
+    FIELDS: ClassVar[dict[str, Check]] = {
+        "version": _nonneg,
+        "parent": _opt_nonneg,
+        "sha256": _sha256,
+        "signer": _text,
+        "signature": _signature,
+        "sidecar": _json_object,
+    }
+    ARRAYS: ClassVar[tuple[tuple[str, str, int], ...]] = (("onnx", "uint8", 1),)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.onnx, bytes) or not self.onnx:
+            raise ProtocolError("value", "'onnx' must be non-empty bytes")
+        super().__post_init__()
+
+    def arrays(self) -> list[np.ndarray]:
+        return [np.frombuffer(self.onnx, dtype=np.uint8)]
+
+    @classmethod
+    def build(cls, sender: str, body: dict[str, Any], arrays: list[np.ndarray]) -> Message:
+        return cls(sender=sender, **body, onnx=arrays[0].tobytes())
+
+    def sidecar_dict(self) -> dict[str, Any]:
+        return json.loads(self.sidecar)
+
+
+@dataclass(frozen=True)
+class PolicyRequest(Message):
+    """A (re)joining or lagging runner asks for the current policy; it has `have_version` (None: none)."""
+
+    have_version: int | None
+    TYPE: ClassVar[str] = "policy_request"
+    FIELDS: ClassVar[dict[str, Check]] = {"have_version": _opt_nonneg}
+
+
+@dataclass(frozen=True)
+class HeartbeatMessage(Message):
+    """Liveness both ways; a learner's also announces its current policy version, so a runner that missed
+    a broadcast notices and asks for it."""
+
+    role: str
+    time: float
+    state: str
+    policy_version: int | None = None
+    TYPE: ClassVar[str] = "heartbeat"
+    FIELDS: ClassVar[dict[str, Check]] = {
+        "role": _one_of(ROLES),
+        "time": _seconds,
+        "state": _text,
+        "policy_version": _opt_nonneg,
+    }
+
+
+@dataclass(frozen=True)
+class StatusRequest(Message):
+    TYPE: ClassVar[str] = "status_request"
+
+
+@dataclass(frozen=True)
+class Status(Message):
+    status: dict[str, Any]
+    TYPE: ClassVar[str] = "status"
+    FIELDS: ClassVar[dict[str, Check]] = {"status": _plain_dict}
+
+
+@dataclass(frozen=True)
+class Command(Message):
+    """An operator or learner command; `ref` is echoed in the Reply to pair them up."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    ref: int = 0
+    TYPE: ClassVar[str] = "command"
+    FIELDS: ClassVar[dict[str, Check]] = {"name": _one_of(COMMANDS), "args": _plain_dict, "ref": _nonneg}
+
+
+@dataclass(frozen=True)
+class Reply(Message):
+    ok: bool
+    error: str | None = None
+    ref: int = 0
+    TYPE: ClassVar[str] = "reply"
+    FIELDS: ClassVar[dict[str, Check]] = {"ok": _bool, "error": _opt_text, "ref": _nonneg}
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Transitions,
+        Ack,
+        PolicyMessage,
+        PolicyRequest,
+        HeartbeatMessage,
+        StatusRequest,
+        Status,
+        Command,
+        Reply,
+    )
+}
+
+
+# ----- encode / decode -----
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Frames for `msg`: the msgpack header, then each array's raw bytes (the message validated itself)."""
+    arrays = [np.ascontiguousarray(a) for a in msg.arrays()]
+    header = {
+        "v": PROTOCOL_VERSION,
+        "type": msg.TYPE,
+        "sender": msg.sender,
+        "body": msg.body(),
+        "arrays": [
+            {"dtype": dtype, "shape": list(a.shape)}
+            for (_, dtype, _), a in zip(msg.ARRAYS, arrays, strict=True)
+        ],
+    }
+    return [msgpack.packb(header, use_bin_type=True), *(a.tobytes() for a in arrays)]
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
+def _views(frames: Any) -> list[memoryview]:
+    if not isinstance(frames, (list, tuple)) or not frames:
+        raise ProtocolError("frames", "expected a non-empty list of frames")
+    views = []
+    for i, frame in enumerate(frames):
+        try:
+            view = memoryview(frame)
+        except TypeError:
+            raise ProtocolError("frames", f"frame {i} is a {type(frame).__name__}, not bytes") from None
+        if not view.c_contiguous:
+            raise ProtocolError("frames", f"frame {i} is not contiguous")
+        views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
+    return views
+
+
+def _parse_header(view: memoryview) -> dict[str, Any]:
+    try:
+        header = msgpack.unpackb(view, raw=False, strict_map_key=True, ext_hook=_no_ext)
+    except Exception as exc:  # msgpack raises many types (ExtraData, FormatError, StackError, ...)
+        raise ProtocolError("header", f"not a msgpack header ({type(exc).__name__})") from None
+    if not isinstance(header, dict) or set(header) != HEADER_KEYS:
+        keys = sorted(map(str, header)) if isinstance(header, dict) else type(header).__name__
+        raise ProtocolError("header", f"header must be a map with keys {sorted(HEADER_KEYS)}, got {keys}")
+    version = header["v"]
+    if not _is_int(version) or version != PROTOCOL_VERSION:
+        raise ProtocolError("version", f"protocol version {version!r}, this end speaks {PROTOCOL_VERSION}")
+    if not isinstance(header["type"], str) or header["type"] not in MESSAGE_TYPES:
+        raise ProtocolError("type", f"unknown message type {header['type']!r}")
+    return header
+
+
+def _array(view: memoryview, descriptor: Any, spec: tuple[str, str, int], index: int) -> np.ndarray:
+    name, dtype, ndim = spec
+    if not isinstance(descriptor, dict) or set(descriptor) != {"dtype", "shape"}:
+        raise ProtocolError("array", f"descriptor {index} must be a map with keys dtype, shape")
+    if not isinstance(descriptor["dtype"], str) or descriptor["dtype"] not in DTYPES:
+        raise ProtocolError("array", f"{name!r}: dtype {descriptor['dtype']!r} is not in {sorted(DTYPES)}")
+    if descriptor["dtype"] != dtype:
+        raise ProtocolError("array", f"{name!r}: dtype {descriptor['dtype']} where {dtype} is required")
+    shape = descriptor["shape"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) != ndim
+        or not all(_is_int(d) and 0 <= d < MAX_DIM for d in shape)
+    ):
+        raise ProtocolError("array", f"{name!r}: shape {shape!r} is not {ndim} non-negative sizes")
+    expected = math.prod(shape) * DTYPES[dtype].itemsize
+    if view.nbytes != expected:
+        raise ProtocolError(
+            "array", f"{name!r}: frame has {view.nbytes} bytes, shape {shape} needs {expected}"
+        )
+    array = np.frombuffer(view, dtype=DTYPES[dtype]).reshape(shape)
+    if dtype == "bool" and array.size and array.view(np.uint8).max() > 1:
+        raise ProtocolError("array", f"{name!r}: bool bytes other than 0 and 1")
+    return array
+
+
+def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate `frames` completely and return the message; anything wrong raises ProtocolError."""
+    views = _views(frames)
+    total = sum(v.nbytes for v in views)
+    if total > max(limits.max_bytes, limits.max_policy_bytes):
+        raise ProtocolError("size", f"{total} bytes exceeds every message size limit")
+    if views[0].nbytes > limits.max_header_bytes:
+        raise ProtocolError("size", f"header of {views[0].nbytes} bytes exceeds {limits.max_header_bytes}")
+    header = _parse_header(views[0])
+    cls = MESSAGE_TYPES[header["type"]]
+    if total > limits.for_type(cls.TYPE):
+        raise ProtocolError(
+            "size", f"{cls.TYPE} message of {total} bytes exceeds {limits.for_type(cls.TYPE)}"
+        )
+    _ident(header["sender"], "sender")
+    body = header["body"]
+    if not isinstance(body, dict) or set(body) != set(cls.FIELDS):
+        keys = sorted(map(str, body)) if isinstance(body, dict) else type(body).__name__
+        raise ProtocolError("field", f"{cls.TYPE} body must have fields {sorted(cls.FIELDS)}, got {keys}")
+    for name, check in cls.FIELDS.items():
+        check(body[name], name)
+    descriptors = header["arrays"]
+    if not isinstance(descriptors, list) or len(descriptors) != len(cls.ARRAYS):
+        raise ProtocolError("array", f"{cls.TYPE} carries {len(cls.ARRAYS)} array descriptors")
+    if len(views) != 1 + len(cls.ARRAYS):
+        raise ProtocolError("frames", f"{cls.TYPE} has {1 + len(cls.ARRAYS)} frames, got {len(views)}")
+    arrays = [
+        _array(view, descriptor, spec, i)
+        for i, (view, descriptor, spec) in enumerate(zip(views[1:], descriptors, cls.ARRAYS, strict=True))
+    ]
+    try:
+        return cls.build(header["sender"], body, arrays)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError) as exc:  # a constructor's own check on a value the schema let through
+        raise ProtocolError("value", f"{type(exc).__name__}: {exc}") from None
+
+
+def try_decode(
+    frames: Sequence[Any], counter: RejectCounter, limits: Limits = DEFAULT_LIMITS
+) -> Message | None:
+    """`decode`, but a rejected message is counted in `counter` and returns None (for receive loops)."""
+    try:
+        return decode(frames, limits)
+    except ProtocolError as exc:
+        counter.add(exc.reason)
+        return None

@@ -1,0 +1,46 @@
+"""`collect` at tiny scale: behaviour training with snapshots, medium / medium-replay datasets, manifest."""
+
+import json
+
+import numpy as np
+import pytest
+
+from robot_wsrl.collect import collect, pick_medium_snapshot
+from robot_wsrl.datasets import load_dataset
+
+
+def test_pick_medium_snapshot_closest_to_fraction_of_best():
+    evals = [(100, 10.0), (200, 31.0), (300, 90.0), (400, 60.0)]
+    assert pick_medium_snapshot(evals, 1 / 3) == (200, 31.0)
+    assert pick_medium_snapshot(evals, 1.0) == (300, 90.0)
+    with pytest.raises(ValueError):
+        pick_medium_snapshot([], 0.3)
+
+
+def test_collect_writes_datasets_and_manifest(tmp_path):
+    overrides = [
+        "env=inverted_pendulum",
+        "agent.num_critics=2",
+        "agent.critic_hidden=[16,16]",
+        "agent.actor_hidden=[16,16]",
+        "agent.batch_size=16",
+        "agent.utd=1",
+        "run.steps=120",
+        "run.warmup_steps=40",
+        "run.eval_every=40",
+        "run.eval_episodes=1",
+        "run.buffer_capacity=1000",
+        "run.checkpoint_every=0",
+        "progress=false",
+        "tensorboard=false",
+    ]
+    manifest = collect(overrides, tmp_path, medium_size=50, fraction=1 / 3, seed=3)
+    snap = manifest["medium_snapshot"]["step"]
+    assert snap in (40, 80, 120) and len(manifest["snapshot_returns"]) == 3
+    medium = load_dataset(tmp_path / "medium.npz", action_low=-3.0, action_high=3.0)
+    replay = load_dataset(tmp_path / "medium-replay.npz", action_low=-3.0, action_high=3.0)
+    assert medium.size == 50 and replay.size == snap
+    assert replay.episode_ends()[-1] and np.abs(replay.actions).max() <= 3.0
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk["datasets"]["medium"]["size"] == 50 and len(on_disk["datasets"]["medium"]["sha256"]) == 64
+    assert on_disk["seed"] == 3 and on_disk["behaviour_config_hash"]
