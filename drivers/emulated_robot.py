@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import ipaddress
 import os
 import select
 import signal
@@ -54,6 +53,7 @@ from drivers.gym_mujoco import GymMujocoDriver
 from drivers.shift import DynamicsShift, load_shift_preset, normalise_preset
 from robot_wsrl.driver import DriverFault, StepResult
 from robot_wsrl.spec import EnvSpec
+from robot_wsrl.transport import TransportError, check_loopback
 
 PROTOCOL_VERSION = 1
 MESSAGE_TYPES = ("spec", "reset", "step", "safe_stop", "ping", "close")
@@ -139,19 +139,10 @@ def _plain_info(info: dict[str, Any]) -> dict[str, Any]:
 
 def _check_loopback(endpoint: str) -> None:
     """The emulated robot has no CURVE keys, so it never listens beyond this machine."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return
-    if not endpoint.startswith("tcp://"):
-        raise ValueError(f"unsupported endpoint {endpoint!r}; use tcp://127.0.0.1:PORT")
-    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return
     try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise ValueError(f"emulated robot binds loopback only (no CURVE), got {endpoint!r}")
+        check_loopback(endpoint)
+    except TransportError as exc:
+        raise ValueError(f"emulated robot binds loopback only (no CURVE), got {endpoint!r}") from exc
 
 
 # ------------------------------------------------------------------------------------------------ server
