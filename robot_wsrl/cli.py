@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("robot_wsrl.collect", "behaviour SAC on a sim task -> medium, medium-replay datasets"),
     "pretrain": ("robot_wsrl.pretrain", "offline CQL / Cal-QL pre-training on a dataset -> checkpoint"),
+    "ship": ("robot_wsrl.ship", "package a pre-trained checkpoint as policies/NAME with measured returns"),
     "finetune": ("robot_wsrl.finetune", "in-process warm-start fine-tuning (warmup, then online-only SAC)"),
     "export": ("robot_wsrl.export", "export a checkpoint's actor to ONNX + JSON sidecar (sha256, metadata)"),
     "runner": ("robot_wsrl.runner", "run an ONNX policy on a driver behind the safety envelope (no torch)"),

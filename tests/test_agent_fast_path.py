@@ -146,7 +146,9 @@ def test_utd_rounds_match_the_reference_path(overrides):
 
 def test_reference_flop_count_of_a_wsrl_round():
     cfg = AgentConfig()
+    critic = 14 * 256 + 256 * 256 + 256  # multiply-adds of one critic on one Hopper sample
     assert round_flops(11, 3, cfg) / 1e9 == pytest.approx(9.097, abs=1e-3)
-    # evaluating only the 2 drawn target critics of 10 saves 4 steps x 8 critics x 2 x 256 x 69376 FLOPs
-    saved = round_flops(11, 3, cfg) - round_flops(11, 3, cfg, target_critics=2)
-    assert saved == 4 * 8 * 2 * 256 * (14 * 256 + 256 * 256 + 256)
+    # evaluating only the 2 drawn target critics of 10: 4 steps x 8 critics x 2 x 256 samples fewer
+    assert round_flops(11, 3, cfg) - round_flops(11, 3, cfg, 2) == 4 * 8 * 2 * 256 * critic
+    # the actor step's backward through one critic per sample instead of 10, on 1024 samples
+    assert round_flops(11, 3, cfg, 2) - round_flops(11, 3, cfg, 2, 1) == 9 * 2 * 1024 * critic

@@ -1,0 +1,32 @@
+"""Shipping a pre-trained checkpoint: files, ONNX export and returns on every shift preset."""
+
+import json
+
+from drivers.shift import preset_names
+from robot_wsrl.config import compose_config
+from robot_wsrl.policy import OnnxPolicy
+from robot_wsrl.pretrain import pretrain
+from robot_wsrl.ship import ship
+
+
+def test_ship_writes_checkpoint_policy_and_manifest(small_overrides, pendulum_dataset, tmp_path):
+    pre = pretrain(
+        compose_config(
+            "pretrain",
+            [
+                "env=inverted_pendulum",
+                *small_overrides,
+                f"run.dataset={pendulum_dataset}",
+                "run.steps=3",
+                "run.eval_every=0",
+            ],
+        )
+    )
+    out = tmp_path / "policies" / "pendulum"
+    manifest = ship(tmp_path / "run" / "checkpoint.pt", out, {"recipe": "test"}, episodes=1, seed=0)
+    assert pre["steps"] == manifest["pretrain_steps"] == 3
+    assert set(manifest["returns"]) == set(preset_names()) >= {"nominal", "real"}
+    assert all(r["return_mean"] > 0 for r in manifest["returns"].values())
+    assert json.loads((out / "manifest.json").read_text())["recipe"] == {"recipe": "test"}
+    policy = OnnxPolicy.load(out / "policy.onnx")
+    assert policy.spec.obs_dim == 4 and policy.version == 0
