@@ -16,9 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("robot_wsrl.finetune", "in-process warm-start fine-tuning (warmup, then online-only SAC)"),
     "export": ("robot_wsrl.export", "export a checkpoint's actor to ONNX + JSON sidecar (sha256, metadata)"),
     "runner": ("robot_wsrl.runner", "run an ONNX policy on a driver behind the safety envelope (no torch)"),
+    "learner": ("robot_wsrl.learner", "the off-board WSRL learner that runners feed over ZeroMQ"),
+    "link-runner": ("robot_wsrl.link", "a runner fed and updated by a learner over ZeroMQ (no torch)"),
     "keys": ("robot_wsrl.keys", "make and list CURVE key pairs and the learner's policy-signing key"),
     "demo": ("robot_wsrl.demo", "the main job on a small sim task, end to end"),
-    "bench": ("robot_wsrl.bench", "benchmarks that print one JSON line (learner, runner)"),
+    "bench": ("robot_wsrl.bench", "benchmarks that print one JSON line (learner, runner, finetune)"),
 }
 
 

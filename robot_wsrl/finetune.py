@@ -120,6 +120,7 @@ def finetune(cfg: Config) -> dict[str, Any]:
                 "buffer": len(online),
                 "recent_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
                 "steps_per_s": (step - first_step) / max(time.perf_counter() - started, 1e-9),
+                "q_online": _q_online(agent, online),
                 **{k: float(v) for k, v in info.items()},
             }
             logger.log("train", step, row)
@@ -155,6 +156,14 @@ def finetune(cfg: Config) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(_json(summary))
     return summary
+
+
+def _q_online(agent: Agent, online: ReplayBuffer, n: int = 256) -> float:
+    """Mean ensemble Q on the latest `n` online transitions, logged in warmup too: the trace then spans
+    the switch to online updates, where a collapse (the "downward spiral") shows. No RNG is drawn."""
+    idx = (online.cursor - 1 - np.arange(min(n, len(online)))) % online.capacity
+    batch = agent.to_batch(online.gather(idx))
+    return agent.mean_q(batch["obs"], batch["action"])
 
 
 def _save(

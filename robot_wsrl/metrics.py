@@ -32,7 +32,8 @@ class MetricsLogger:
                 self._tb = None
 
     def log(self, stream: str, step: int, values: Mapping[str, Any]) -> None:
-        """Append a row to <stream>.csv; columns are fixed by the stream's first row (resume appends)."""
+        """Append a row to <stream>.csv (resume appends). A row with new keys (e.g. the update metrics
+        that start after warmup) adds columns: the file is rewritten once, earlier rows left blank there."""
         row = {"step": step, **{k: _scalar(v) for k, v in values.items()}}
         if stream not in self._files:
             path = self.out_dir / f"{stream}.csv"
@@ -43,17 +44,37 @@ class MetricsLogger:
             else:
                 fields = list(row)
             handle = path.open("a", newline="")
-            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=fields)
             if not exists:
                 writer.writeheader()
             self._files[stream] = (handle, writer)
         handle, writer = self._files[stream]
+        if any(key not in writer.fieldnames for key in row):
+            handle, writer = self._widen(stream, row)
         writer.writerow(row)
         handle.flush()
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{stream}/{key}", value, step)
+
+    def _widen(self, stream: str, row: Mapping[str, Any]) -> tuple[Any, csv.DictWriter]:
+        handle, writer = self._files.pop(stream)
+        handle.close()
+        fields = [*writer.fieldnames, *(key for key in row if key not in writer.fieldnames)]
+        path = self.out_dir / f"{stream}.csv"
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            rewriter = csv.DictWriter(f, fieldnames=fields)
+            rewriter.writeheader()
+            rewriter.writerows(rows)
+        tmp.replace(path)
+        handle = path.open("a", newline="")
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        self._files[stream] = (handle, writer)
+        return handle, writer
 
     def close(self) -> None:
         for handle, _ in self._files.values():

@@ -258,10 +258,11 @@ class _Hidden(NamedTuple):
 
 
 class _Saved(NamedTuple):
-    """What a hidden layer's backward reads: the LayerNorm's input, mean and 1/std (None without
-    LayerNorm) and the post-ReLU output."""
+    """What a hidden layer's backward reads: the LayerNorm's input, normalised output, mean and 1/std
+    (None without LayerNorm) and the post-ReLU output."""
 
     pre: torch.Tensor | None
+    normed: torch.Tensor | None
     mean: torch.Tensor | None
     rstd: torch.Tensor | None
     post: torch.Tensor
@@ -276,47 +277,6 @@ def _unpack(params: Sequence[torch.Tensor], layer_norm: bool) -> list[_Hidden]:
     ]
 
 
-# LayerNorm with a per-member scale and shift runs member by member: ATen's fused LayerNorm kernels take
-# one [F] scale, and one fused pass per member beats normalise-then-scale passes over the whole ensemble.
-
-
-def _ensemble_layer_norm(
-    h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(LayerNorm(h) * scale + shift, mean, 1/std) for h [E, N, F], scale and shift [E, 1, F]."""
-    out, mean, rstd = torch.empty_like(h), h.new_empty(*h.shape[:-1], 1), h.new_empty(*h.shape[:-1], 1)
-    for e in range(h.shape[0]):
-        torch.ops.aten.native_layer_norm.out(
-            h[e], h.shape[-1:], scale[e, 0], shift[e, 0], eps, out0=out[e], out1=mean[e], out2=rstd[e]
-        )
-    return out, mean, rstd
-
-
-def _layer_norm_input_grad(grad_normed: torch.Tensor, saved: _Saved) -> torch.Tensor:
-    """Gradient to a LayerNorm's input from the gradient at its normalised (pre-scale) output."""
-    pre, mean, rstd = saved.pre, saved.mean, saved.rstd
-    assert pre is not None and mean is not None and rstd is not None
-    mask = [True, False, False]
-    return torch.ops.aten.native_layer_norm_backward(
-        grad_normed, pre, pre.shape[-1:], mean, rstd, None, None, mask
-    )[0]
-
-
-def _ensemble_layer_norm_backward(
-    grad: torch.Tensor, saved: _Saved, scale: torch.Tensor, shift: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of `_ensemble_layer_norm` to its input, scale and shift: one fused pass per member."""
-    grad_in, grad_scale, grad_shift = torch.empty_like(grad), torch.empty_like(scale), torch.empty_like(shift)
-    pre, mean, rstd = saved.pre, saved.mean, saved.rstd
-    assert pre is not None and mean is not None and rstd is not None
-    for e in range(grad.shape[0]):
-        torch.ops.aten.native_layer_norm_backward.out(
-            grad[e], pre[e], pre.shape[-1:], mean[e], rstd[e], scale[e, 0], shift[e, 0], [True, True, True],
-            out0=grad_in[e], out1=grad_scale[e, 0], out2=grad_shift[e, 0],
-        )  # fmt: skip
-    return grad_in, grad_scale, grad_shift
-
-
 def _forward(
     obs: torch.Tensor, act: torch.Tensor, params: Sequence[torch.Tensor], layer_norm: bool, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, list[_Saved]]:
@@ -329,15 +289,19 @@ def _forward(
         h = torch.baddbmm(layer.bias, a, layer.weight)
         if layer.scale is None or layer.shift is None:
             a = h.relu_()
-            saved.append(_Saved(None, None, None, a))
+            saved.append(_Saved(None, None, None, None, a))
             continue
-        a, mean, rstd = _ensemble_layer_norm(h, layer.scale, layer.shift, eps)
-        saved.append(_Saved(h, mean, rstd, a.relu_()))
-    # the 1-wide output layer as one matrix-vector product per member: a batched matmul with a single
-    # output column takes a slow path on CPU, several times slower
+        normed, mean, rstd = torch.native_layer_norm(h, h.shape[-1:], None, None, eps)
+        a = torch.addcmul(layer.shift, normed, layer.scale).relu_()
+        saved.append(_Saved(h, normed, mean, rstd, a))
     weight, bias = params[-2], params[-1]
-    q = torch.stack([torch.mv(a[e], weight[e, :, 0]) for e in range(ensemble)])
-    return q.add_(bias.view(ensemble, 1)), x, saved
+    if a.device.type == "cpu":
+        # the 1-wide output layer as one matrix-vector product per member: on CPU a batched matmul with
+        # a single output column takes a path several times slower
+        columns = zip(a.unbind(0), weight[:, :, 0].unbind(0), strict=True)
+        q = torch.stack([torch.mv(a_e, w_e) for a_e, w_e in columns])
+        return q.add_(bias.view(ensemble, 1)), x, saved
+    return torch.baddbmm(bias, a, weight).squeeze(-1), x, saved
 
 
 def ensemble_mlp_forward(
@@ -345,6 +309,16 @@ def ensemble_mlp_forward(
 ) -> torch.Tensor:
     """Q [E, N] of the ensemble on shared inputs obs [N, obs_dim], act [N, act_dim]."""
     return _forward(obs, act, params, layer_norm, eps)[0]
+
+
+def _layer_norm_input_grad(grad_normed: torch.Tensor, saved: _Saved) -> torch.Tensor:
+    """Gradient to a LayerNorm's input from the gradient at its normalised (not yet scaled) output."""
+    pre, mean, rstd = saved.pre, saved.mean, saved.rstd
+    assert pre is not None and mean is not None and rstd is not None
+    mask = [True, False, False]  # the input's gradient only: scale and shift are the caller's
+    return torch.ops.aten.native_layer_norm_backward(
+        grad_normed, pre, pre.shape[-1:], mean, rstd, None, None, mask
+    )[0]
 
 
 class EnsembleMLPFunction(torch.autograd.Function):
@@ -366,7 +340,8 @@ class EnsembleMLPFunction(torch.autograd.Function):
     def backward(ctx, grad_q):  # type: ignore[override]
         x, *rest = ctx.saved_tensors
         params, flat = rest[: ctx.num_params], rest[ctx.num_params :]
-        saved = [_Saved(*flat[i : i + len(_Saved._fields)]) for i in range(0, len(flat), len(_Saved._fields))]
+        width = len(_Saved._fields)
+        saved = [_Saved(*flat[i : i + width]) for i in range(0, len(flat), width)]
         layers = _unpack(params, ctx.layer_norm)
         needs = ctx.needs_input_grad
         needs_obs, needs_act, needs_params = needs[0], needs[1], needs[4:]
@@ -382,13 +357,12 @@ class EnsembleMLPFunction(torch.autograd.Function):
         for i in reversed(range(len(layers))):
             layer, acts, base = layers[i], saved[i], i * per_layer
             grad_h = torch.ops.aten.threshold_backward(grad_a, acts.post, 0)
-            if layer.scale is not None and layer.shift is not None:
-                if needs_params[base + 2] or needs_params[base + 3]:
-                    grad_h, grads[base + 2], grads[base + 3] = _ensemble_layer_norm_backward(
-                        grad_h, acts, layer.scale, layer.shift
-                    )
-                else:
-                    grad_h = _layer_norm_input_grad(grad_h * layer.scale, acts)
+            if layer.scale is not None:
+                if needs_params[base + 2]:
+                    grads[base + 2] = (grad_h * acts.normed).sum(1, keepdim=True)
+                if needs_params[base + 3]:
+                    grads[base + 3] = grad_h.sum(1, keepdim=True)
+                grad_h = _layer_norm_input_grad(grad_h * layer.scale, acts)
             below = saved[i - 1].post if i > 0 else x
             if needs_params[base]:
                 grads[base] = torch.matmul(below.transpose(-1, -2), grad_h)
@@ -422,8 +396,9 @@ class EnsembleMinQFunction(torch.autograd.Function):
         q_min, member = q.min(0)
         member, order = torch.sort(member, stable=True)
         flat = member * obs.shape[0] + order  # row of each (argmin member, sample) in [E * N, ...]
+        kept = [layer._replace(normed=None) for layer in saved]  # the backward works from `pre`
         rows = [
-            t.flatten(0, 1).index_select(0, flat) if t is not None else None for layer in saved for t in layer
+            t.flatten(0, 1).index_select(0, flat) if t is not None else None for acts in kept for t in acts
         ]
         ctx.layer_norm, ctx.obs_dim, ctx.num_params = layer_norm, obs.shape[-1], len(params)
         ctx.counts = torch.bincount(member, minlength=params[0].shape[0]).tolist()
@@ -436,21 +411,12 @@ class EnsembleMinQFunction(torch.autograd.Function):
         params, rows = rest[: ctx.num_params], rest[ctx.num_params :]
         bounds = list(itertools.accumulate(ctx.counts, initial=0))
         grad_a = grad_q[order].unsqueeze(-1) * params[-2][:, :, 0][member]
+        width = len(_Saved._fields)
         for i, layer in reversed(list(enumerate(_unpack(params, ctx.layer_norm)))):
-            acts = _Saved(*rows[i * len(_Saved._fields) : (i + 1) * len(_Saved._fields)])
+            acts = _Saved(*rows[i * width : (i + 1) * width])
             grad_h = torch.ops.aten.threshold_backward(grad_a, acts.post, 0)
-            if acts.pre is not None and layer.scale is not None:
-                grad_n = grad_h * layer.scale[:, 0][member]  # each row's own member's scale
-                grad_h = torch.ops.aten.native_layer_norm_backward(
-                    grad_n,
-                    acts.pre,
-                    acts.pre.shape[-1:],
-                    acts.mean,
-                    acts.rstd,
-                    None,
-                    None,
-                    [True, False, False],
-                )[0]
+            if layer.scale is not None:
+                grad_h = _layer_norm_input_grad(grad_h * layer.scale[:, 0][member], acts)  # rows' own scales
             weight = layer.weight[:, ctx.obs_dim :] if i == 0 else layer.weight
             grad_a = grad_h.new_empty(grad_h.shape[0], weight.shape[1])
             for e, (start, stop) in enumerate(itertools.pairwise(bounds)):

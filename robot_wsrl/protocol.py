@@ -395,6 +395,17 @@ class Ack(Message):
 
 
 @dataclass(frozen=True)
+class Credit(Message):
+    """Lockstep pacing: `runner_id` may produce transitions up to `granted_seq` (-1: none yet); the learner
+    extends it only after doing the updates its data is owed, so a runner never runs far ahead of them."""
+
+    runner_id: str
+    granted_seq: int
+    TYPE: ClassVar[str] = "credit"
+    FIELDS: ClassVar[dict[str, Check]] = {"runner_id": _ident, "granted_seq": _watermark}
+
+
+@dataclass(frozen=True)
 class PolicyMessage(Message):
     """A signed policy: the ONNX file's bytes (one uint8 frame) and its JSON sidecar text, as signed."""
 
@@ -496,6 +507,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     for cls in (
         Transitions,
         Ack,
+        Credit,
         PolicyMessage,
         PolicyRequest,
         HeartbeatMessage,

@@ -48,6 +48,7 @@ SPIN_S = 200e-6  # sleep until this long before a deadline, then spin
 JITTER_WINDOW = 10_000  # ticks of timing kept for the percentiles (10 s at 1 kHz)
 TRANSITION_BUFFER = 10_000
 STATUS_PERIOD_S = 0.25  # how often the CLI redraws its status line
+IDLE_SLEEP_S = 1e-3  # tick interval of a paused or stopped loop that keeps no schedule
 DRIVER_TIMEOUT_PERIODS = 5  # default per-request deadline of a driver behind a link, in control periods
 
 
@@ -366,6 +367,8 @@ class Runner:
                 break
             if self.realtime:
                 sleep_until(next_tick)
+            elif self._paused or self._latch.latched:
+                time.sleep(IDLE_SLEEP_S)  # nothing to step and no schedule: do not spin a core
             start = time.perf_counter()
             self._timing.tick(start, next_tick if self.realtime else None)
             self._guarded_tick()

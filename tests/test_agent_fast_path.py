@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from robot_wsrl.agent import Agent
-from robot_wsrl.bench.learner import round_flops
+from robot_wsrl.bench.learner import NaiveWSRL, round_flops
 from robot_wsrl.config import AgentConfig
 from robot_wsrl.networks import ObsNormalizer, QEnsemble, reduce_ensemble
 
@@ -152,3 +152,16 @@ def test_reference_flop_count_of_a_wsrl_round():
     assert round_flops(11, 3, cfg) - round_flops(11, 3, cfg, 2) == 4 * 8 * 2 * 256 * critic
     # the actor step's backward through one critic per sample instead of 10, on 1024 samples
     assert round_flops(11, 3, cfg, 2) - round_flops(11, 3, cfg, 2, 1) == 9 * 2 * 1024 * critic
+
+
+def test_naive_baseline_runs_the_same_round_structure():
+    cfg = AgentConfig(num_critics=4, critic_hidden=[8, 8], actor_hidden=[8, 8], batch_size=4, utd=2)
+    naive = NaiveWSRL(5, 2, cfg, torch.device("cpu"))
+    before = [p.detach().clone() for p in naive.critic_params]
+    target_before = [p.detach().clone() for p in naive.target_params]
+    naive.update(_batch(8))
+    assert all(not torch.equal(a, b) for a, b in zip(before, naive.critic_params, strict=True))
+    # Polyak after each critic step keeps the targets close to, but not at, the critics
+    for t0, t1 in zip(target_before, naive.target_params, strict=True):
+        assert 0 < (t1 - t0).abs().max() < 0.1
+    assert all(p.requires_grad for p in naive.critic_params)

@@ -17,6 +17,8 @@ ROBOT_MODULES = [
     "robot_wsrl.keys",
     "robot_wsrl.transport",
     "robot_wsrl.spool",
+    "robot_wsrl.link",
+    "robot_wsrl.ingest_log",
 ]
 
 SCRIPT = f"""

@@ -1,6 +1,8 @@
-"""`robot-wsrl bench NAME [--json]`: each benchmark is a function returning a flat dict of measurements.
+"""`robot-wsrl bench NAME [KEY=VALUE ...] [--json]`: each benchmark is a function returning a dict of
+measurements.
 
-Benchmarks are imported only when named, so `bench runner` never imports the learner's stack.
+Benchmarks are imported only when named, so `bench runner` never imports the learner's stack. Those in
+CONFIGURABLE take the command line's KEY=VALUE overrides of their config file (configs/bench/NAME.yaml).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "runner": "robot_wsrl.bench.runner:run_runner_benchmark",
     "learner": "robot_wsrl.bench.learner:run_learner_benchmark",
+    "finetune": "robot_wsrl.bench.finetune:main",
 }
+CONFIGURABLE = {"finetune"}
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -36,9 +40,15 @@ def cli(argv: list[str]) -> int:
         prog="robot-wsrl bench", description="Run a benchmark and print its results."
     )
     parser.add_argument("name", choices=sorted(BENCHMARKS))
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides (configurable benchmarks)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     args = parser.parse_args(argv)
+    if args.overrides and args.name not in CONFIGURABLE:
+        parser.error(
+            f"bench {args.name} takes no overrides (configurable: {', '.join(sorted(CONFIGURABLE))})"
+        )
     module, function = BENCHMARKS[args.name].split(":")
-    result = getattr(importlib.import_module(module), function)()
+    benchmark = getattr(importlib.import_module(module), function)
+    result = benchmark(args.overrides) if args.name in CONFIGURABLE else benchmark()
     print(json.dumps(result, sort_keys=True) if args.json else _table(result))
     return 0

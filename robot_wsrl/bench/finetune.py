@@ -1,0 +1,438 @@
+"""Fine-tuning benchmark: WSRL against its baselines on a shifted robot, and learner memory vs dataset size.
+
+Every (variant, seed) is a `robot-wsrl finetune` run in its own process, so that the peak RSS the kernel
+reports for it (wait4's rusage, see `_LAUNCHER`) is the run's own, even with several runs at once.
+Variants are data: a name and its finetune overrides (configs/bench/finetune.yaml). The memory sweep
+checks the point of WSRL (DESIGN §6): the learner's memory does not grow with the offline dataset,
+because WSRL never loads it, while the retain-offline baseline holds all of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from robot_wsrl.config import CONFIG_DIR, Config, compose_config
+
+BENCH_CONFIG = CONFIG_DIR / "bench" / "finetune.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(eq=False)  # identity: runs key the table of running processes
+class Run:
+    """One finetune process and what the kernel and its files tell about it."""
+
+    variant: str
+    seed: int
+    overrides: list[str]
+    out_dir: Path
+    dataset_size: int = 0
+    returncode: int | None = None
+    peak_rss_mb: float = float("nan")
+    wall_s: float = float("nan")
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def rows(self, stream: str) -> list[dict[str, str]]:
+        path = self.out_dir / f"{stream}.csv"
+        if not path.is_file():
+            return []
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.out_dir / "summary.json").read_text())
+
+
+def load_config(overrides: list[str] | None = None) -> DictConfig:
+    """configs/bench/finetune.yaml merged with command-line `KEY=VALUE` overrides (OmegaConf dotlist)."""
+    return OmegaConf.merge(OmegaConf.load(BENCH_CONFIG), OmegaConf.from_dotlist(list(overrides or [])))
+
+
+def main(overrides: list[str]) -> dict[str, Any]:
+    """The `robot-wsrl bench finetune [KEY=VALUE ...]` entry point."""
+    return run_finetune_benchmark(load_config(overrides))
+
+
+def run_finetune_benchmark(cfg: DictConfig) -> dict[str, Any]:
+    """Run every included variant for every seed, then the memory sweep; write CSVs, PNGs, summary.json."""
+    cfg = _with_absolute_paths(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {name: _check_variant(cfg, name) for name in cfg.include}
+    runs = [
+        Run(name, int(seed), _overrides(cfg, name, seed, run_dir), run_dir)
+        for name in cfg.include
+        for seed in cfg.seeds
+        for run_dir in [out / "runs" / name / f"seed{seed}"]
+    ]
+    _run_all(runs, int(cfg.jobs), float(cfg.timeout_s))
+    sweep = _memory_sweep(cfg, out)
+
+    device = _device_label(str(cfg.device))
+    reference = compose_config("finetune", _overrides(cfg, None, 0, out))  # the common scale, no variant
+    label = _scale_label(cfg, reference, device, cfg.steps, cfg.warmup, len(cfg.seeds))
+    sweep_label = _scale_label(cfg, reference, device, cfg.memory_sweep.steps, cfg.memory_sweep.warmup, 1)
+    done = [r for r in runs if r.ok]
+    _write_csv(out / "curves.csv", ["variant", "seed", "step", "return"], _curve_rows(done))
+    _write_csv(
+        out / "q_trace.csv",
+        ["variant", "seed", "step", "phase", "updates", "q_online", "q_mean"],
+        _q_rows(done),
+    )
+    _write_csv(
+        out / "memory.csv",
+        ["variant", "seed", "peak_rss_mb", "wall_s"],
+        [[r.variant, r.seed, r.peak_rss_mb, r.wall_s] for r in runs],
+    )
+    _write_csv(
+        out / "memory_sweep.csv",
+        ["dataset_size", "variant", "peak_rss_mb", "wall_s"],
+        [[r.dataset_size, r.variant, r.peak_rss_mb, r.wall_s] for r in sweep],
+    )
+    _plot(out, cfg, (label, sweep_label), done, sweep)
+
+    result: dict[str, Any] = {
+        "out": str(out),
+        "device": device,
+        "scale": label,
+        "variants": {name: _variant_summary(name, done, resolved[name]) for name in cfg.include},
+        "memory_sweep_mb": {
+            name: {str(r.dataset_size): r.peak_rss_mb for r in sweep if r.variant == name}
+            for name in cfg.memory_sweep.variants
+        },
+        "memory_growth_mb": _growth(sweep),
+        "failed": [
+            {
+                "variant": r.variant,
+                "seed": r.seed,
+                "returncode": r.returncode,
+                "timed_out": r.timed_out,
+                "log": str(r.out_dir / "process.log"),
+            }
+            for r in [*runs, *sweep]
+            if not r.ok
+        ],
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    (out / "summary.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return result
+
+
+# ---- configuration ------------------------------------------------------------------------------------
+
+
+def _with_absolute_paths(cfg: DictConfig) -> DictConfig:
+    """Runs may start elsewhere: checkpoint and dataset are found from the cwd, then from the repo root."""
+    cfg = cfg.copy()
+    for key in ("checkpoint", "dataset"):
+        if cfg[key] is not None:
+            path = Path(cfg[key])
+            cfg[key] = str((path if path.exists() or path.is_absolute() else REPO_ROOT / path).resolve())
+    cfg.out = str(Path(cfg.out).resolve())
+    return cfg
+
+
+def _value(value: Any) -> str:
+    """A Hydra override value: strings as they are, everything else as compact JSON (lists, null, true)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _flatten(child, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): _value(node)}
+
+
+def _overrides(
+    cfg: DictConfig, variant: str | None, seed: int, out_dir: Path, extra: dict[str, Any] | None = None
+) -> list[str]:
+    """Common settings, then `cfg.finetune`, then the variant's own (if any): a later value of a key wins."""
+    common = {
+        "env": cfg.env,
+        "env.shift": cfg.shift,
+        "run.checkpoint": cfg.checkpoint,
+        "run.steps": cfg.steps,
+        "run.warmup_steps": cfg.warmup,
+        "run.eval_every": cfg.eval_every,
+        "run.eval_episodes": cfg.eval_episodes,
+        "run.log_every": cfg.log_every,
+        "seed": seed,
+        "device": cfg.device,
+        "out_dir": str(out_dir),
+        **(extra or {}),
+    }
+    merged = {key: _value(value) for key, value in common.items()}
+    merged.update(_flatten(OmegaConf.to_container(cfg.finetune, resolve=True)))
+    for override in OmegaConf.to_container(cfg.variants[variant], resolve=True) if variant else []:
+        key, value = str(override).split("=", 1)
+        merged[key] = value
+    return [f"{key}={value}" for key, value in merged.items()]
+
+
+def _check_variant(cfg: DictConfig, name: str) -> Config:
+    """Compose the variant's finetune config here, so a bad override fails before hours of other runs."""
+    if name not in cfg.variants:
+        raise ValueError(f"bench finetune: unknown variant {name!r}; defined: {sorted(cfg.variants)}")
+    composed = compose_config("finetune", _overrides(cfg, name, 0, Path(cfg.out)))
+    if composed.run.offline_ratio > 0 and not Path(str(composed.run.dataset)).is_file():
+        raise ValueError(
+            f"bench finetune: variant {name!r} retains offline data but dataset={cfg.dataset!r} is not a "
+            "file; pass dataset=FILE (the checkpoint's offline dataset) or leave the variant out of include"
+        )
+    return composed
+
+
+# ---- processes ----------------------------------------------------------------------------------------
+
+
+# Linux charges a child the RSS of the process it was forked from (the pre-exec image counts towards its
+# ru_maxrss), so a run forked from this process would report at least this process's size. A bare
+# interpreter (a few MB) forks the run instead and writes the run's own peak (KiB) to a file.
+_LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def _run_all(runs: list[Run], jobs: int, timeout_s: float) -> None:
+    """Run `jobs` finetune processes at a time, each started by `_LAUNCHER`; a run past `timeout_s` is
+    killed with its launcher (one process group)."""
+    pending = list(runs)
+    running: dict[Run, tuple[subprocess.Popen, float]] = {}
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            run = pending.pop(0)
+            run.out_dir.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "robot_wsrl.cli", "finetune", *run.overrides]
+            with (run.out_dir / "process.log").open("w") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-S", "-c", _LAUNCHER, str(run.out_dir / "peak_rss_kib"), *command],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            running[run] = (proc, time.monotonic())
+        for run, (proc, started) in list(running.items()):
+            if proc.poll() is None:
+                if time.monotonic() - started > timeout_s and not run.timed_out:
+                    run.timed_out = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+                continue
+            run.returncode, run.wall_s = proc.returncode, time.monotonic() - started
+            peak = run.out_dir / "peak_rss_kib"
+            if peak.is_file():  # absent when the launcher itself was killed
+                run.peak_rss_mb = int(peak.read_text()) / 1024.0
+            del running[run]
+        time.sleep(0.05)
+
+
+def _memory_sweep(cfg: DictConfig, out: Path) -> list[Run]:
+    """Short runs on synthetic env-shaped datasets of each size; every run is given the dataset path,
+    only the variants with an offline ratio load it."""
+    sweep_cfg = cfg.memory_sweep
+    if not sweep_cfg.sizes:
+        return []
+    seed = int(cfg.seeds[0])
+    spec = _env_spec(compose_config("finetune", [f"env={cfg.env}", f"env.shift={cfg.shift}"]))
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
+        for size in sweep_cfg.sizes:
+            dataset = _synthetic_dataset(spec, int(size), Path(tmp) / f"synthetic-{size}.npz", seed)
+            sized = OmegaConf.merge(cfg, {"dataset": str(dataset), "steps": sweep_cfg.steps})
+            extra = {
+                "run.dataset": str(dataset),
+                "run.warmup_steps": sweep_cfg.warmup,
+                "run.eval_every": 0,
+                "run.log_every": sweep_cfg.steps,
+            }
+            batch = [
+                Run(
+                    name,
+                    seed,
+                    _overrides(sized, name, seed, out / "sweep" / name / f"n{size}", extra),
+                    out / "sweep" / name / f"n{size}",
+                    dataset_size=int(size),
+                )
+                for name in sweep_cfg.variants
+            ]
+            _run_all(batch, int(cfg.jobs), float(cfg.timeout_s))
+            runs += batch
+            dataset.unlink()
+    return runs
+
+
+def _env_spec(composed: Config):
+    from robot_wsrl.envs import make_env
+
+    env = make_env(composed.env, seed=0)
+    try:
+        return env.spec
+    finally:
+        env.close()
+
+
+def _synthetic_dataset(spec, size: int, path: Path, seed: int) -> Path:
+    """Random transitions shaped like the env's (actions inside its limits), 1,000-step episodes."""
+    from robot_wsrl.datasets import OfflineDataset, save_dataset
+
+    rng = np.random.default_rng(seed)
+    chain = rng.standard_normal((size + 1, spec.obs_dim), dtype=np.float32)
+    index = np.arange(size)
+    dataset = OfflineDataset(
+        observations=chain[:-1],
+        actions=rng.uniform(spec.low, spec.high, (size, spec.act_dim)).astype(np.float32),
+        rewards=rng.standard_normal(size, dtype=np.float32),
+        next_observations=chain[1:],
+        terminals=np.zeros(size, bool),
+        timeouts=(index % 1000 == 999) | (index == size - 1),
+        source=str(path),
+    )
+    return save_dataset(path, dataset)
+
+
+# ---- results ------------------------------------------------------------------------------------------
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _curve_rows(runs: list[Run]) -> list[list[Any]]:
+    return [
+        [r.variant, r.seed, int(e["step"]), float(e["return_mean"])] for r in runs for e in r.rows("eval")
+    ]
+
+
+def _q_rows(runs: list[Run]) -> list[list[Any]]:
+    return [
+        [r.variant, r.seed, int(t["step"]), t["phase"], int(t["updates"]), t["q_online"], t.get("q_mean", "")]
+        for r in runs
+        for t in r.rows("train")
+    ]
+
+
+def _variant_summary(name: str, runs: list[Run], composed: Config) -> dict[str, Any]:
+    mine = [r for r in runs if r.variant == name]
+    finals = [r.summary()["final_eval"].get("return_mean", float("nan")) for r in mine]
+    return {
+        "seeds_done": len(mine),
+        "updates": [r.summary()["updates"] for r in mine],
+        "final_return_mean": float(np.mean(finals)) if finals else float("nan"),
+        "final_return_std": float(np.std(finals)) if finals else float("nan"),
+        "peak_rss_mb_max": max((r.peak_rss_mb for r in mine), default=float("nan")),
+        "warmup_steps": composed.run.warmup_steps,
+    }
+
+
+def _growth(sweep: list[Run]) -> dict[str, float]:
+    """Peak RSS at the largest dataset minus at the smallest, per variant: about 0 is WSRL's claim."""
+    by_variant: dict[str, list[Run]] = defaultdict(list)
+    for run in sweep:
+        by_variant[run.variant].append(run)
+    ordered = {name: sorted(rs, key=lambda r: r.dataset_size) for name, rs in by_variant.items()}
+    return {name: rs[-1].peak_rss_mb - rs[0].peak_rss_mb for name, rs in ordered.items()}
+
+
+def _device_label(device: str) -> str:
+    from robot_wsrl.agent import resolve_device
+    from robot_wsrl.bench.runner import _cpu_model
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({_cpu_model()}, {os.cpu_count()} logical cores)"
+
+
+def _scale_label(cfg: DictConfig, composed: Config, device: str, steps: int, warmup: int, seeds: int) -> str:
+    """What every figure states: task and shift, steps, seeds, network size and device."""
+    agent = composed.agent
+    hidden = "x".join(str(h) for h in agent.critic_hidden)
+    actor = "x".join(str(h) for h in agent.actor_hidden)
+    return (
+        f"{cfg.env} on shift '{cfg.shift}' | {steps:,} steps, warmup {warmup:,}, "
+        f"{seeds} seed{'s' if seeds > 1 else ''} | {agent.num_critics} critics {hidden}, actor {actor}, "
+        f"UTD {agent.utd}, batch {agent.batch_size} | device: {device}"
+    )
+
+
+def _by_step(runs: list[Run], stream: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps logged by every seed and a [seeds, steps] array of `column` there (NaN where blank)."""
+    tables = [{int(row["step"]): float(row[column] or "nan") for row in r.rows(stream)} for r in runs]
+    steps = sorted(set.intersection(*(set(t) for t in tables)))
+    return np.array(steps), np.array([[t[s] for s in steps] for t in tables])
+
+
+def _plot(out: Path, cfg: DictConfig, labels: tuple[str, str], runs: list[Run], sweep: list[Run]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for stream, column, ylabel, name in (
+        ("eval", "return_mean", "evaluation return", "learning_curves.png"),
+        ("train", "q_online", "mean Q on latest online transitions", "q_trace.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for variant in cfg.include:
+            mine = [r for r in runs if r.variant == variant]
+            if not mine:
+                continue
+            steps, values = _by_step(mine, stream, column)
+            mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+            ax.plot(steps, mean, label=f"{variant} (n={len(mine)})")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.axvline(cfg.warmup, color="grey", linestyle="--", label=f"end of warmup (K={cfg.warmup:,})")
+        ax.set(xlabel="environment steps", ylabel=ylabel)
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+        _caption(fig, f"{ylabel}: mean ± std over seeds", labels[0])
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for variant in cfg.memory_sweep.variants:
+        mine = sorted((r for r in sweep if r.variant == variant and r.ok), key=lambda r: r.dataset_size)
+        ax.plot([r.dataset_size for r in mine], [r.peak_rss_mb for r in mine], marker="o", label=variant)
+    ax.set(xscale="log", xlabel="offline dataset size (transitions)", ylabel="peak RSS of the run (MB)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    _caption(fig, "learner peak memory against offline dataset size (synthetic data)", labels[1])
+    fig.savefig(out / "memory_sweep.png", dpi=120)
+    plt.close(fig)
+
+
+def _caption(fig: Any, title: str, label: str) -> None:
+    fig.suptitle(title)
+    fig.text(0.5, 0.01, label, ha="center", fontsize=8, wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))

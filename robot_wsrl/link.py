@@ -1,0 +1,470 @@
+"""The runner's link to the learner (numpy, pyzmq, onnxruntime only: never torch).
+
+The control loop only hands each transition to `on_transition`, which puts it on a bounded queue. One
+link thread owns the socket and does everything else: it spools batches durably and sends them, forgets
+them when the learner acknowledges, resends whatever is unacknowledged after a reconnect or a stall,
+verifies every policy against the learner's signing key before writing it and offering it to the runner,
+exchanges heartbeats, maps the learner's commands onto the runner and answers status requests.
+
+The runner is held (paused: the robot brought to its safe state, a new episode on resume) while any
+reason to hold it stands: no lockstep credit left, the spool full, the learner silent past its deadline
+(with `on_learner_lost="hold"`; "keep" runs on with the last policy and spools), or an operator pause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import zmq
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from drivers import make_driver
+from robot_wsrl import keys, transport
+from robot_wsrl.driver import DriverFault
+from robot_wsrl.policy import OnnxPolicy, PolicyError
+from robot_wsrl.protocol import (
+    Ack,
+    Command,
+    Credit,
+    HeartbeatMessage,
+    Message,
+    PolicyMessage,
+    PolicyRequest,
+    RejectCounter,
+    Reply,
+    Status,
+    StatusRequest,
+    encode,
+    try_decode,
+)
+from robot_wsrl.runner import Runner, Transition
+from robot_wsrl.safety import RunnerState
+from robot_wsrl.signing import SignatureError, verify_policy_message
+from robot_wsrl.spool import SpoolFull, TransitionSpool
+
+log = logging.getLogger(__name__)
+
+LearnerLost = Literal["keep", "hold"]
+POLL_S = 0.01
+ONNX_NAME, SIDECAR_NAME = "policy.onnx", "policy.json"
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    batch_size: int = 64  # transitions per message
+    queue_size: int = 100_000  # transitions between the control loop and the link thread
+    heartbeat_s: float = 0.5
+    deadline_s: float = 3.0  # learner silent this long: lost
+    on_learner_lost: LearnerLost = "hold"
+    lockstep: bool = True  # produce only up to the learner's credit
+    resend_after_s: float = 2.0  # unacknowledged data with no ack progress this long is sent again
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class LearnerLink:
+    """Connects one Runner to the learner over `sock` (a DEALER whose routing id is `spool.runner_id`).
+
+    Order of use: `start()`, `wait_for_policy()` (the learner's current policy, verified, on disk), build
+    the Runner with `on_transition=link.on_transition`, `attach(runner)`, run it, then `drain()` and
+    `close()`. Holds and counters are in `status()`.
+    """
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        spool: TransitionSpool,
+        trusted: dict[str, Ed25519PublicKey],
+        policy_dir: str | Path,
+        options: LinkOptions = LinkOptions(),
+    ) -> None:
+        if options.on_learner_lost not in ("keep", "hold"):
+            raise ValueError(f"on_learner_lost must be 'keep' or 'hold', got {options.on_learner_lost!r}")
+        if not trusted:
+            raise ValueError("no trusted policy-signing key: the runner could never load a policy")
+        self.sock, self.spool, self.trusted, self.options = sock, spool, trusted, options
+        self.name = spool.runner_id
+        self.policy_dir = Path(policy_dir)
+        self.policy_dir.mkdir(parents=True, exist_ok=True)
+        self.learner = transport.Heartbeat(options.heartbeat_s, options.deadline_s)
+        self.rejects = RejectCounter()
+        self._queue: queue.Queue[Transition] = queue.Queue(options.queue_size)
+        self._pending: list[Transition] = []  # taken off the queue, not yet in the spool (spool full)
+        self._runner: Runner | None = None
+        self._first_policy = threading.Event()
+        self.policy_path: Path | None = None
+        self._offered_version: int | None = None
+        self._refused_versions: set[int] = set()
+        self._holds: set[str] = set()
+        self._holds_lock = threading.Lock()
+        self._granted = -1
+        self._produced_next = spool.next_seq  # the seq the next handed-over transition will get
+        self._was_alive = False
+        self._resend = True  # a fresh connection: whatever the spool holds goes out again
+        self._last_progress = time.monotonic()
+        self._last_request = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"link-{self.name}", daemon=True)
+        self.sent_batches = 0
+        self.resent_batches = 0
+        self.dropped = 0
+        self.rejected_policies = 0
+        self.last_error = ""
+
+    # ----- the runner's side -----
+
+    def on_transition(self, transition: Transition) -> None:
+        """The runner's callback (control loop thread): hand over, never wait."""
+        try:
+            self._queue.put_nowait(transition)
+        except queue.Full:
+            self.dropped += 1  # the link thread is wedged; the credit/spool holds stop the robot first
+            return
+        self._produced_next += 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_for_policy(self, timeout_s: float) -> Path | None:
+        """The learner's current policy (verified and written), or None within `timeout_s`."""
+        return self.policy_path if self._first_policy.wait(timeout_s) else None
+
+    def attach(self, runner: Runner) -> None:
+        self._runner = runner
+        self._offered_version = runner.policy.version
+        with self._holds_lock:
+            if self._holds:
+                runner.pause()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until everything handed over is spooled and acknowledged; True if it was in time."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._queue.empty() and not self._pending and self.spool.pending() == 0:
+                return True
+            time.sleep(POLL_S)
+        return False
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    @property
+    def holds(self) -> set[str]:
+        with self._holds_lock:
+            return set(self._holds)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "learner_alive": self.learner.alive(),
+            "holds": sorted(self.holds),
+            "granted_seq": self._granted,
+            "next_seq": self._produced_next,
+            "acked_seq": self.spool.acked_seq,
+            "spool_pending": self.spool.pending(),
+            "queued": self._queue.qsize() + len(self._pending),
+            "sent_batches": self.sent_batches,
+            "resent_batches": self.resent_batches,
+            "dropped": self.dropped,
+            "rejected_policies": self.rejected_policies,
+            "offered_policy_version": self._offered_version,
+            "last_error": self.last_error,
+            "rejected_messages": self.rejects.as_dict(),
+        }
+
+    # ----- holds -----
+
+    def _hold(self, reason: str, on: bool) -> None:
+        with self._holds_lock:
+            before = bool(self._holds)
+            if on:
+                self._holds.add(reason)
+            else:
+                self._holds.discard(reason)
+            after = bool(self._holds)
+        if self._runner is not None and before != after:
+            if after:
+                log.info("%s: holding the runner (%s)", self.name, sorted(self.holds))
+                self._runner.pause()
+            else:
+                self._runner.resume()
+
+    # ----- the link thread -----
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception as exc:  # never die silently: hold the robot and keep trying
+                log.exception("%s: link step failed", self.name)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._hold("link_error", True)
+                time.sleep(self.options.heartbeat_s)
+
+    def _step(self) -> None:
+        self._spool_and_send()
+        frames = transport.recv_frames(self.sock, POLL_S)
+        while frames is not None:
+            self._handle(frames)
+            frames = transport.recv_frames(self.sock, 0.0)
+        alive = self.learner.alive()
+        if alive and not self._was_alive:
+            self._resend = True
+        self._was_alive = alive
+        self._hold("learner_lost", self.options.on_learner_lost == "hold" and not alive)
+        self._hold("credit", self.options.lockstep and self._produced_next > self._granted)
+        if self.learner.due():
+            self.learner.sent()
+            self._send(self._heartbeat())
+        stalled = time.monotonic() - self._last_progress > self.options.resend_after_s
+        if alive and self.spool.pending() and (self._resend or stalled):
+            self._resend_unacked()
+        self._hold("link_error", False)
+
+    def _heartbeat(self) -> HeartbeatMessage:
+        state = "idle" if self._runner is None else self._runner.state.value
+        return HeartbeatMessage(self.name, "runner", time.time(), state, self._offered_version)
+
+    def _send(self, msg: Message) -> bool:
+        return transport.send_frames(self.sock, encode(msg), 0.0)
+
+    def _spool_and_send(self) -> None:
+        while len(self._pending) < self.options.batch_size:
+            try:
+                self._pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        while self._pending:
+            steps = self._pending[: self.options.batch_size]
+            if not self.spool.pending():
+                self._last_progress = time.monotonic()  # a stall counts from the oldest unacked batch
+            try:
+                batch = self.spool.append(steps)
+            except SpoolFull as exc:
+                self.last_error = str(exc)
+                self._hold("spool_full", True)
+                return
+            self._hold("spool_full", False)
+            del self._pending[: len(steps)]
+            if self._send(batch):
+                self.sent_batches += 1
+            else:
+                self._resend = True  # it is in the spool; it goes out again once the learner is there
+            if len(self._pending) < self.options.batch_size:
+                return
+
+    def _resend_unacked(self) -> None:
+        self._resend = False
+        self._last_progress = time.monotonic()
+        for batch in self.spool.unacked():
+            if not self._send(batch):
+                self._resend = True
+                return
+            self.resent_batches += 1
+
+    def _handle(self, frames: list[Any]) -> None:
+        msg = try_decode(frames, self.rejects)
+        if msg is None:
+            return
+        self.learner.beat()
+        if self._runner is not None:
+            self._runner.heartbeat()
+        if isinstance(msg, Ack) and msg.runner_id == self.name:
+            if msg.acked_seq > self.spool.acked_seq:
+                self.spool.ack(msg.acked_seq)
+                self._last_progress = time.monotonic()
+        elif isinstance(msg, Credit) and msg.runner_id == self.name:
+            self._granted = msg.granted_seq
+        elif isinstance(msg, PolicyMessage):
+            self._on_policy(msg)
+        elif isinstance(msg, HeartbeatMessage):
+            self._on_learner_heartbeat(msg)
+        elif isinstance(msg, Command):
+            self._send(self._command(msg))
+        elif isinstance(msg, StatusRequest):
+            status = {"link": self.status()} | ({} if self._runner is None else self._runner.status())
+            self._send(Status(self.name, status))
+
+    def _on_learner_heartbeat(self, msg: HeartbeatMessage) -> None:
+        if self._runner is not None and msg.state in (
+            RunnerState.WARMUP.value,
+            RunnerState.FINE_TUNING.value,
+        ):
+            self._runner.set_phase(RunnerState(msg.state))
+        version = msg.policy_version
+        wanted = (
+            version is not None and version != self._offered_version and version not in self._refused_versions
+        )
+        if wanted and time.monotonic() - self._last_request >= self.options.heartbeat_s:
+            self._last_request = time.monotonic()
+            self._send(PolicyRequest(self.name, self._offered_version))
+
+    def _on_policy(self, msg: PolicyMessage) -> None:
+        """Verify, write both files, offer to the runner; anything unsigned or altered is refused."""
+        if msg.version == self._offered_version:
+            return
+        try:
+            verify_policy_message(msg, self.trusted)
+        except SignatureError as exc:
+            self._refuse(msg.version, str(exc))
+            return
+        directory = self.policy_dir / f"v{msg.version:06d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_atomic(directory / SIDECAR_NAME, msg.sidecar.encode())
+        _write_atomic(directory / ONNX_NAME, msg.onnx)
+        path = directory / ONNX_NAME
+        if self._runner is None:
+            try:
+                OnnxPolicy.load(path)
+            except PolicyError as exc:
+                self._refuse(msg.version, str(exc))
+                return
+            self.policy_path, self._offered_version = path, msg.version
+            self._first_policy.set()
+            return
+        result = self._runner.offer_policy(path)
+        if result.accepted:
+            self._offered_version = msg.version
+        else:
+            self._refuse(msg.version, result.reason)
+
+    def _refuse(self, version: int, reason: str) -> None:
+        self.rejected_policies += 1
+        self._refused_versions.add(version)
+        self.last_error = reason
+        log.warning("%s: policy version %d refused: %s", self.name, version, reason)
+
+    def _command(self, cmd: Command) -> Reply:
+        runner = self._runner
+        if runner is None:
+            return Reply(self.name, False, "no runner attached yet", cmd.ref)
+        try:
+            if cmd.name == "estop":
+                runner.estop(f"e-stop from {cmd.sender}")
+            elif cmd.name == "release":
+                if not runner.release(str(cmd.args.get("operator", cmd.sender))):
+                    return Reply(self.name, False, "not e-stopped, or release refused", cmd.ref)
+            elif cmd.name == "pause":
+                self._hold("operator", True)
+            elif cmd.name == "resume":
+                self._hold("operator", False)
+            elif cmd.name == "rollback":
+                result = runner.rollback()
+                if not result.accepted:
+                    return Reply(self.name, False, result.reason, cmd.ref)
+            elif cmd.name == "set_phase":
+                runner.set_phase(RunnerState(cmd.args.get("phase")))
+        except ValueError as exc:
+            return Reply(self.name, False, str(exc), cmd.ref)
+        return Reply(self.name, True, None, cmd.ref)
+
+
+# ----- command line -----
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="robot-wsrl link-runner",
+        description="Run a robot for a learner: its policies in, the transitions out (no torch).",
+    )
+    parser.add_argument("--learner", required=True, help="the learner's endpoint, e.g. tcp://HOST:5555")
+    parser.add_argument("--keys", type=Path, required=True, help="key dir: NAME.key_secret, learner files")
+    parser.add_argument("--name", required=True, help="this runner's key name (its runner id)")
+    parser.add_argument("--learner-name", default="learner", help="the learner's key name")
+    parser.add_argument("--plain", action="store_true", help="no CURVE (loopback endpoints only)")
+    parser.add_argument(
+        "--driver", required=True, help="gym:ENV_ID | dmc:DOMAIN-TASK | null | emulated:ENDPOINT"
+    )
+    parser.add_argument(
+        "--state", type=Path, default=None, help="spool and policies (default runs/link/NAME)"
+    )
+    parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes")
+    parser.add_argument("--steps", type=int, default=None, help="stop after N control ticks")
+    parser.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--on-learner-lost", choices=("hold", "keep"), default="hold")
+    parser.add_argument("--no-lockstep", action="store_true", help="do not wait for the learner's credit")
+    parser.add_argument(
+        "--wait-policy", type=float, default=60.0, help="seconds to wait for the first policy"
+    )
+    args = parser.parse_args(argv)
+    if args.episodes is None and args.steps is None:
+        parser.error("give --episodes and/or --steps")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = args.state or Path("runs/link") / args.name
+    ctx = zmq.Context()
+    link: LearnerLink | None = None
+    try:
+        if args.plain:
+            sock = transport.plain_client(ctx, zmq.DEALER, args.learner, identity=args.name)
+        else:
+            sock = transport.secure_client(
+                ctx,
+                zmq.DEALER,
+                args.learner,
+                keys.load_curve_keys(args.keys, args.name),
+                keys.load_public_key(args.keys, args.learner_name),
+                identity=args.name,
+            )
+        options = LinkOptions(on_learner_lost=args.on_learner_lost, lockstep=not args.no_lockstep)
+        spool = TransitionSpool(state / "spool", args.name)
+        link = LearnerLink(sock, spool, keys.load_verify_keys(args.keys), state / "policies", options)
+        link.start()
+        path = link.wait_for_policy(args.wait_policy)
+        if path is None:
+            raise ValueError(f"no valid policy from {args.learner} within {args.wait_policy} s")
+        policy = OnnxPolicy.load(path)
+        driver = make_driver(args.driver, seed=args.seed, spec=policy.spec)
+        runner = Runner(
+            driver, policy, seed=args.seed, realtime=args.realtime, on_transition=link.on_transition
+        )
+    except (
+        keys.KeyFileError,
+        transport.TransportError,
+        PolicyError,
+        DriverFault,
+        ValueError,
+        OSError,
+    ) as exc:
+        if link is not None:
+            link.close()
+        transport.shutdown(ctx)
+        print(f"robot-wsrl link-runner: {exc}", file=sys.stderr)
+        return 2
+    link.attach(runner)
+    try:
+        summary = runner.run(max_steps=args.steps, max_episodes=args.episodes)
+        if not link.drain(timeout_s=30.0):
+            print("robot-wsrl link-runner: unacknowledged transitions stay in the spool", file=sys.stderr)
+    finally:
+        link.close()
+        with contextlib.suppress(Exception):
+            driver.close()
+        spool.close()
+        transport.shutdown(ctx)
+    print(
+        f"{args.name}: {summary['steps']} steps, {summary['episodes_done']} episodes, "
+        f"policy version {summary['policy_version']}, link {link.status()}"
+    )
+    return 0

@@ -1,0 +1,110 @@
+"""`robot-wsrl bench finetune` plumbing at tiny scale: one process per run, every output file, peak RSS.
+
+Measures nothing: the numbers come from a few hundred steps of tiny networks on InvertedPendulum.
+"""
+
+import csv
+import json
+
+import matplotlib.image as mpimg
+import pytest
+from conftest import SMALL_AGENT
+
+from robot_wsrl.bench import cli as bench_cli
+from robot_wsrl.bench.finetune import load_config, run_finetune_benchmark
+from robot_wsrl.config import compose_config
+from robot_wsrl.pretrain import pretrain
+
+SEEDS, STEPS, WARMUP, LOG_EVERY, EVAL_EVERY = (0, 1), 100, 40, 10, 50
+VARIANTS = ("wsrl", "retain_offline", "frozen")
+SWEEP_SIZES = (500, 2000)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def checkpoint(tmp_path, pendulum_dataset):
+    """A tiny CQL checkpoint of the same shape as the benchmark's agent (a few updates suffice)."""
+    overrides = ["env=inverted_pendulum", *SMALL_AGENT, f"run.dataset={pendulum_dataset}", "run.steps=5"]
+    cfg = compose_config("pretrain", [*overrides, "run.eval_every=0", f"out_dir={tmp_path / 'pre'}"])
+    return pretrain(cfg)["checkpoint"]
+
+
+def _bench_overrides(tmp_path, checkpoint, dataset) -> list[str]:
+    return [
+        "env=inverted_pendulum",
+        "shift=real",
+        f"checkpoint={checkpoint}",
+        f"dataset={dataset}",
+        f"steps={STEPS}",
+        f"warmup={WARMUP}",
+        f"seeds=[{','.join(map(str, SEEDS))}]",
+        f"eval_every={EVAL_EVERY}",
+        "eval_episodes=1",
+        f"log_every={LOG_EVERY}",
+        "device=cpu",
+        "jobs=2",
+        "timeout_s=120",
+        f"out={tmp_path / 'bench'}",
+        f"include=[{','.join(VARIANTS)}]",
+        "finetune.env.max_episode_steps=100",
+        *(f"finetune.{o}" for o in SMALL_AGENT),
+        f"memory_sweep.sizes=[{','.join(map(str, SWEEP_SIZES))}]",
+        "memory_sweep.steps=60",
+        "memory_sweep.warmup=20",
+    ]
+
+
+def test_bench_finetune_tiny_scale_writes_every_output(tmp_path, checkpoint, pendulum_dataset):
+    result = run_finetune_benchmark(load_config(_bench_overrides(tmp_path, checkpoint, pendulum_dataset)))
+    out = tmp_path / "bench"
+    assert result["failed"] == []
+
+    curves = _rows(out / "curves.csv")
+    assert list(curves[0]) == ["variant", "seed", "step", "return"]
+    assert len(curves) == len(VARIANTS) * len(SEEDS) * (STEPS // EVAL_EVERY + 1)  # + the step-0 eval
+
+    q_trace = _rows(out / "q_trace.csv")
+    assert list(q_trace[0]) == ["variant", "seed", "step", "phase", "updates", "q_online", "q_mean"]
+    assert len(q_trace) == len(VARIANTS) * len(SEEDS) * (STEPS // LOG_EVERY)
+    assert all(row["q_online"] for row in q_trace)  # logged in warmup too: the trace spans the switch
+    wsrl_online = [r for r in q_trace if r["variant"] == "wsrl" and r["phase"] == "online"]
+    assert wsrl_online and all(r["q_mean"] for r in wsrl_online)
+    assert {r["phase"] for r in q_trace if r["variant"] == "frozen"} == {"warmup"}
+
+    memory = _rows(out / "memory.csv")
+    assert list(memory[0]) == ["variant", "seed", "peak_rss_mb", "wall_s"]
+    assert len(memory) == len(VARIANTS) * len(SEEDS)
+    sweep = _rows(out / "memory_sweep.csv")
+    assert list(sweep[0]) == ["dataset_size", "variant", "peak_rss_mb", "wall_s"]
+    assert sorted((int(r["dataset_size"]), r["variant"]) for r in sweep) == sorted(
+        (n, v) for n in SWEEP_SIZES for v in ("wsrl", "retain_offline")
+    )
+    assert all(float(r["peak_rss_mb"]) > 0 for r in [*memory, *sweep])
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["variants"]["frozen"]["updates"] == [0] * len(SEEDS)  # the pre-trained policy as is
+    assert all(u == STEPS - WARMUP + 1 for u in summary["variants"]["wsrl"]["updates"])
+    assert set(summary["memory_growth_mb"]) == {"wsrl", "retain_offline"}
+    assert f"{STEPS} steps" in summary["scale"] and "2 seeds" in summary["scale"]
+    assert "4 critics 32x32" in summary["scale"] and "device: cpu" in summary["scale"]
+
+    for name in ("learning_curves.png", "q_trace.png", "memory_sweep.png"):
+        image = mpimg.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_retain_offline_without_a_dataset_is_refused_before_any_run(tmp_path):
+    cfg = load_config(["include=[wsrl,retain_offline]", f"out={tmp_path}"])
+    with pytest.raises(ValueError, match=r"retain_offline.*dataset=FILE"):
+        run_finetune_benchmark(cfg)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_benchmarks_without_a_config_refuse_overrides(capsys):
+    with pytest.raises(SystemExit):
+        bench_cli(["runner", "steps=10"])
+    assert "takes no overrides" in capsys.readouterr().err

@@ -1,0 +1,394 @@
+"""Learner and runners as separate processes over the wire, end to end on loopback (CURVE, free ports).
+
+The learner runs as `robot-wsrl learner` in a subprocess (so it can be killed -9); two runners with
+their links run in threads of this process on InvertedPendulum (realtime off). Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+from conftest import SMALL_AGENT
+
+from drivers import make_driver
+from robot_wsrl import keys, transport
+from robot_wsrl.ingest_log import IngestLog
+from robot_wsrl.link import LearnerLink, LinkOptions
+from robot_wsrl.policy import OnnxPolicy
+from robot_wsrl.protocol import PolicyMessage, Status, StatusRequest, decode, encode
+from robot_wsrl.runner import Runner
+from robot_wsrl.spool import TransitionSpool
+
+WAIT_S = 120.0  # generous: a shared 2-core machine, torch import and ONNX exports in the learner
+WARMUP = 60
+RUNNERS = ("robot1", "robot2")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys")
+    keys.new_identity(path, "learner", "learner")
+    keys.new_identity(path, "console", "console")
+    for name in RUNNERS:
+        keys.new_identity(path, name, "runner")
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained 'pre-trained' agent: the wire, not the learning, is under test here."""
+    from robot_wsrl.agent import Agent
+    from robot_wsrl.config import compose_config
+    from robot_wsrl.envs import make_env
+    from robot_wsrl.training import save_training_checkpoint
+
+    cfg = compose_config("finetune", ["env=inverted_pendulum", *SMALL_AGENT])
+    env = make_env(cfg.env)
+    agent = Agent(env.spec.obs_dim, env.spec.act_dim, cfg.agent, "cpu")
+    path = save_training_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", agent, env.spec, cfg, 0, {}
+    )
+    env.close()
+    return path
+
+
+class LearnerProcess:
+    """`robot-wsrl learner` in a subprocess, with a console client for its status."""
+
+    def __init__(self, endpoint: str, keydir: Path, checkpoint: Path, out: Path) -> None:
+        self.endpoint, self.out = endpoint, out
+        self.command = [
+            sys.executable,
+            "-m",
+            "robot_wsrl.cli",
+            "learner",
+            "--bind",
+            endpoint,
+            "--keys",
+            str(keydir),
+            "--publish-every",
+            "15",
+            "--credit",
+            "40",
+            "env=inverted_pendulum",
+            *SMALL_AGENT,
+            f"run.checkpoint={checkpoint}",
+            f"run.warmup_steps={WARMUP}",
+            f"out_dir={out}",
+            "device=cpu",
+            "threads=1",
+        ]
+        self.ctx = zmq.Context()
+        self.console = transport.secure_client(
+            self.ctx,
+            zmq.DEALER,
+            endpoint,
+            keys.load_curve_keys(keydir, "console"),
+            keys.load_public_key(keydir, "learner"),
+            identity="console",
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.log = open(self.out.parent / f"learner-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def status(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
+        if not transport.send_frames(self.console, encode(StatusRequest("console")), timeout_s):
+            return None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            frames = transport.recv_frames(self.console, deadline - time.monotonic())
+            if frames is not None:
+                msg = decode(frames)
+                if isinstance(msg, Status):
+                    return msg.status
+        return None
+
+    def wait_status(self, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.output()
+            status = self.status()
+            if status is not None and ok(status):
+                return status
+            time.sleep(0.2)
+        raise AssertionError(f"learner never reached: {what}; last status {self.status()}\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()[-4000:]
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                assert self.proc.wait(60) == 0, self.output()
+            finally:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait(30)
+
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+        transport.shutdown(self.ctx)
+
+
+@dataclass
+class RunnerThread:
+    link: LearnerLink
+    runner: Runner
+    spool: TransitionSpool
+    ctx: zmq.Context
+    thread: threading.Thread
+    stop: threading.Event
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.link.close()
+        self.runner.driver.close()
+        self.spool.close()
+        transport.shutdown(self.ctx)
+
+
+def _start_runner(
+    name: str, seed: int, endpoint: str, keydir: Path, state: Path, on_learner_lost: str
+) -> RunnerThread:
+    ctx = zmq.Context()
+    sock = transport.secure_client(
+        ctx,
+        zmq.DEALER,
+        endpoint,
+        keys.load_curve_keys(keydir, name),
+        keys.load_public_key(keydir, "learner"),
+        identity=name,
+    )
+    spool = TransitionSpool(state / "spool", name, fsync="never")
+    options = LinkOptions(
+        batch_size=8, heartbeat_s=0.2, deadline_s=1.5, resend_after_s=1.0, on_learner_lost=on_learner_lost
+    )
+    link = LearnerLink(sock, spool, keys.load_verify_keys(keydir), state / "policies", options)
+    link.start()
+    path = link.wait_for_policy(WAIT_S)
+    assert path is not None, f"{name}: no policy from the learner"
+    driver = make_driver("gym:InvertedPendulum-v5", seed=seed, max_episode_steps=50)
+    policy = OnnxPolicy.load(path, expected_spec=driver.spec)
+    runner = Runner(driver, policy, seed=seed, realtime=False, on_transition=link.on_transition)
+    link.attach(runner)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, kwargs={"stop_event": stop}, daemon=True)
+    thread.start()
+    return RunnerThread(link, runner, spool, ctx, thread, stop)
+
+
+@pytest.fixture
+def session(
+    request: pytest.FixtureRequest, tmp_path: Path, keydir: Path, checkpoint: Path
+) -> Iterator[tuple[LearnerProcess, list[RunnerThread]]]:
+    """The learner and both runners; `indirect` parametrisation maps runner names to on_learner_lost."""
+    lost = getattr(request, "param", {})
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    learner = LearnerProcess(endpoint, keydir, checkpoint, tmp_path / "learner")
+    runners: list[RunnerThread] = []
+    try:
+        for i, name in enumerate(RUNNERS):
+            runners.append(_start_runner(name, i, endpoint, keydir, tmp_path / name, lost.get(name, "hold")))
+        yield learner, runners
+    finally:
+        for r in runners:
+            r.close()
+        learner.close()
+
+
+def _finish(learner: LearnerProcess, runners: list[RunnerThread]) -> dict[str, Any]:
+    """Stop the runners, let every transition be acknowledged, wait for the owed updates; final status."""
+    for r in runners:
+        r.stop.set()
+        r.thread.join(30)
+        assert not r.thread.is_alive()
+    for r in runners:
+        assert r.link.drain(WAIT_S), r.link.status()
+    total = sum(r.spool.next_seq for r in runners)
+    return learner.wait_status(
+        "all transitions in, no update owed", lambda s: s["step"] == total and s["owed_updates"] == 0
+    )
+
+
+def _logged_seqs(out: Path) -> dict[str, list[int]]:
+    log = IngestLog(out / "transitions.log")
+    seqs: dict[str, list[int]] = {}
+    for batch in log.replay():
+        seqs.setdefault(batch.runner_id, []).extend(batch.seq.tolist())
+    log.close()
+    return seqs
+
+
+def _assert_exactly_once(learner: LearnerProcess, runners: list[RunnerThread]) -> None:
+    learner.stop()
+    seqs = _logged_seqs(learner.out)
+    for r in runners:
+        got = seqs[r.spool.runner_id]
+        assert len(got) == len(set(got)), "a transition was stored twice"
+        assert sorted(got) == list(range(r.spool.next_seq)), "a transition sent was lost"
+
+
+def test_warmup_updates_publish_and_every_transition_once(session) -> None:
+    learner, runners = session
+    learner.wait_status("warmup over and policy version 2", lambda s: s["policy_version"] >= 2)
+    deadline = time.monotonic() + WAIT_S
+    while min(r.runner.policy.version for r in runners) < 2:
+        assert time.monotonic() < deadline, [r.runner.status() for r in runners]
+        time.sleep(0.1)
+    status = _finish(learner, runners)
+    start = max(WARMUP, 16)  # the first update needs K transitions and a batch
+    assert status["phase"] == "fine_tuning"
+    assert status["updates"] == status["step"] - start + 1  # lockstep: exactly one UTD round per step
+    assert status["effective_utd"] == pytest.approx(2.0)  # SMALL_AGENT's utd
+    assert status["buffer"] == status["step"]
+    assert np.isfinite(status["mean_q"]) and status["losses"]
+    assert set(status["runners"]) == set(RUNNERS)
+    for r in runners:
+        assert max(t.policy_version for t in r.runner.transitions) >= 2  # data from the new versions
+        assert r.link.status()["rejected_policies"] == 0
+        assert r.link.dropped == 0
+    _assert_exactly_once(learner, runners)
+
+
+@pytest.mark.parametrize("session", [{"robot2": "keep"}], indirect=True)
+def test_learner_killed_and_restarted_loses_and_duplicates_nothing(session) -> None:
+    """kill -9 mid-run; robot1 holds while the learner is gone, robot2 runs on into its spool (up to its
+    credit): after the restart the learner's log gives back everything it acked, and the resent rest is
+    taken exactly once."""
+    learner, runners = session
+    before = learner.wait_status("past warmup, version 1", lambda s: s["policy_version"] >= 1)
+    learner.kill()
+    learner.start()
+    first = learner.wait_status("restarted", lambda s: True)
+    assert first["step"] >= before["step"]  # everything it had acknowledged came back from its log
+    learner.wait_status(
+        "restarted and progressing",
+        lambda s: s["step"] > before["step"] + 40 and s["policy_version"] > before["policy_version"],
+    )
+    status = _finish(learner, runners)
+    assert status["updates"] == status["step"] - max(WARMUP, 16) + 1
+    _assert_exactly_once(learner, runners)
+
+
+def test_unsigned_or_altered_policy_is_refused(tmp_path: Path, keydir: Path, checkpoint: Path) -> None:
+    """The test plays the learner: only the genuine, signed policy reaches disk and the runner."""
+    from robot_wsrl.export import export_policy
+    from robot_wsrl.signing import signed_policy_message
+
+    onnx_path = export_policy(checkpoint, tmp_path / "export")
+    onnx, sidecar = onnx_path.read_bytes(), onnx_path.with_suffix(".json").read_text()
+    genuine = signed_policy_message("learner", keys.load_signing_key(keydir, "learner"), onnx, sidecar)
+    keys.new_identity(tmp_path / "rogue", "rogue", "learner")
+    rogue = signed_policy_message(
+        "learner", keys.load_signing_key(tmp_path / "rogue", "rogue"), onnx, sidecar
+    )
+    unsigned = PolicyMessage(**{**genuine.__dict__, "signature": b""})
+    altered = PolicyMessage(**{**genuine.__dict__, "onnx": onnx[:-1] + bytes([onnx[-1] ^ 1])})
+
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    ctx = zmq.Context()
+    server = transport.plain_server(ctx, zmq.ROUTER, endpoint)
+    sock = transport.plain_client(ctx, zmq.DEALER, endpoint, identity="robot1")
+    spool = TransitionSpool(tmp_path / "spool", "robot1", fsync="never")
+    link = LearnerLink(sock, spool, keys.load_verify_keys(keydir), tmp_path / "policies", LinkOptions())
+    link.start()
+    try:
+        frames = transport.recv_frames(server, 10.0)  # the link's first heartbeat names its peer
+        assert frames is not None
+        identity = frames[0].bytes
+        for bad in (unsigned, altered, rogue):
+            assert transport.send_frames(server, [identity, *encode(bad)], 5.0)
+        deadline = time.monotonic() + 10.0
+        while link.rejected_policies < 3:
+            assert time.monotonic() < deadline, link.status()
+            time.sleep(0.02)
+        assert link.wait_for_policy(0.0) is None
+        assert transport.send_frames(server, [identity, *encode(genuine)], 5.0)
+        path = link.wait_for_policy(10.0)
+        assert path is not None and path.read_bytes() == onnx
+        assert link.rejected_policies == 3
+    finally:
+        link.close()
+        spool.close()
+        transport.shutdown(ctx)
+
+
+def test_link_maps_learner_commands_onto_the_runner(tmp_path: Path, keydir: Path, checkpoint: Path) -> None:
+    """The test plays the learner: estop, release, pause, resume and rollback reach the runner, and each
+    command gets its Reply."""
+    from robot_wsrl.export import export_policy
+    from robot_wsrl.protocol import Command, Reply
+
+    policy = OnnxPolicy.load(export_policy(checkpoint, tmp_path / "export"))
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    ctx = zmq.Context()
+    server = transport.plain_server(ctx, zmq.ROUTER, endpoint)
+    sock = transport.plain_client(ctx, zmq.DEALER, endpoint, identity="robot1")
+    spool = TransitionSpool(tmp_path / "spool", "robot1", fsync="never")
+    options = LinkOptions(lockstep=False, on_learner_lost="keep")
+    link = LearnerLink(sock, spool, keys.load_verify_keys(keydir), tmp_path / "policies", options)
+    runner = Runner(make_driver("gym:InvertedPendulum-v5", seed=0), policy, realtime=False)
+    link.attach(runner)
+    link.start()
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, kwargs={"stop_event": stop}, daemon=True)
+    thread.start()
+    try:
+        frames = transport.recv_frames(server, 10.0)
+        assert frames is not None
+        identity = frames[0].bytes
+
+        def command(name: str, ref: int, **args: Any) -> Reply:
+            assert transport.send_frames(
+                server, [identity, *encode(Command("learner", name, args, ref))], 5.0
+            )
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                got = transport.recv_frames(server, deadline - time.monotonic())
+                msg = None if got is None else decode(got[1:])
+                if isinstance(msg, Reply) and msg.ref == ref:
+                    return msg
+            raise AssertionError(f"no reply to {name}")
+
+        assert command("estop", 1).ok and runner.state.value == "estopped"
+        assert command("release", 2, operator="alice").ok and runner.state.value != "estopped"
+        assert command("pause", 3).ok and "operator" in link.holds and runner.state.value == "paused"
+        assert command("resume", 4).ok and not link.holds and runner.state.value == "fine_tuning"
+        reply = command("rollback", 5)
+        assert not reply.ok and "no previous policy" in (reply.error or "")
+    finally:
+        stop.set()
+        thread.join(10)
+        link.close()
+        runner.driver.close()
+        spool.close()
+        transport.shutdown(ctx)
