@@ -22,13 +22,15 @@ def make_driver(
     shift_preset: str | None = None,
     spec: EnvSpec | None = None,
     timeout_s: float | None = None,
+    retries: int | None = None,
 ) -> Driver:
     """Build a driver. `shift_preset` (configs/shift/NAME.yaml) applies its dynamics and sensor noise to a
     gym driver; `spec` gives the null driver its sizes and control period; `timeout_s` is the emulated
-    driver's per-request deadline (the only driver behind a link that can go quiet)."""
+    driver's per-request deadline and `retries` its resends (the only driver behind a link that can go
+    quiet)."""
     kind, _, arg = name.partition(":")
-    if timeout_s is not None and kind != "emulated":
-        raise ValueError(f"driver {name!r}: a request deadline applies to emulated:* drivers only")
+    if (timeout_s is not None or retries is not None) and kind != "emulated":
+        raise ValueError(f"driver {name!r}: a request deadline or retries apply to emulated:* drivers only")
     if kind == "gym" and arg:
         kwargs: dict[str, Any] = {"seed": seed, "max_episode_steps": max_episode_steps}
         if shift_preset:
@@ -39,7 +41,8 @@ def make_driver(
         raise ValueError(f"driver {name!r}: a dynamics shift applies to gym:* drivers only")
     if kind == "emulated" and arg:
         emulated = _load("drivers.emulated_robot", "EmulatedRobotDriver")
-        return emulated(arg) if timeout_s is None else emulated(arg, timeout_s=timeout_s)
+        link: dict[str, Any] = {"timeout_s": timeout_s, "retries": retries}
+        return emulated(arg, **{k: v for k, v in link.items() if v is not None})
     if kind == "dmc" and "-" in arg:
         domain, _, task = arg.partition("-")
         return _load("drivers.dm_control_suite", "DmControlDriver")(domain, task, seed=seed)

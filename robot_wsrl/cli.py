@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "learner": ("robot_wsrl.learner", "the off-board WSRL learner that runners feed over ZeroMQ"),
     "link-runner": ("robot_wsrl.link", "a runner fed and updated by a learner over ZeroMQ (no torch)"),
     "keys": ("robot_wsrl.keys", "make and list CURVE key pairs and the learner's policy-signing key"),
+    "session": ("robot_wsrl.session", "emulated robot + learner + linked runner on this machine, live"),
     "demo": ("robot_wsrl.demo", "the main job on a small sim task, end to end"),
     "bench": ("robot_wsrl.bench", "benchmarks that print one JSON line (learner, runner, finetune)"),
 }

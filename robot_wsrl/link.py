@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
@@ -401,6 +402,13 @@ def cli(argv: list[str]) -> int:
     )
     parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes")
     parser.add_argument("--steps", type=int, default=None, help="stop after N control ticks")
+    parser.add_argument(
+        "--transitions", type=int, default=None, help="stop after handing N transitions to the learner"
+    )
+    parser.add_argument(
+        "--driver-timeout", type=float, default=None, help="emulated:* request deadline, s (a busy host)"
+    )
+    parser.add_argument("--driver-retries", type=int, default=None, help="emulated:* resends of a request")
     parser.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--on-learner-lost", choices=("hold", "keep"), default="hold")
@@ -409,10 +417,24 @@ def cli(argv: list[str]) -> int:
         "--wait-policy", type=float, default=60.0, help="seconds to wait for the first policy"
     )
     args = parser.parse_args(argv)
-    if args.episodes is None and args.steps is None:
-        parser.error("give --episodes and/or --steps")
+    if args.episodes is None and args.steps is None and args.transitions is None:
+        parser.error("give --episodes, --steps and/or --transitions")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = args.state or Path("runs/link") / args.name
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stop between ticks, then drain: nothing sent is lost
+        signal.signal(sig, lambda *_: stop.set())
+    handed = 0
+
+    def on_transition(transition: Transition) -> None:
+        # Ticks held for credit produce nothing, so a data budget is counted here, exactly.
+        nonlocal handed
+        assert link is not None
+        link.on_transition(transition)
+        handed += 1
+        if args.transitions is not None and handed >= args.transitions:
+            stop.set()
+
     ctx = zmq.Context()
     link: LearnerLink | None = None
     try:
@@ -431,14 +453,22 @@ def cli(argv: list[str]) -> int:
         spool = TransitionSpool(state / "spool", args.name)
         link = LearnerLink(sock, spool, keys.load_verify_keys(args.keys), state / "policies", options)
         link.start()
-        path = link.wait_for_policy(args.wait_policy)
+        deadline, path = time.monotonic() + args.wait_policy, None
+        while path is None and not stop.is_set() and time.monotonic() < deadline:
+            path = link.wait_for_policy(0.2)  # a stop request is honoured while waiting too
         if path is None:
+            if stop.is_set():
+                raise ValueError("stopped while waiting for the first policy")
             raise ValueError(f"no valid policy from {args.learner} within {args.wait_policy} s")
         policy = OnnxPolicy.load(path)
-        driver = make_driver(args.driver, seed=args.seed, spec=policy.spec)
-        runner = Runner(
-            driver, policy, seed=args.seed, realtime=args.realtime, on_transition=link.on_transition
+        driver = make_driver(
+            args.driver,
+            seed=args.seed,
+            spec=policy.spec,
+            timeout_s=args.driver_timeout,
+            retries=args.driver_retries,
         )
+        runner = Runner(driver, policy, seed=args.seed, realtime=args.realtime, on_transition=on_transition)
     except (
         keys.KeyFileError,
         transport.TransportError,
@@ -454,7 +484,7 @@ def cli(argv: list[str]) -> int:
         return 2
     link.attach(runner)
     try:
-        summary = runner.run(max_steps=args.steps, max_episodes=args.episodes)
+        summary = runner.run(max_steps=args.steps, max_episodes=args.episodes, stop_event=stop)
         if not link.drain(timeout_s=30.0):
             print("robot-wsrl link-runner: unacknowledged transitions stay in the spool", file=sys.stderr)
     finally:

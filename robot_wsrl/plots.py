@@ -36,3 +36,32 @@ def plot_eval_returns(eval_csv: Path, out_png: Path, warmup_steps: int, title: s
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def plot_episode_returns(returns_csv: Path, out_png: Path, warmup_steps: int, title: str) -> Path:
+    """Each episode's return at the step it ended, with a moving mean and the end of warmup marked
+    (a session has no separate evaluation: its episodes are the robot's own)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with returns_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows]
+    returns = [float(r["return"]) for r in rows]
+    window = max(1, len(returns) // 10)
+    mean = [sum(returns[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(returns))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, returns, "o", markersize=3, alpha=0.4, label="episode return")
+    ax.plot(steps, mean, label=f"mean of the last {window} episodes")
+    if warmup_steps > 0:
+        ax.axvline(warmup_steps, color="grey", linestyle="--", label=f"end of warmup ({warmup_steps} steps)")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,389 @@
+"""`robot-wsrl session`: the emulated robot, a learner and a runner linked to it, on this machine, in one
+command, with one live progress line.
+
+Each part runs as it would across machines (its own process, the ZeroMQ link, signed policies), so the
+session exercises the real stack. The learner and the runner run in their own process groups so that a
+Ctrl-C reaches only this process, which then stops them in order: the runner first (it drains its spool
+to the learner), then the learner, then the robot. At the end it copies the learner's latest published
+policy to SESSION/policy/ and writes the episode returns (CSV + PNG, read from the learner's durable
+transition log, so they are exact) and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from robot_wsrl import keys, transport
+from robot_wsrl.protocol import Status, StatusRequest, decode, encode
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POLL_S = 0.5
+STOP_TIMEOUT_S = 30.0  # a child asked to stop that is still up after this is killed
+START_TIMEOUT_S = 180.0  # the learner imports torch and exports version 0 before the runner can start
+FINISH_TIMEOUT_S = 120.0  # after the runner's last transition: the owed updates, then the end
+STALL_S = 60.0  # no new step and no update this long: something is stuck (an e-stopped robot, say)
+# Off real time nothing waits for the robot's clock, but a loaded 2-core host can hold a reply back longer
+# than the driver's default deadline; and with one resend, the `real` preset's 1% packet loss drops a
+# request twice (an e-stop: link lost) about once in 10,000 steps. Off real time both are relaxed.
+FAST_DRIVER_LINK = ["--driver-timeout", "1.0", "--driver-retries", "4"]
+RUNNER = "robot1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env_of(policy_dir: Path) -> dict[str, Any]:
+    """The env config the policy was made for: from its manifest if shipped, else from its checkpoint."""
+    manifest = policy_dir / "manifest.json"
+    if manifest.exists():
+        return dict(json.loads(manifest.read_text())["env"])
+    from robot_wsrl.checkpoint import load_checkpoint  # torch: only for a folder with no manifest
+
+    return dict(load_checkpoint(policy_dir / "checkpoint.pt")["config"]["env"])
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """A Python child started meanwhile inherits SIGINT ignored (no KeyboardInterrupt): a terminal's
+    Ctrl-C then reaches the robot only through this process, which stops it after the runner."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_child(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait, then SIGKILL: a child never outlives the session."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10.0)
+    return proc.returncode
+
+
+class StatusClient:
+    """A console DEALER on the learner's plain socket; `status()` is None while it does not answer."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = transport.plain_client(self.ctx, zmq.DEALER, endpoint, identity="console")
+
+    def status(self, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        if not transport.send_frames(self.sock, encode(StatusRequest("console")), timeout_s):
+            return None
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            frames = transport.recv_frames(self.sock, left)
+            if frames is not None and isinstance(msg := decode(frames), Status):
+                return msg.status
+        return None
+
+    def close(self) -> None:
+        transport.shutdown(self.ctx)
+
+
+@dataclass
+class Progress:
+    """One line, redrawn in place on a terminal (a line every few seconds in a log)."""
+
+    tty: bool = sys.stdout.isatty()
+    every_s: float = 5.0
+    _last: float = 0.0
+    _shown: bool = False
+
+    def show(self, elapsed_s: float, budget: int, status: dict[str, Any]) -> None:
+        returns = [r for runner in status["runners"].values() for r in runner["recent_returns"]]
+        recent = f"{sum(returns) / len(returns):8.1f}" if returns else "       -"
+        line = (
+            f"[{elapsed_s:6.0f} s] {status['phase']:<11} steps {status['step']:>7}/{budget} "
+            f"updates {status['updates']:>7}  recent return {recent}  policy v{status['policy_version']}"
+        )
+        if self.tty:
+            print(f"\r{line}\033[K", end="", flush=True)
+            self._shown = True
+        elif time.monotonic() - self._last >= self.every_s:
+            print(line, flush=True)
+            self._last = time.monotonic()
+
+    def end(self) -> None:
+        if self._shown:
+            print(flush=True)
+
+
+def episode_returns(log_path: Path) -> list[dict[str, Any]]:
+    """Each finished episode (in arrival order at the learner): the step it ended at, return, length and
+    the policy version that ended it."""
+    from robot_wsrl.ingest_log import IngestLog
+
+    rows: list[dict[str, Any]] = []
+    running: dict[tuple[str, int], list[float]] = {}
+    step = 0
+    log = IngestLog(log_path)
+    try:
+        for batch in log.replay():
+            for i in range(batch.count):
+                step += 1
+                key = (batch.runner_id, int(batch.episode_id[i]))
+                acc = running.setdefault(key, [0.0, 0])
+                acc[0] += float(batch.reward[i])
+                acc[1] += 1
+                if batch.terminated[i] or batch.truncated[i]:
+                    ret, length = running.pop(key)
+                    rows.append(
+                        {
+                            "step": step,
+                            "runner": batch.runner_id,
+                            "return": ret,
+                            "length": int(length),
+                            "policy_version": int(batch.policy_version[i]),
+                        }
+                    )
+    finally:
+        log.close()
+    return rows
+
+
+class Session:
+    """The three processes and what the session makes of them; `run` returns the summary."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out: Path = args.out or Path("runs/session") / time.strftime("%Y%m%d-%H%M%S")
+        self.stop = threading.Event()
+        self.children: dict[str, subprocess.Popen] = {}
+        self.robot: Any = None
+        self.logs: list[Any] = []
+        self.last_status: dict[str, Any] | None = None  # the learner's, kept when the session fails
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.out / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - closed in _shutdown
+        self.logs.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "robot_wsrl.cli", *argv],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only the session, which stops children in order
+        )
+        self.children[name] = proc
+        return proc
+
+    def _start(self, env: dict[str, Any], endpoint: str) -> None:
+        from drivers.emulated_robot import spawn_emulated_robot
+
+        a = self.args
+        keydir = self.out / "keys"
+        keys.new_identity(keydir, "learner", "learner", force=True)  # throwaway keys for this session
+        keys.new_identity(keydir, RUNNER, "runner", force=True)
+        with _sigint_ignored():
+            self.robot, robot_endpoint = spawn_emulated_robot(
+                a.env_id, preset=a.preset, seed=a.seed, realtime=a.realtime
+            )
+        overrides = [
+            f"env={env['name']}",
+            f"run.checkpoint={(a.policy_dir / 'checkpoint.pt').resolve()}",
+            f"run.warmup_steps={a.warmup}",
+            f"agent.utd={a.utd}",
+            f"seed={a.seed}",
+            f"out_dir={(self.out / 'learner').resolve()}",
+            *a.overrides,
+        ]
+        key_args = ["--plain", "--keys", str(keydir.resolve())]
+        learner = ["learner", *key_args, "--bind", endpoint, "--publish-every", str(a.publish_every)]
+        learner += ["--credit", str(a.credit)]
+        self._spawn("learner", [*learner, *overrides])
+        runner = ["link-runner", *key_args, "--learner", endpoint, "--name", RUNNER]
+        runner += ["--driver", f"emulated:{robot_endpoint}", "--transitions", str(a.steps)]
+        runner += ["--state", str((self.out / "runner").resolve()), "--seed", str(a.seed)]
+        runner += ["--wait-policy", str(START_TIMEOUT_S)]
+        runner += ["--realtime"] if a.realtime else ["--no-realtime", *FAST_DRIVER_LINK]
+        self._spawn("runner", runner)
+
+    def _check_children(self) -> None:
+        """Any child gone is an error, except a runner that spent its budget (exit 0)."""
+        for name, proc in self.children.items():
+            code = proc.poll()
+            if code is not None and not (name == "runner" and code == 0):
+                raise RuntimeError(f"{name} exited with code {code}; see {self.out / 'logs' / name}.log")
+        if self.robot is not None and not self.robot.alive():
+            raise RuntimeError("the emulated robot exited")
+
+    def _loop(self, client: StatusClient, started: float) -> None:
+        """Poll and show progress until the budget is in and trained on, or a stop."""
+        progress = Progress()
+        finish_by: float | None = None
+        moved_at, position = time.monotonic(), (0, 0)
+        try:
+            while not self.stop.wait(POLL_S):
+                runner_done = self.children["runner"].poll() == 0
+                self._check_children()
+                status = client.status()
+                if status is None:
+                    if time.monotonic() - started > START_TIMEOUT_S and self.last_status is None:
+                        raise RuntimeError("the learner does not answer status requests")
+                    continue
+                self.last_status = status
+                progress.show(time.monotonic() - started, self.args.steps, status)
+                if (status["step"], status["updates"]) != position:
+                    moved_at, position = time.monotonic(), (status["step"], status["updates"])
+                elif position[0] and time.monotonic() - moved_at > STALL_S:
+                    raise RuntimeError(f"no progress for {STALL_S:.0f} s (an e-stop? see the runner's log)")
+                if runner_done:
+                    finish_by = finish_by or time.monotonic() + FINISH_TIMEOUT_S
+                    if status["step"] >= self.args.steps and status["owed_updates"] == 0:
+                        break
+                    if time.monotonic() > finish_by:
+                        raise RuntimeError(f"the learner did not finish the owed updates: {status}")
+        finally:
+            progress.end()
+
+    def _shutdown(self) -> dict[str, int | None]:
+        """Runner, learner, robot, in this order; every one is waited for (killed if it must be)."""
+        codes: dict[str, int | None] = {}
+        for name in ("runner", "learner"):
+            if name in self.children:
+                codes[name] = _stop_child(self.children[name])
+        if self.robot is not None:
+            codes["robot"] = self.robot.stop()
+        for log in self.logs:
+            log.close()
+        return codes
+
+    def _export(self) -> tuple[int, Path] | None:
+        """The learner's latest published version (read once it has stopped) -> SESSION/policy/."""
+        published = sorted((self.out / "learner" / "policies").glob("v*/policy.json"))
+        if not published:
+            return None
+        source = published[-1].parent
+        target = self.out / "policy"
+        target.mkdir(exist_ok=True)
+        for name in ("policy.onnx", "policy.json"):
+            shutil.copy2(source / name, target / name)
+        return int(source.name[1:]), target
+
+    def _returns(self) -> list[dict[str, Any]]:
+        from robot_wsrl.plots import plot_episode_returns
+
+        rows = episode_returns(self.out / "learner" / "transitions.log")
+        csv_path = self.out / "returns.csv"
+        with csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "runner", "return", "length", "policy_version"])
+            writer.writeheader()
+            writer.writerows(rows)
+        title = f"robot-wsrl session: {self.args.env_id} ({self.args.preset}), {self.args.policy_dir}"
+        plot_episode_returns(csv_path, self.out / "returns.png", self.args.warmup, title)
+        return rows
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        env = _env_of(a.policy_dir)
+        a.env_id = a.env_id or env["driver"].partition(":")[2]
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        endpoint = f"tcp://127.0.0.1:{_free_port()}"
+        started = time.monotonic()
+        client = StatusClient(endpoint)
+        error = None
+        try:
+            self._start(env, endpoint)
+            print(f"session in {self.out}: {a.env_id} ({a.preset}), learner {endpoint}", flush=True)
+            self._loop(client, started)
+        except (RuntimeError, OSError, ValueError) as exc:  # ValueError: bad keys, a robot refusing a preset
+            error = str(exc)
+        finally:
+            client.close()
+            codes = self._shutdown()
+        summary: dict[str, Any] = {
+            "out": str(self.out),
+            "env_id": a.env_id,
+            "preset": a.preset,
+            "policy_dir": str(a.policy_dir),
+            "budget_steps": a.steps,
+            "warmup_steps": a.warmup,
+            "utd": a.utd,
+            "interrupted": self.stop.is_set(),
+            "error": error,
+            "wall_s": round(time.monotonic() - started, 1),
+            "pids": {name: p.pid for name, p in self.children.items()}
+            | ({"robot": self.robot.pid} if self.robot is not None else {}),
+            "exit_codes": codes,
+        }
+        status = self.last_status
+        if status is not None:
+            summary |= {
+                "steps": status["step"],
+                "updates": status["updates"],
+                "effective_utd": status["effective_utd"],
+            }
+        exported = self._export()
+        if exported is not None:
+            summary["versions"], summary["policy"] = exported[0], str(exported[1])
+        if (self.out / "learner" / "transitions.log").exists():
+            rows = self._returns()
+            summary["episodes"] = len(rows)
+            for label, part in (("first", rows[:5]), ("last", rows[-5:])):
+                if part:
+                    summary[f"return_{label}5_mean"] = sum(r["return"] for r in part) / len(part)
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="robot-wsrl session",
+        description="Emulated robot + learner + linked runner on this machine: warmup, fine-tuning, then "
+        "the latest policy, a return plot and summary.json. Extra key=value args go to the learner "
+        "(Hydra overrides, e.g. agent.batch_size=128 threads=1).",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the learner")
+    parser.add_argument("--policy-dir", type=Path, default=Path("policies/hopper"), help="has checkpoint.pt")
+    parser.add_argument("--env-id", default=None, help="gymnasium id (default: the policy's env)")
+    parser.add_argument("--preset", default="real", help="robot shift preset, configs/shift/NAME.yaml")
+    parser.add_argument("--steps", type=int, default=6000, help="environment steps in all, warmup included")
+    parser.add_argument("--warmup", type=int, default=1000, help="steps before the first update")
+    parser.add_argument("--utd", type=int, default=1, help="critic updates per environment step")
+    parser.add_argument("--publish-every", type=int, default=500, help="updates between policy versions")
+    parser.add_argument(
+        "--credit", type=int, default=100, help="steps the robot may run ahead of the updates it is owed"
+    )
+    parser.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="session folder (default runs/session/TIME)")
+    args = parser.parse_args(argv)
+    if not (args.policy_dir / "checkpoint.pt").is_file():
+        parser.error(f"{args.policy_dir / 'checkpoint.pt'} not found")
+    if args.steps <= args.warmup:
+        parser.error("--steps counts the warmup too: it must be larger than --warmup")
+    session = Session(args)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: session.stop.set())
+    summary = session.run()
+    print(json.dumps({k: summary.get(k) for k in ("steps", "updates", "versions", "wall_s", "error")}))
+    if summary["error"]:
+        print(f"robot-wsrl session: {summary['error']}", file=sys.stderr)
+        return 1
+    print(f"latest policy: {summary.get('policy')}; plot: {session.out / 'returns.png'}")
+    return 130 if summary["interrupted"] else 0
