@@ -18,9 +18,7 @@ import argparse
 import copy
 import io
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import onnx
 import torch
 
 from robot_wsrl.checkpoint import CheckpointError, load_actor
+from robot_wsrl.files import write_atomic
 from robot_wsrl.networks import TanhGaussianActor
 from robot_wsrl.policy import INPUT_NAME, OUTPUT_NAMES, OnnxPolicy, PolicyError, PolicyMetadata, sha256_bytes
 from robot_wsrl.spec import EnvSpec
@@ -70,17 +69,6 @@ def _onnx_bytes(actor: TanhGaussianActor, metadata: PolicyMetadata) -> bytes:
         model.metadata_props.add(key=key, value=json.dumps(value, sort_keys=True))
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString(deterministic=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_parity(actor: TanhGaussianActor, policy: OnnxPolicy) -> None:
@@ -137,9 +125,9 @@ def export_policy(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path, sidecar = out / ONNX_NAME, out / SIDECAR_NAME
-    _write_atomic(onnx_path, data)
+    write_atomic(onnx_path, data)
     side = {**metadata.to_dict(), "file": ONNX_NAME, "size_bytes": len(data), "sha256": sha256_bytes(data)}
-    _write_atomic(sidecar, (json.dumps(side, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(sidecar, (json.dumps(side, indent=2, sort_keys=True) + "\n").encode())
     if verify:
         try:
             _check_parity(actor, OnnxPolicy.load(onnx_path, sidecar, expected_spec=spec))

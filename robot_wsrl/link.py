@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import queue
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from drivers import make_driver
 from robot_wsrl import keys, transport
 from robot_wsrl.driver import DriverFault
+from robot_wsrl.files import write_atomic
 from robot_wsrl.policy import OnnxPolicy, PolicyError
 from robot_wsrl.protocol import (
     Ack,
@@ -70,17 +69,6 @@ class LinkOptions:
     on_learner_lost: LearnerLost = "hold"
     lockstep: bool = True  # produce only up to the learner's credit
     resend_after_s: float = 2.0  # unacknowledged data with no ack progress this long is sent again
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class LearnerLink:
@@ -332,8 +320,8 @@ class LearnerLink:
             return
         directory = self.policy_dir / f"v{msg.version:06d}"
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / SIDECAR_NAME, msg.sidecar.encode())
-        _write_atomic(directory / ONNX_NAME, msg.onnx)
+        write_atomic(directory / SIDECAR_NAME, msg.sidecar.encode())
+        write_atomic(directory / ONNX_NAME, msg.onnx)
         path = directory / ONNX_NAME
         if self._runner is None:
             try:
