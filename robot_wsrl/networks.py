@@ -1,8 +1,9 @@
 """Neural networks of the agent: a tanh-Gaussian actor and a vectorised Q-ensemble.
 
-The ensemble keeps all E critics in batched weights shaped [E, in, out] (one batched matmul per layer
-instead of a Python loop over E modules), which is both faster and what makes one UTD round a single
-graph when compiled.
+The ensemble keeps all E critics in batched weights shaped [E, in, out]: one batched matmul per layer
+instead of a Python loop over E modules. Its training-time passes are explicit tensor code with
+hand-written backwards (`EnsembleMLPFunction`, `EnsembleMinQFunction`), checked against plain autograd
+through the layer modules in tests/test_agent_fast_path.py.
 """
 
 from __future__ import annotations

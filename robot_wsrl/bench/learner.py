@@ -3,8 +3,9 @@
 Everything is measured in one run on one device: our `Agent.update`, a naive implementation of the same
 algorithm (a Python loop over 10 separate critic modules, as a typical repository writes it), and the
 device's fp32 matmul peak, so that `peak_fraction` and `speedup` compare like with like (DESIGN §6).
-Timings are medians over `repeats`, the three measurements interleaved so that a noisy neighbour hurts
-all of them alike.
+Timings are medians over `repeats`, the measurements interleaved so that a noisy neighbour hurts all of
+them alike; the naive version runs in the same process, so it shares the malloc setting that our agent
+applies on CPU (`tune_cpu_allocator`).
 """
 
 from __future__ import annotations
@@ -177,35 +178,41 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any], int], float]:
 
 
 def run_learner_benchmark(
-    device: str = "auto", rounds: int = 20, repeats: int = 7, compile_mode: str | None = None
+    device: str = "auto", rounds: int = 20, repeats: int = 7, compile_mode: str = "on"
 ) -> dict[str, Any]:
     """WSRL learner throughput on Hopper-sized inputs: ours, naive, matmul peak, FLOP-based efficiency.
 
-    Each repeat times `rounds` UTD rounds of each implementation and a burst of matmuls; the result keys
-    are medians over `repeats`. Warm-up rounds (and any compilation) come first and are reported apart.
-    `compile_mode` overrides the agent's compile mode (default: the WSRL config's, "auto").
+    `updates_per_s` is our agent with `compile_mode`, by default "on": the compiled UTD round, which is
+    what "auto" runs on CUDA and the fastest mode on CPU too, where "auto" stays eager so that short runs
+    and tests never wait for a compile; `updates_per_s_eager` is the same agent uncompiled. Each repeat
+    times `rounds` UTD rounds of each implementation and a burst of matmuls, interleaved; the result
+    keys are medians over `repeats`. Warm-up rounds (and the compilation) come first, reported apart.
     """
     dev = resolve_device(device)
     torch.manual_seed(0)
-    cfg = AgentConfig() if compile_mode is None else AgentConfig(compile=compile_mode)
+    cfg = AgentConfig(compile=compile_mode)
     agent = Agent(OBS_DIM, ACT_DIM, cfg, dev)
+    eager = Agent(OBS_DIM, ACT_DIM, AgentConfig(compile="off"), dev)
+    eager.load_state_dict(agent.state_dict())
     naive = NaiveWSRL(OBS_DIM, ACT_DIM, cfg, dev)
     batch = _batch(cfg.utd * cfg.batch_size, dev)
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=dev)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=dev)
     out = torch.empty_like(a)
     timed = _timer(dev)
+    matmul_calls = 5 if dev.type == "cpu" else 50
 
     start = time.perf_counter()
     timed(lambda: agent.update(batch), 3)
     warmup_s = time.perf_counter() - start
+    timed(lambda: eager.update(batch), 2)
     timed(lambda: naive.update(batch), 2)
-    matmul_calls = 5 if dev.type == "cpu" else 50
     timed(lambda: torch.mm(a, b, out=out), matmul_calls)
 
-    ours, theirs, matmul = [], [], []
+    ours, uncompiled, theirs, matmul = [], [], [], []
     for _ in range(repeats):
         ours.append(1.0 / timed(lambda: agent.update(batch), rounds))
+        uncompiled.append(1.0 / timed(lambda: eager.update(batch), rounds))
         theirs.append(1.0 / timed(lambda: naive.update(batch), max(1, rounds // 2)))
         matmul.append(2.0 * MATMUL_SIZE**3 / timed(lambda: torch.mm(a, b, out=out), matmul_calls) / 1e9)
 
@@ -226,6 +233,8 @@ def run_learner_benchmark(
         "gflops_per_s": gflops_per_s,
         "peak_fraction": gflops_per_s / matmul_gflops,
         "updates_per_s_spread": [min(ours), max(ours)],
+        "updates_per_s_eager": statistics.median(uncompiled),
+        "peak_fraction_eager": gflop_per_round * statistics.median(uncompiled) / matmul_gflops,
         "warmup_s": warmup_s,
         "rounds": rounds,
         "repeats": repeats,
