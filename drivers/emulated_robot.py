@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import math
 import os
 import select
 import signal
@@ -51,6 +52,7 @@ import zmq
 
 from drivers.gym_mujoco import GymMujocoDriver
 from drivers.shift import DynamicsShift, load_shift_preset, normalise_preset
+from robot_wsrl import transport
 from robot_wsrl.driver import DriverFault, StepResult
 from robot_wsrl.spec import EnvSpec
 from robot_wsrl.transport import TransportError, check_loopback
@@ -107,7 +109,7 @@ def decode(frames: Sequence[bytes]) -> tuple[dict[str, Any], list[np.ndarray]]:
             isinstance(shape, list) and len(shape) <= 4 and all(isinstance(d, int) and d >= 0 for d in shape)
         ):
             raise ProtocolError(f"array {i}: bad shape {shape!r}")
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)  # Python ints: a huge shape cannot wrap around to a small size
         if n > _MAX_ARRAY_ELEMS or len(buf) != 4 * n:
             raise ProtocolError(f"array {i}: {len(buf)} bytes for shape {shape}")
         arrays.append(np.frombuffer(buf, dtype="<f4").astype(np.float32).reshape(shape))
@@ -220,12 +222,11 @@ class EmulatedRobotServer:
         self._sock = ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         try:
-            self._sock.bind(endpoint[:-2] + ":*" if endpoint.endswith(":0") else endpoint)
+            self.endpoint: str = transport.bind(self._sock, endpoint)
         except zmq.ZMQError:
             self._sock.close()
             self.driver.close()
             raise
-        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     # -- lifecycle
 

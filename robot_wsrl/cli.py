@@ -1,7 +1,7 @@
 """The `robot-wsrl` command: one entry point, one module per subcommand.
 
 Subcommand modules are imported lazily so that robot-side commands (runner) never import torch.
-Each module exposes `cli(argv: list[str]) -> int`.
+Each module exposes `cli(argv: list[str]) -> int` (or the function named after "module:").
 """
 
 from __future__ import annotations
@@ -16,12 +16,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("robot_wsrl.finetune", "in-process warm-start fine-tuning (warmup, then online-only SAC)"),
     "export": ("robot_wsrl.export", "export a checkpoint's actor to ONNX + JSON sidecar (sha256, metadata)"),
     "runner": ("robot_wsrl.runner", "run an ONNX policy on a driver behind the safety envelope (no torch)"),
+    "validate": ("robot_wsrl.validate", "sim-first gate: a policy vs thresholds and the deployed one"),
+    "policies": ("robot_wsrl.registry", "shipped and produced policies: validation, sha256, signature"),
+    "rollback": ("robot_wsrl.registry:rollback_cli", "one runner back to its previous validated policy"),
     "learner": ("robot_wsrl.learner", "the off-board WSRL learner that runners feed over ZeroMQ"),
     "link-runner": ("robot_wsrl.link", "a runner fed and updated by a learner over ZeroMQ (no torch)"),
     "keys": ("robot_wsrl.keys", "make and list CURVE key pairs and the learner's policy-signing key"),
     "session": ("robot_wsrl.session", "emulated robot + learner + linked runner on this machine, live"),
     "demo": ("robot_wsrl.demo", "the main job on a small sim task, end to end"),
     "bench": ("robot_wsrl.bench", "benchmarks that print one JSON line (learner, runner, finetune)"),
+    "console": ("robot_wsrl.console.app:cli", "the operator's safety-stop console (terminal UI, Textual)"),
+    "stop": ("robot_wsrl.operator:stop_cli", "e-stop runners now; exit 0 only if every one confirmed"),
+    "status": ("robot_wsrl.operator:status_cli", "every runner's and the learner's state, for scripts"),
+    "release": ("robot_wsrl.operator:release_cli", "release one runner's e-stop (typed confirmation)"),
 }
 
 
@@ -42,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"robot-wsrl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.cli(rest) or 0)
+    module, _, function = COMMANDS[name][0].partition(":")
+    return int(getattr(importlib.import_module(module), function or "cli")(rest) or 0)
 
 
 if __name__ == "__main__":

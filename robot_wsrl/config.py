@@ -97,14 +97,18 @@ class RunConfig:
     log_every: int = 1_000
     snapshots: bool = False  # save the actor at every evaluation (for `collect`)
     resume: str | None = None
+    gate_every: int = (
+        0  # guarded variant: validate the actor every N online steps; the robot runs the last pass
+    )
+    gate_args: list[str] = field(default_factory=list)  # `robot-wsrl validate` overrides for that gate
 
     def validate(self) -> None:
         if not 0.0 <= self.offline_ratio <= 1.0:
             raise ValueError(f"run.offline_ratio must be in [0, 1], got {self.offline_ratio}")
         if self.offline_ratio > 0 and not self.dataset:
             raise ValueError("run.offline_ratio > 0 needs run.dataset (the offline data to retain)")
-        if self.steps < 0 or self.warmup_steps < 0:
-            raise ValueError("run.steps and run.warmup_steps must be non-negative")
+        if self.steps < 0 or self.warmup_steps < 0 or self.gate_every < 0:
+            raise ValueError("run.steps, run.warmup_steps and run.gate_every must be non-negative")
 
 
 @dataclass

@@ -139,9 +139,16 @@ def export_policy(
 
 
 def cli(argv: list[str]) -> int:
+    if "--policy" in argv:  # the registry form: copy a verified, validated version for deployment
+        from robot_wsrl.registry import export_cli
+
+        return export_cli(argv)
     parser = argparse.ArgumentParser(
         prog="robot-wsrl export",
-        description="Export a checkpoint's actor to DIR/policy.onnx + DIR/policy.json.",
+        description="Export a checkpoint's actor to DIR/policy.onnx + DIR/policy.json. "
+        "To copy a verified, validated version for deployment instead: "
+        "robot-wsrl export --policy RUN_OR_POLICY_DIR [--version N] --to DIR [--keys KEYDIR] "
+        "(see robot-wsrl export --policy X --help).",
     )
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="output directory")

@@ -12,7 +12,7 @@ import argparse
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from robot_wsrl.training import (
     save_training_checkpoint,
     seed_everything,
 )
+
+if TYPE_CHECKING:
+    from robot_wsrl.guarded import DeployedPolicy
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -73,6 +76,12 @@ def finetune(cfg: Config) -> dict[str, Any]:
         load_agent_checkpoint(run.checkpoint, agent, spec, with_optimizers=True)
         agent.updates = 0
     offline = load_offline_buffer(cfg, spec) if run.offline_ratio > 0 else None
+    deployed = None
+    if run.gate_every:  # the guarded variant: the robot runs only validated versions
+        from robot_wsrl.guarded import DeployedPolicy
+
+        deployed = DeployedPolicy(out, spec, run.gate_args, cfg.seed)
+        deployed.start(agent.actor, int(payload["extra"]["deployed"]) if run.resume else 0)
     sampler = MixedSampler(online, offline, run.offline_ratio)
 
     logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
@@ -87,7 +96,8 @@ def finetune(cfg: Config) -> dict[str, Any]:
     bar = progress_bar(run.steps, step, cfg.progress, "finetune", "step")
     started, first_step = time.perf_counter(), step
     while step < run.steps:
-        action = agent.act(obs)  # stochastic: warmup uses the pre-trained policy's samples, never random
+        # stochastic: warmup uses the pre-trained policy's samples, never random actions
+        action = agent.act(obs) if deployed is None else deployed.act(obs)
         result, executed = step_normalised(env, action)
         next_obs, reward, terminated, truncated = (
             result.obs,
@@ -102,9 +112,10 @@ def finetune(cfg: Config) -> dict[str, Any]:
         obs = next_obs
         if terminated or truncated:
             recent_returns.append(episode_return)
-            logger.log(
-                "episodes", step, {"return": episode_return, "length": episode_len, "episode": episode}
-            )
+            row = {"return": episode_return, "length": episode_len, "episode": episode}
+            if deployed is not None:
+                row["policy_version"] = deployed.version  # the deployed-return curve
+            logger.log("episodes", step, row)
             episode += 1
             obs, _ = env.reset(seed=cfg.seed + episode)
             episode_return, episode_len = 0.0, 0
@@ -113,6 +124,8 @@ def finetune(cfg: Config) -> dict[str, Any]:
         if phase == "online" and len(online) >= cfg.agent.batch_size:
             batch = agent.to_batch(sampler.sample(cfg.agent.utd, cfg.agent.batch_size, rng))
             info = agent.update(batch)
+            if deployed is not None and step % run.gate_every == 0:
+                logger.log("gate", step, deployed.consider(agent.actor, step))
         if run.log_every and step % run.log_every == 0:
             row = {
                 "phase": phase,
@@ -130,7 +143,7 @@ def finetune(cfg: Config) -> dict[str, Any]:
             if run.snapshots:  # the actor as evaluated, for datasets recorded from intermediate policies
                 save_actor_snapshot(out / "snapshots" / f"actor-{step:09d}.pt", agent, spec, cfg, step)
         if run.checkpoint_every and step % run.checkpoint_every == 0:
-            _save(out, agent, spec, cfg, step, episode, online, rng)
+            _save(out, agent, spec, cfg, step, episode, online, rng, deployed)
         bar.update(1)
         if step % 100 == 0:
             bar.set_postfix(
@@ -141,7 +154,7 @@ def finetune(cfg: Config) -> dict[str, Any]:
                 refresh=False,
             )
     bar.close()
-    _save(out, agent, spec, cfg, step, episode, online, rng)
+    _save(out, agent, spec, cfg, step, episode, online, rng, deployed)
     logger.close()
     env.close()
     eval_env.close()
@@ -175,6 +188,7 @@ def _save(
     episode: int,
     online: ReplayBuffer,
     rng: np.random.Generator,
+    deployed: DeployedPolicy | None = None,
 ) -> None:
     """Replay under a step-stamped name, then the checkpoint naming it, then old replays go.
 
@@ -183,6 +197,8 @@ def _save(
     replay_name = f"replay-{step:09d}.npz"
     online.save(out / replay_name)
     extra = {"episode": episode, "rng": rng_state(rng), "replay": replay_name}
+    if deployed is not None:
+        extra["deployed"] = deployed.version
     save_training_checkpoint(out / CHECKPOINT, agent, spec, cfg, step, extra)
     for old in out.glob("replay-*.npz"):
         if old.name != replay_name:

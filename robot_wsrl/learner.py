@@ -5,9 +5,11 @@ One ROUTER socket, one thread, no blocking waits: it receives transition batches
 fsync per receive round), so an ack never covers data a crash could lose; it inserts them into an online-only
 replay buffer. Phases are WSRL's: warmup until `run.warmup_steps` transitions (from all runners
 together) with no update, then one UTD round per transition, exactly as the in-process loop
-(`finetune.py`) does. Pacing is lockstep: a runner may produce only up to the `Credit` it was granted, and
-the learner extends credit only once it has done every update its data is owed, so the UTD ratio is exact
-and a runner is never more than `credit` transitions ahead of the policy being trained. Every
+(`finetune.py`) does. Two pacings: lockstep (sim) — a runner may produce only up to the `Credit` it was
+granted, and the learner extends credit only once it has done every update its data is owed, so the UTD
+ratio is exact, runs are reproducible and a runner is never more than `credit` transitions ahead of the
+policy being trained; real time (hardware) — credit is unbounded, the robot never waits, and the learner
+does as many of the owed updates as it can (status reports the effective UTD ratio). Every
 `publish_every` updates it exports, signs and pushes a new ONNX policy, and saves its state; on restart it
 replays the log (buffer and dedup state) and continues from that state, so nothing acknowledged is lost
 and nothing is counted twice.
@@ -16,7 +18,9 @@ and nothing is counted twice.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -24,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,24 +40,29 @@ from robot_wsrl.agent import Agent
 from robot_wsrl.checkpoint import CheckpointError, load_checkpoint
 from robot_wsrl.config import Config, compose_config, config_hash, prepare_out_dir
 from robot_wsrl.export import ONNX_NAME, SIDECAR_NAME, export_policy
+from robot_wsrl.files import write_atomic
+from robot_wsrl.gate import ValidationWorker, Verdict
 from robot_wsrl.ingest_log import IngestLog
 from robot_wsrl.protocol import (
     Ack,
+    Command,
     Credit,
     HeartbeatMessage,
     Message,
     PolicyMessage,
     PolicyRequest,
     RejectCounter,
+    Reply,
     Status,
     StatusRequest,
     Transitions,
     encode,
     try_decode,
 )
+from robot_wsrl.registry import VALIDATION_DIR, VERDICT_NAME
 from robot_wsrl.replay import MixedSampler, ReplayBuffer
 from robot_wsrl.safety import RunnerState
-from robot_wsrl.signing import signed_policy_message
+from robot_wsrl.signing import signed_policy_message, write_signature
 from robot_wsrl.spec import EnvSpec
 from robot_wsrl.spool import DedupLog
 from robot_wsrl.training import load_agent_checkpoint, save_training_checkpoint, seed_everything
@@ -67,13 +76,26 @@ UPDATE_SLICE_S = 0.05  # longest run of updates between two looks at the socket
 SEND_TIMEOUT_S = 0.1
 RECEIVE_ROUND = 256  # messages handled between two group commits of the log
 RECENT_RETURNS = 10
+RECENT_VERDICTS = 20
+ACCEPTED = (
+    Transitions,
+    HeartbeatMessage,
+    PolicyRequest,
+    StatusRequest,
+    Command,
+)  # what runners and consoles send
+REALTIME_CREDIT = 2**40  # real-time pacing: a window no runner reaches
+Pacing = Literal["lockstep", "realtime"]
 
 
 @dataclass(frozen=True)
 class LearnerOptions:
     name: str = "learner"
     publish_every: int = 1000  # updates between two published policies
-    credit: int = 1000  # transitions a runner may produce ahead of the updates its data is owed
+    credit: int = 1000  # lockstep: transitions a runner may produce ahead of the updates its data is owed
+    pacing: Pacing = "lockstep"
+    gate: bool = True  # hardware runners get only versions that passed `robot-wsrl validate`
+    validate_args: tuple[str, ...] = ()  # passed to every validation (overrides, --config)
     heartbeat_s: float = 0.5
     deadline_s: float = 3.0
 
@@ -86,6 +108,8 @@ class Peer:
     heartbeat: transport.Heartbeat
     role: str = "runner"
     granted: int = -1
+    tag: str = "hardware"  # until its heartbeat says "sim": an unknown runner gets only validated versions
+    sent_version: int | None = None
 
 
 @dataclass
@@ -107,11 +131,16 @@ class Learner:
         signing_key: Ed25519PrivateKey,
         options: LearnerOptions = LearnerOptions(),
         secure: bool = True,
+        keydir: Path | None = None,
+        commanders: set[str] | None = None,
     ) -> None:
+        """`keydir` holds the public signing keys the validations verify policies with."""
         if not cfg.run.checkpoint:
             raise ValueError("the learner starts from a pre-trained checkpoint: run.checkpoint=PATH")
         if cfg.run.offline_ratio > 0:
             raise ValueError("the learner fine-tunes on online data only (run.offline_ratio must be 0)")
+        if options.pacing not in ("lockstep", "realtime"):
+            raise ValueError(f"pacing must be 'lockstep' or 'realtime', got {options.pacing!r}")
         self.cfg, self.sock, self.out, self.options, self.secure = cfg, sock, out_dir, options, secure
         self._signing_key = signing_key
         self.rng = seed_everything(cfg.seed, cfg.threads)
@@ -122,6 +151,8 @@ class Learner:
         )
         self.sampler = MixedSampler(self.buffer, None, 0.0)
         self.rejects = RejectCounter()
+        self.learning_paused = False
+        self.commanders = commanders  # key names that may pause learning (None: any, on plain loopback)
         self.peers: dict[bytes, Peer] = {}
         self._acks: dict[bytes, str] = {}  # acks owed once the log is synced: identity -> runner id
         self.online_updates = 0
@@ -143,6 +174,18 @@ class Learner:
         for batch in self.log.replay():
             self._insert(batch, self._accepted(batch))
         self.policy = self._make_policy()
+        self.gate: ValidationWorker | None = None
+        self.deployed = self._deployed_on_start()
+        self.verdicts: deque[Verdict] = deque(maxlen=RECENT_VERDICTS)
+        if options.gate:
+            self.gate = ValidationWorker(
+                self._version_dir(self.deployed.version),
+                initial_version=self.deployed.version,
+                overrides=list(options.validate_args),
+                keydir=keydir,
+            )
+            if self.version > self.deployed.version:
+                self.gate.submit(self.version, self._version_dir(self.version))
         log.info(
             "learner ready: %d transitions replayed from %s, policy version %d, %d updates",
             self.buffer.total_added,
@@ -168,6 +211,10 @@ class Learner:
         target = self.transitions - start + 1 if self.transitions >= start else 0
         return max(0, target - self.online_updates)
 
+    def _may_update(self) -> bool:
+        """Updates are owed and no operator paused learning (lockstep runners then wait for credit)."""
+        return not self.learning_paused and self.owed_updates() > 0
+
     def update_once(self) -> None:
         batch = self.agent.to_batch(
             self.sampler.sample(self.cfg.agent.utd, self.cfg.agent.batch_size, self.rng)
@@ -182,18 +229,21 @@ class Learner:
         self.version += 1
         self.published_at = self.online_updates
         self.policy = self._make_policy()
-        for identity, peer in self.peers.items():
-            if peer.role == "runner":
-                self._send(identity, self.policy)
+        if self.gate is not None:
+            self.gate.submit(self.version, self._version_dir(self.version))
+        self._push_policies()
         extra = {"policy_version": self.version, "online_updates": self.online_updates}
         save_training_checkpoint(
             self.out / STATE_FILE, self.agent, self.spec, self.cfg, self.transitions, extra
         )
         log.info("published policy version %d after %d updates", self.version, self.online_updates)
 
+    def _version_dir(self, version: int) -> Path:
+        return self.out / POLICY_DIR / f"v{version:06d}"
+
     def _make_policy(self) -> PolicyMessage:
-        """The signed message of the current version (exported once; a restart reuses the files)."""
-        directory = self.out / POLICY_DIR / f"v{self.version:06d}"
+        """Export and sign the current version (once; a restart reuses the files), and its message."""
+        directory = self._version_dir(self.version)
         if not (directory / SIDECAR_NAME).exists():
             export_policy(
                 self.agent.actor,
@@ -204,9 +254,58 @@ class Learner:
                 step=self.online_updates,
                 config_hash=self._hash,
             )
+            write_signature(directory / ONNX_NAME, self._signing_key)  # stays verifiable on disk
+        return self._policy_message(self.version)
+
+    def _policy_message(self, version: int) -> PolicyMessage:
+        directory = self._version_dir(version)
         onnx = (directory / ONNX_NAME).read_bytes()
         sidecar = (directory / SIDECAR_NAME).read_text()
         return signed_policy_message(self.options.name, self._signing_key, onnx, sidecar)
+
+    # ----- the sim-first gate -----
+
+    def _deployed_on_start(self) -> PolicyMessage:
+        """The newest version that passed validation (a restart keeps what hardware may run); else 0."""
+        for version in range(self.version, 0, -1):
+            verdict = self._version_dir(version) / VALIDATION_DIR / VERDICT_NAME
+            if verdict.exists() and json.loads(verdict.read_text()).get("status") == "passed":
+                return self._policy_message(version)
+        return self._policy_message(0)
+
+    def _policy_for(self, peer: Peer) -> PolicyMessage:
+        """Sim runners get every version; hardware runners the last validated one (all, with no gate)."""
+        return self.policy if self.gate is None or peer.tag == "sim" else self.deployed
+
+    def _push_policies(self) -> None:
+        """Send each runner its policy when it changed (a publish, a verdict, a runner's tag)."""
+        for identity, peer in self.peers.items():
+            if peer.role != "runner" or not peer.heartbeat.alive():
+                continue
+            policy = self._policy_for(peer)
+            if peer.sent_version != policy.version and self._send(identity, policy):
+                peer.sent_version = policy.version
+
+    def _check_gate(self) -> None:
+        if self.gate is None:
+            return
+        verdicts = self.gate.poll()
+        for verdict in verdicts:
+            self.verdicts.append(verdict)
+            if verdict.passed and verdict.version > self.deployed.version:
+                self.deployed = self._policy_message(verdict.version)
+                log.info("version %d passed validation: promoted to hardware runners", verdict.version)
+            elif verdict.status == "superseded":
+                log.debug("version %d superseded before its validation started", verdict.version)
+            elif not verdict.passed:
+                log.warning(
+                    "version %d held back from hardware runners (%s): %s",
+                    verdict.version,
+                    verdict.status,
+                    "; ".join(verdict.reasons) or "-",
+                )
+        if verdicts:
+            self._push_policies()
 
     # ----- ingest -----
 
@@ -217,19 +316,22 @@ class Learner:
         idx = np.flatnonzero(mask)
         if not len(idx):
             return
+        episodes, rewards = batch.episode_id[idx], batch.reward[idx]
+        ends = (batch.terminated[idx] != 0) | (batch.truncated[idx] != 0)
         self.buffer.add_batch(
+            np.char.add(f"{batch.runner_id}/", episodes.astype(str)),  # runners' episodes interleave
             obs=batch.obs[idx],
             action=batch.action[idx],
-            reward=batch.reward[idx],
+            reward=rewards,
             next_obs=batch.next_obs[idx],
             terminated=batch.terminated[idx],
             truncated=batch.truncated[idx],
         )
         returns = self.returns.setdefault(batch.runner_id, Returns())
-        for i in idx:
-            episode = int(batch.episode_id[i])
-            returns.running[episode] = returns.running.get(episode, 0.0) + float(batch.reward[i])
-            if batch.terminated[i] or batch.truncated[i]:
+        for episode in dict.fromkeys(episodes.tolist()):  # a runner numbers each episode anew
+            rows = episodes == episode
+            returns.running[episode] = returns.running.get(episode, 0.0) + float(rewards[rows].sum())
+            if ends[rows].any():
                 returns.recent.append(returns.running.pop(episode))
 
     def _ingest(self, identity: bytes, batch: Transitions) -> None:
@@ -273,15 +375,16 @@ class Learner:
         """The sender's record; a runner that joins gets the current policy and its durable watermark."""
         peer = self.peers.get(identity)
         if peer is None or peer.name != msg.sender:
-            operator = isinstance(msg, StatusRequest) or (
+            operator = isinstance(msg, (StatusRequest, Command)) or (
                 isinstance(msg, HeartbeatMessage) and msg.role != "runner"
             )
             heartbeat = transport.Heartbeat(self.options.heartbeat_s, self.options.deadline_s)
             peer = Peer(msg.sender, heartbeat, role="console" if operator else "runner")
             self.peers[identity] = peer
+            if isinstance(msg, HeartbeatMessage) and msg.tag is not None:
+                peer.tag = msg.tag
             log.info("%s %s joined", peer.role, peer.name)
             if peer.role == "runner":
-                self._send(identity, self.policy)
                 self._acks[identity] = peer.name  # what it has durably, so its spool can forget it
         return peer
 
@@ -299,25 +402,51 @@ class Learner:
         if isinstance(msg, Transitions) and msg.runner_id != msg.sender:
             self.rejects.add("identity")
             return
+        if not isinstance(msg, ACCEPTED):
+            self.rejects.add("unexpected")  # valid, but not for a learner: counted, changes nothing
+            return
         peer = self._peer(identity, msg)
         peer.heartbeat.beat()
         if isinstance(msg, Transitions):
             self._ingest(identity, msg)
         elif isinstance(msg, HeartbeatMessage):
             peer.role = msg.role  # a runner that misses a push asks for it after our next heartbeat
+            if msg.tag is not None and msg.tag != peer.tag:
+                peer.tag = msg.tag
+                log.info("runner %s is tagged %s", peer.name, peer.tag)
         elif isinstance(msg, PolicyRequest):
-            self._send(identity, self.policy)
+            policy = self._policy_for(peer)
+            if self._send(identity, policy):
+                peer.sent_version = policy.version
         elif isinstance(msg, StatusRequest):
             self._send(identity, Status(self.options.name, self.status()))
+        elif isinstance(msg, Command):
+            self._send(identity, self._command(msg))
+
+    def _command(self, cmd: Command) -> Reply:
+        """An operator's pause or resume of learning (e-stops go to the runners, not through here)."""
+        if self.commanders is not None and cmd.sender not in self.commanders:
+            self.rejects.add("command")
+            return Reply(self.options.name, False, f"{cmd.sender} is not a console key", cmd.ref)
+        if cmd.name not in ("pause", "resume"):
+            self.rejects.add("command")
+            return Reply(
+                self.options.name, False, f"the learner takes pause and resume, not {cmd.name}", cmd.ref
+            )
+        self.learning_paused = cmd.name == "pause"
+        log.warning("learning %s by %s", "paused" if self.learning_paused else "resumed", cmd.sender)
+        return Reply(self.options.name, True, None, cmd.ref)
 
     def _grant_credit(self) -> None:
-        """Extend each runner's credit once every update its data is owed is done (lockstep)."""
-        if self.owed_updates():
+        """Lockstep: extend each runner's credit once every update its data is owed is done. Real time:
+        a window no runner reaches, whatever the updates owed."""
+        lockstep = self.options.pacing == "lockstep"
+        if lockstep and self.owed_updates():
             return
         for identity, peer in self.peers.items():
             if peer.role != "runner":
                 continue
-            grant = self.dedup.watermark(peer.name) + self.options.credit
+            grant = self.dedup.watermark(peer.name) + (self.options.credit if lockstep else REALTIME_CREDIT)
             if grant > peer.granted and self._send(identity, Credit(self.options.name, peer.name, grant)):
                 peer.granted = grant
 
@@ -325,11 +454,12 @@ class Learner:
         if not beat.due():
             return
         beat.sent()
-        msg = HeartbeatMessage(
-            self.options.name, "learner", time.time(), self.phase.value, policy_version=self.version
-        )
         for identity, peer in list(self.peers.items()):
             if peer.heartbeat.alive():
+                version = self._policy_for(peer).version  # what this runner should be running
+                msg = HeartbeatMessage(
+                    self.options.name, "learner", time.time(), self.phase.value, policy_version=version
+                )
                 self._send(identity, msg)
             elif (peer.heartbeat.silence_s() or 0.0) > 10 * self.options.deadline_s:
                 del self.peers[identity]  # long gone; a reconnect registers it again
@@ -340,11 +470,13 @@ class Learner:
         beat = transport.Heartbeat(self.options.heartbeat_s, self.options.deadline_s)
         while not stop.is_set():
             started = time.monotonic()
-            while self.owed_updates() and time.monotonic() - started < UPDATE_SLICE_S:
+            while self._may_update() and time.monotonic() - started < UPDATE_SLICE_S:
                 self.update_once()
             self._grant_credit()
+            self._check_gate()
+            self._push_policies()
             self._heartbeats(beat)
-            frames = transport.recv_frames(self.sock, 0.0 if self.owed_updates() else UPDATE_SLICE_S)
+            frames = transport.recv_frames(self.sock, 0.0 if self._may_update() else UPDATE_SLICE_S)
             handled = 0
             while frames is not None:
                 self.handle(frames)
@@ -364,13 +496,15 @@ class Learner:
             batch = self.agent.to_batch(sample)
             mean_q = self.agent.mean_q(batch["obs"], batch["action"])
         return {
-            "phase": self.phase.value,
+            "phase": RunnerState.PAUSED.value if self.learning_paused else self.phase.value,
+            "pacing": self.options.pacing,
             "step": self.transitions,
             "updates": self.online_updates,
             "owed_updates": self.owed_updates(),
             "effective_utd": self.online_updates * self.cfg.agent.utd / online_steps if online_steps else 0.0,
             "buffer": len(self.buffer),
             "policy_version": self.version,
+            "gate": self._gate_status(),
             "mean_q": mean_q,
             "losses": {k: float(v) for k, v in self.last_info.items()},
             "log_records": self.log.records,
@@ -380,12 +514,29 @@ class Learner:
                     "acked_seq": self.dedup.watermark(name),
                     "recent_returns": list(r.recent),
                     "connected": any(q.name == name and q.heartbeat.alive() for q in self.peers.values()),
+                    "tag": next((q.tag for q in self.peers.values() if q.name == name), None),
+                    "sent_policy_version": next(
+                        (q.sent_version for q in self.peers.values() if q.name == name), None
+                    ),
                 }
                 for name, r in self.returns.items()
             },
         }
 
+    def _gate_status(self) -> dict[str, Any]:
+        """What hardware runners may run and why recent versions were held back (console, logs)."""
+        return {
+            "enabled": self.gate is not None,
+            "deployed_version": self.deployed.version,
+            "validating": self.gate is not None and self.gate.busy,
+            "verdicts": [
+                {"version": v.version, "status": v.status, "reasons": v.reasons[:5]} for v in self.verdicts
+            ],
+        }
+
     def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
         self.log.close()
 
 
@@ -396,13 +547,39 @@ def cli(argv: list[str]) -> int:
         "run.checkpoint=CKPT out_dir=runs/session1 run.warmup_steps=5000 agent.utd=4",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    parser.add_argument("--bind", default="tcp://0.0.0.0:5555", help="endpoint the ROUTER binds")
+    parser.add_argument(
+        "--bind", default="tcp://0.0.0.0:5555", help="endpoint the ROUTER binds (tcp port 0: a free one)"
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="once serving, write {endpoint, pid} here as JSON (for a supervisor that bound port 0)",
+    )
     parser.add_argument("--keys", type=Path, required=True, help="key dir: NAME.key_secret, NAME.sign, peers")
     parser.add_argument("--name", default="learner", help="this learner's key name")
     parser.add_argument("--plain", action="store_true", help="no CURVE (loopback endpoints only)")
     parser.add_argument("--publish-every", type=int, default=LearnerOptions.publish_every, help="updates")
     parser.add_argument(
         "--credit", type=int, default=LearnerOptions.credit, help="lockstep window, transitions"
+    )
+    parser.add_argument(
+        "--pacing",
+        choices=("lockstep", "realtime"),
+        default=LearnerOptions.pacing,
+        help="lockstep (sim: exact UTD, reproducible) or realtime (hardware: the robot never waits)",
+    )
+    parser.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="send every version to hardware runners too, unvalidated (sim-only setups)",
+    )
+    parser.add_argument(
+        "--validate-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="passed to every `robot-wsrl validate` of a new version (repeat; e.g. episodes=5)",
     )
     parser.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
     args = parser.parse_args(argv)
@@ -426,8 +603,17 @@ def cli(argv: list[str]) -> int:
             sock,
             prepare_out_dir(cfg),
             signing_key,
-            LearnerOptions(args.name, args.publish_every, args.credit),
+            LearnerOptions(
+                args.name,
+                args.publish_every,
+                args.credit,
+                pacing=args.pacing,
+                gate=not args.no_gate,
+                validate_args=tuple(args.validate_arg),
+            ),
             secure=not args.plain,
+            keydir=args.keys,
+            commanders=None if args.plain else set(keys.load_public_keys(args.keys, roles=("console",))),
         )
     except (keys.KeyFileError, transport.TransportError, CheckpointError, ValueError, zmq.ZMQError) as exc:
         transport.shutdown(ctx)
@@ -440,7 +626,10 @@ def cli(argv: list[str]) -> int:
         timer = threading.Timer(args.max_seconds, stop.set)
         timer.daemon = True
         timer.start()
-    print(f"learner {args.name} on {args.bind}, outputs in {learner.out}", flush=True)
+    endpoint = transport.bound_endpoint(sock)
+    if args.ready_file is not None:
+        write_atomic(args.ready_file, json.dumps({"endpoint": endpoint, "pid": os.getpid()}).encode())
+    print(f"learner {args.name} on {endpoint}, outputs in {learner.out}", flush=True)
     try:
         learner.serve(stop)
     finally:

@@ -7,15 +7,18 @@ verifies every policy against the learner's signing key before writing it and of
 exchanges heartbeats, maps the learner's commands onto the runner and answers status requests.
 
 The runner is held (paused: the robot brought to its safe state, a new episode on resume) while any
-reason to hold it stands: no lockstep credit left, the spool full, the learner silent past its deadline
-(with `on_learner_lost="hold"`; "keep" runs on with the last policy and spools), or an operator pause.
+reason to hold it stands: the spool full, the learner silent past its deadline (with
+`on_learner_lost="hold"`; "keep" runs on with the last policy and spools), or an operator pause. Waiting
+for lockstep credit alone only stops stepping: a simulator's episode goes on when the credit comes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import os
 import queue
 import signal
 import sys
@@ -29,11 +32,12 @@ import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from drivers import make_driver
-from robot_wsrl import keys, transport
+from robot_wsrl import control, keys, transport
 from robot_wsrl.driver import DriverFault
 from robot_wsrl.files import write_atomic
 from robot_wsrl.policy import OnnxPolicy, PolicyError
 from robot_wsrl.protocol import (
+    RUNNER_TAGS,
     Ack,
     Command,
     Credit,
@@ -42,7 +46,6 @@ from robot_wsrl.protocol import (
     PolicyMessage,
     PolicyRequest,
     RejectCounter,
-    Reply,
     Status,
     StatusRequest,
     encode,
@@ -56,19 +59,23 @@ from robot_wsrl.spool import SpoolFull, TransitionSpool
 log = logging.getLogger(__name__)
 
 LearnerLost = Literal["keep", "hold"]
+RunnerTag = Literal["sim", "hardware"]
+HARDWARE_DRIVERS = ("emulated:",)  # drivers that stand for a real robot (the sim-first gate applies)
 POLL_S = 0.01
 ONNX_NAME, SIDECAR_NAME = "policy.onnx", "policy.json"
+WAIT_HOLDS = frozenset({"credit"})  # holds a simulator waits out mid-episode (no safe stop)
 
 
 @dataclass(frozen=True)
 class LinkOptions:
-    batch_size: int = 64  # transitions per message
+    batch_size: int = 256  # most transitions per message (fewer when the runner produces slowly)
     queue_size: int = 100_000  # transitions between the control loop and the link thread
     heartbeat_s: float = 0.5
     deadline_s: float = 3.0  # learner silent this long: lost
     on_learner_lost: LearnerLost = "hold"
     lockstep: bool = True  # produce only up to the learner's credit
     resend_after_s: float = 2.0  # unacknowledged data with no ack progress this long is sent again
+    tag: RunnerTag = "sim"  # "hardware": the learner sends only policy versions that passed validation
 
 
 class LearnerLink:
@@ -107,6 +114,7 @@ class LearnerLink:
         self._holds: set[str] = set()
         self._holds_lock = threading.Lock()
         self._granted = -1
+        self._acked = spool.acked_seq  # the newest ack received, applied to the spool once per drain
         self._produced_next = spool.next_seq  # the seq the next handed-over transition will get
         self._was_alive = False
         self._resend = True  # a fresh connection: whatever the spool holds goes out again
@@ -130,6 +138,10 @@ class LearnerLink:
             self.dropped += 1  # the link thread is wedged; the credit/spool holds stop the robot first
             return
         self._produced_next += 1
+        if self.options.lockstep and self._produced_next > self._granted:
+            # Credit spent: hold here, in the loop's own thread, so the next tick already waits (the link
+            # thread, which lifts the hold when credit comes, may be scheduled much later on a busy host).
+            self._hold("credit", True)
 
     def start(self) -> None:
         self._thread.start()
@@ -142,8 +154,9 @@ class LearnerLink:
         self._runner = runner
         self._offered_version = runner.policy.version
         with self._holds_lock:
-            if self._holds:
-                runner.pause()
+            mode = self._hold_mode()
+        if mode != "run":
+            self._apply_hold(runner, mode)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until everything handed over is spooled and acknowledged; True if it was in time."""
@@ -186,18 +199,27 @@ class LearnerLink:
 
     def _hold(self, reason: str, on: bool) -> None:
         with self._holds_lock:
-            before = bool(self._holds)
+            before = self._hold_mode()
             if on:
                 self._holds.add(reason)
             else:
                 self._holds.discard(reason)
-            after = bool(self._holds)
+            after = self._hold_mode()
         if self._runner is not None and before != after:
-            if after:
-                log.info("%s: holding the runner (%s)", self.name, sorted(self.holds))
-                self._runner.pause()
-            else:
-                self._runner.resume()
+            self._apply_hold(self._runner, after)
+
+    def _hold_mode(self) -> str:
+        """ "run", "wait" (only waiting for credit: the episode goes on after) or "pause" (safe stop)."""
+        if not self._holds:
+            return "run"
+        return "wait" if self._holds <= WAIT_HOLDS else "pause"
+
+    def _apply_hold(self, runner: Runner, mode: str) -> None:
+        if mode == "run":
+            runner.resume()
+            return
+        log.info("%s: holding the runner (%s)", self.name, sorted(self.holds))
+        runner.pause(keep_episode=mode == "wait")
 
     # ----- the link thread -----
 
@@ -217,6 +239,9 @@ class LearnerLink:
         while frames is not None:
             self._handle(frames)
             frames = transport.recv_frames(self.sock, 0.0)
+        if self._acked > self.spool.acked_seq:  # the newest ack of the drain: one spool update, not one each
+            self.spool.ack(self._acked)
+            self._last_progress = time.monotonic()
         alive = self.learner.alive()
         if alive and not self._was_alive:
             self._resend = True
@@ -233,7 +258,9 @@ class LearnerLink:
 
     def _heartbeat(self) -> HeartbeatMessage:
         state = "idle" if self._runner is None else self._runner.state.value
-        return HeartbeatMessage(self.name, "runner", time.time(), state, self._offered_version)
+        return HeartbeatMessage(
+            self.name, "runner", time.time(), state, self._offered_version, tag=self.options.tag
+        )
 
     def _send(self, msg: Message) -> bool:
         return transport.send_frames(self.sock, encode(msg), 0.0)
@@ -280,9 +307,7 @@ class LearnerLink:
         if self._runner is not None:
             self._runner.heartbeat()
         if isinstance(msg, Ack) and msg.runner_id == self.name:
-            if msg.acked_seq > self.spool.acked_seq:
-                self.spool.ack(msg.acked_seq)
-                self._last_progress = time.monotonic()
+            self._acked = max(self._acked, msg.acked_seq)
         elif isinstance(msg, Credit) and msg.runner_id == self.name:
             self._granted = msg.granted_seq
         elif isinstance(msg, PolicyMessage):
@@ -290,7 +315,10 @@ class LearnerLink:
         elif isinstance(msg, HeartbeatMessage):
             self._on_learner_heartbeat(msg)
         elif isinstance(msg, Command):
-            self._send(self._command(msg))
+            reply = control.apply_command(
+                self._runner, msg, name=self.name, by=msg.sender, hold=self.operator_hold
+            )
+            self._send(reply)
         elif isinstance(msg, StatusRequest):
             status = {"link": self.status()} | ({} if self._runner is None else self._runner.status())
             self._send(Status(self.name, status))
@@ -344,29 +372,9 @@ class LearnerLink:
         self.last_error = reason
         log.warning("%s: policy version %d refused: %s", self.name, version, reason)
 
-    def _command(self, cmd: Command) -> Reply:
-        runner = self._runner
-        if runner is None:
-            return Reply(self.name, False, "no runner attached yet", cmd.ref)
-        try:
-            if cmd.name == "estop":
-                runner.estop(f"e-stop from {cmd.sender}")
-            elif cmd.name == "release":
-                if not runner.release(str(cmd.args.get("operator", cmd.sender))):
-                    return Reply(self.name, False, "not e-stopped, or release refused", cmd.ref)
-            elif cmd.name == "pause":
-                self._hold("operator", True)
-            elif cmd.name == "resume":
-                self._hold("operator", False)
-            elif cmd.name == "rollback":
-                result = runner.rollback()
-                if not result.accepted:
-                    return Reply(self.name, False, result.reason, cmd.ref)
-            elif cmd.name == "set_phase":
-                runner.set_phase(RunnerState(cmd.args.get("phase")))
-        except ValueError as exc:
-            return Reply(self.name, False, str(exc), cmd.ref)
-        return Reply(self.name, True, None, cmd.ref)
+    def operator_hold(self, on: bool) -> None:
+        """An operator's pause/resume (from the learner or a console) is one of the link's holds."""
+        self._hold("operator", on)
 
 
 # ----- command line -----
@@ -384,6 +392,12 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--plain", action="store_true", help="no CURVE (loopback endpoints only)")
     parser.add_argument(
         "--driver", required=True, help="gym:ENV_ID | dmc:DOMAIN-TASK | null | emulated:ENDPOINT"
+    )
+    parser.add_argument(
+        "--tag",
+        choices=RUNNER_TAGS,
+        default=None,
+        help="hardware: receive only validated policy versions (default: hardware for emulated:*, else sim)",
     )
     parser.add_argument(
         "--state", type=Path, default=None, help="spool and policies (default runs/link/NAME)"
@@ -404,9 +418,17 @@ def cli(argv: list[str]) -> int:
     parser.add_argument(
         "--wait-policy", type=float, default=60.0, help="seconds to wait for the first policy"
     )
+    control.add_arguments(parser, identity=False)
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="once up, write {pid, control} (the bound control endpoint) here as JSON, for a supervisor",
+    )
     args = parser.parse_args(argv)
     if args.episodes is None and args.steps is None and args.transitions is None:
         parser.error("give --episodes, --steps and/or --transitions")
+    control.check_arguments(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = args.state or Path("runs/link") / args.name
     stop = threading.Event()
@@ -425,6 +447,7 @@ def cli(argv: list[str]) -> int:
 
     ctx = zmq.Context()
     link: LearnerLink | None = None
+    server: control.ControlServer | None = None
     try:
         if args.plain:
             sock = transport.plain_client(ctx, zmq.DEALER, args.learner, identity=args.name)
@@ -437,10 +460,19 @@ def cli(argv: list[str]) -> int:
                 keys.load_public_key(args.keys, args.learner_name),
                 identity=args.name,
             )
-        options = LinkOptions(on_learner_lost=args.on_learner_lost, lockstep=not args.no_lockstep)
+        tag = args.tag or ("hardware" if args.driver.startswith(HARDWARE_DRIVERS) else "sim")
+        options = LinkOptions(on_learner_lost=args.on_learner_lost, lockstep=not args.no_lockstep, tag=tag)
         spool = TransitionSpool(state / "spool", args.name)
         link = LearnerLink(sock, spool, keys.load_verify_keys(args.keys), state / "policies", options)
         link.start()
+        if args.control is not None:  # up before the first policy: a console sees the runner waiting
+            server = control.serve_from_args(
+                ctx, args, None, hold=link.operator_hold, extra_status=lambda: {"link": link.status()}
+            )
+        if args.ready_file is not None:
+            control_endpoint = None if server is None else transport.bound_endpoint(server.sock)
+            ready = {"pid": os.getpid(), "control": control_endpoint}
+            write_atomic(args.ready_file, json.dumps(ready).encode())
         deadline, path = time.monotonic() + args.wait_policy, None
         while path is None and not stop.is_set() and time.monotonic() < deadline:
             path = link.wait_for_policy(0.2)  # a stop request is honoured while waiting too
@@ -464,18 +496,25 @@ def cli(argv: list[str]) -> int:
         DriverFault,
         ValueError,
         OSError,
+        zmq.ZMQError,
     ) as exc:
+        if server is not None:
+            server.close()
         if link is not None:
             link.close()
         transport.shutdown(ctx)
         print(f"robot-wsrl link-runner: {exc}", file=sys.stderr)
         return 2
     link.attach(runner)
+    if server is not None:
+        server.attach(runner)
     try:
         summary = runner.run(max_steps=args.steps, max_episodes=args.episodes, stop_event=stop)
         if not link.drain(timeout_s=30.0):
             print("robot-wsrl link-runner: unacknowledged transitions stay in the spool", file=sys.stderr)
     finally:
+        if server is not None:
+            server.close()
         link.close()
         with contextlib.suppress(Exception):
             driver.close()

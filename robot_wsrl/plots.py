@@ -38,9 +38,12 @@ def plot_eval_returns(eval_csv: Path, out_png: Path, warmup_steps: int, title: s
     return out_png
 
 
-def plot_episode_returns(returns_csv: Path, out_png: Path, warmup_steps: int, title: str) -> Path:
+def plot_episode_returns(
+    returns_csv: Path, out_png: Path, warmup_steps: int, title: str, versions: bool = False
+) -> Path:
     """Each episode's return at the step it ended, with a moving mean and the end of warmup marked
-    (a session has no separate evaluation: its episodes are the robot's own)."""
+    (a session has no separate evaluation: its episodes are the robot's own). With `versions`, the policy
+    version each episode ran, on a second axis: where the validation gate promoted one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,6 +64,10 @@ def plot_episode_returns(returns_csv: Path, out_png: Path, warmup_steps: int, ti
     ax.set_ylabel("return")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="best", fontsize=8)
+    if versions and rows:
+        twin = ax.twinx()
+        twin.step(steps, [int(r["policy_version"]) for r in rows], where="post", color="tab:green", alpha=0.6)
+        twin.set_ylabel("policy version the robot ran", color="tab:green")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

@@ -38,6 +38,7 @@ DTYPES: dict[str, np.dtype] = {
 }
 HEADER_KEYS = frozenset({"v", "type", "sender", "body", "arrays"})
 ROLES = ("runner", "learner", "console")
+RUNNER_TAGS = ("sim", "hardware")
 COMMANDS = ("estop", "release", "pause", "resume", "rollback", "set_phase")
 MAX_TEXT = 4096  # characters in a free-text field (state, error, command name, signer)
 MAX_SIGNATURE = 256  # bytes; an Ed25519 signature is 64
@@ -124,6 +125,16 @@ def _opt_text(value: Any, name: str) -> None:
 def _nonneg(value: Any, name: str) -> None:
     if not _is_int(value) or not 0 <= value < 2**63:
         raise _fail(name, "must be an integer in [0, 2**63)")
+
+
+def _opt_one_of(options: tuple[str, ...]) -> Check:
+    check = _one_of(options)
+
+    def opt(value: Any, name: str) -> None:
+        if value is not None:
+            check(value, name)
+
+    return opt
 
 
 def _opt_nonneg(value: Any, name: str) -> None:
@@ -454,19 +465,22 @@ class PolicyRequest(Message):
 
 @dataclass(frozen=True)
 class HeartbeatMessage(Message):
-    """Liveness both ways; a learner's also announces its current policy version, so a runner that missed
-    a broadcast notices and asks for it."""
+    """Liveness both ways; a learner's also announces the policy version meant for the receiver, so a runner
+    that missed a broadcast notices and asks for it. A runner's says whether it drives a simulator or
+    hardware (`tag`): hardware receives only versions that passed validation."""
 
     role: str
     time: float
     state: str
     policy_version: int | None = None
+    tag: str | None = None
     TYPE: ClassVar[str] = "heartbeat"
     FIELDS: ClassVar[dict[str, Check]] = {
         "role": _one_of(ROLES),
         "time": _seconds,
         "state": _text,
         "policy_version": _opt_nonneg,
+        "tag": _opt_one_of(RUNNER_TAGS),
     }
 
 

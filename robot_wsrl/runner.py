@@ -198,6 +198,7 @@ class Runner:
         self._robot_clock = bool(getattr(driver, "keeps_time", False))
         self._running = False
         self._paused = False
+        self._waiting = False  # paused with the episode kept (see `pause`)
         self._needs_reset = True
         self._obs = np.zeros(self.spec.obs_dim, dtype=np.float32)
         self._episode = -1
@@ -222,7 +223,7 @@ class Runner:
             return RunnerState.FAULTED if self._latch.cause in FAULT_CAUSES else RunnerState.ESTOPPED
         if not self._running:
             return RunnerState.IDLE
-        return RunnerState.PAUSED if self._paused else self._phase
+        return RunnerState.PAUSED if self._paused and not self._waiting else self._phase
 
     @property
     def latch(self) -> EStopLatch:
@@ -249,17 +250,26 @@ class Runner:
     def heartbeat(self) -> None:
         self._latch.heartbeat()
 
-    def pause(self) -> None:
-        """Stop stepping the robot (it is brought to its safe state); `resume` starts a new episode."""
+    def pause(self, keep_episode: bool = False) -> None:
+        """Stop stepping the robot: it is brought to its safe state and `resume` starts a new episode.
+
+        With `keep_episode` (a simulator waiting for the learner's credit) the episode just waits and goes on
+        at `resume`: a simulator's time stands still between steps. A robot on its own clock cannot wait
+        mid-episode, so there it is a full pause. A full pause while waiting upgrades the wait.
+        """
+        keep = keep_episode and not self._robot_clock
         with self._driver_lock:
-            if self._paused:
+            if self._paused and (keep or not self._waiting):
                 return
-            self._paused, self._needs_reset = True, True
+            self._paused, self._waiting = True, keep
+            if keep:
+                return
+            self._needs_reset = True
             if not self._latch.latched:
                 self._hold_robot("pause")
 
     def resume(self) -> None:
-        self._paused = False
+        self._paused = self._waiting = False
 
     def set_phase(self, phase: RunnerState) -> None:
         """The learner says whether this is warmup or fine-tuning (reported in status and transitions)."""
@@ -302,6 +312,7 @@ class Runner:
         pending, previous, fault = self._pending, self._previous_policy, self._last_fault
         return {
             "state": self.state.value,
+            "waiting": self._waiting,
             "phase": self._phase.value,
             "policy_version": self._policy.version,
             "policy_sha256": self._policy.sha256,
@@ -350,7 +361,7 @@ class Runner:
             with self._driver_lock:
                 self._running = False
                 self._needs_reset = True
-                if not self._latch.latched and not self._paused:
+                if not self._latch.latched and (self._waiting or not self._paused):
                     self._hold_robot("end of run")
         return self.status()
 
@@ -541,11 +552,11 @@ def _status_line(s: dict[str, Any]) -> str:
     )
 
 
-def _supervise(runner: Runner, stop: threading.Event, done: threading.Event) -> None:
-    """Redraw the status line; end the run once the e-stop latches, since the CLI has no operator release
-    (the latch has already stopped the robot, so waiting out --steps/--episodes would only hang)."""
+def _supervise(runner: Runner, stop: threading.Event, done: threading.Event, releasable: bool) -> None:
+    """Redraw the status line; end the run once the e-stop latches unless a console can release it (the
+    latch has already stopped the robot, so waiting out --steps/--episodes would only hang)."""
     while not done.wait(STATUS_PERIOD_S):
-        if runner.latch.latched:
+        if runner.latch.latched and not releasable:
             stop.set()
         print("\r" + _status_line(runner.status()), end="", file=sys.stderr, flush=True)
 
@@ -579,9 +590,15 @@ def cli(argv: list[str]) -> int:
         help="emulated driver: seconds to wait for each reply before a retry, then a driver fault "
         f"(default {DRIVER_TIMEOUT_PERIODS} control periods)",
     )
+    import zmq  # only the CLI's control channel needs pyzmq, not the Runner class
+
+    from robot_wsrl import control, transport
+
+    control.add_arguments(parser, identity=True)
     args = parser.parse_args(argv)
     if args.episodes is None and args.steps is None:
         parser.error("give --episodes and/or --steps")
+    control.check_arguments(parser, args)
     logging.basicConfig(level=logging.WARNING, format="\n%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         policy = OnnxPolicy.load(args.policy)
@@ -606,9 +623,19 @@ def cli(argv: list[str]) -> int:
         driver.close()
         print(f"robot-wsrl runner: {exc}", file=sys.stderr)
         return 2
+    ctx = zmq.Context()
+    server = None
+    if args.control is not None:
+        try:
+            server = control.serve_from_args(ctx, args, runner)
+        except (ValueError, OSError, zmq.ZMQError) as exc:  # KeyFileError, TransportError are ValueErrors
+            driver.close()
+            transport.shutdown(ctx)
+            print(f"robot-wsrl runner: {exc}", file=sys.stderr)
+            return 2
     stop, done = threading.Event(), threading.Event()
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    printer = threading.Thread(target=_supervise, args=(runner, stop, done), daemon=True)
+    printer = threading.Thread(target=_supervise, args=(runner, stop, done, server is not None), daemon=True)
     printer.start()
     try:
         summary = runner.run(max_steps=args.steps, max_episodes=args.episodes, stop_event=stop)
@@ -616,6 +643,9 @@ def cli(argv: list[str]) -> int:
         done.set()
         printer.join()
         signal.signal(signal.SIGINT, previous_handler)
+        if server is not None:
+            server.close()
+        transport.shutdown(ctx)
         driver.close()
     print("\r" + _status_line(summary), file=sys.stderr)
     print(f"policy {args.policy} version {summary['policy_version']} on {args.driver}")

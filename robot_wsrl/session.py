@@ -17,7 +17,6 @@ import csv
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,8 @@ from typing import Any
 import zmq
 
 from robot_wsrl import keys, transport
+from robot_wsrl.endpoints import Endpoints, save_endpoints
+from robot_wsrl.lifetime import die_with_parent
 from robot_wsrl.protocol import Status, StatusRequest, decode, encode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,12 +44,21 @@ STALL_S = 60.0  # no new step and no update this long: something is stuck (an e-
 # request twice (an e-stop: link lost) about once in 10,000 steps. Off real time both are relaxed.
 FAST_DRIVER_LINK = ["--driver-timeout", "1.0", "--driver-retries", "4"]
 RUNNER = "robot1"
+# The emulated robot stands for hardware: each version is validated before it may run there. Five paired
+# episodes per variant keep a validation within a minute on a busy 2-core machine.
+DEFAULT_VALIDATION = ["episodes=5"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _wait_ready(path: Path, proc: subprocess.Popen, timeout_s: float) -> dict[str, Any]:
+    """The JSON a child writes once it serves (its bound endpoint); an error if it exits or is late."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{path.stem} exited with code {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path.stem} not ready within {timeout_s:.0f} s")
+        time.sleep(0.1)
+    return dict(json.loads(path.read_text()))
 
 
 def _env_of(policy_dir: Path) -> dict[str, Any]:
@@ -119,7 +129,8 @@ class Progress:
         recent = f"{sum(returns) / len(returns):8.1f}" if returns else "       -"
         line = (
             f"[{elapsed_s:6.0f} s] {status['phase']:<11} steps {status['step']:>7}/{budget} "
-            f"updates {status['updates']:>7}  recent return {recent}  policy v{status['policy_version']}"
+            f"updates {status['updates']:>7}  recent return {recent}  policy v{status['policy_version']} "
+            f"(robot runs v{status['gate']['deployed_version']})"
         )
         if self.tty:
             print(f"\r{line}\033[K", end="", flush=True)
@@ -166,6 +177,18 @@ def episode_returns(log_path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def gate_summary(policies: Path) -> dict[str, Any]:
+    """Which versions the validation gate promoted to the robot and which it held back, and why."""
+    promoted, held_back = [], []
+    for path in sorted(policies.glob("v*/validation/verdict.json")):
+        verdict = json.loads(path.read_text())
+        if verdict["status"] == "passed":
+            promoted.append(verdict["version"])
+        else:
+            held_back.append({k: verdict[k] for k in ("version", "status", "reasons")})
+    return {"promoted": promoted, "held_back": held_back}
+
+
 class Session:
     """The three processes and what the session makes of them; `run` returns the summary."""
 
@@ -188,11 +211,13 @@ class Session:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches only the session, which stops children in order
+            preexec_fn=die_with_parent(),  # even a kill -9 of the session takes its children with it
         )
         self.children[name] = proc
         return proc
 
-    def _start(self, env: dict[str, Any], endpoint: str) -> None:
+    def _start(self, env: dict[str, Any]) -> str:
+        """Robot, learner (on a port it picks when it binds), then the runner; the learner's endpoint."""
         from drivers.emulated_robot import spawn_emulated_robot
 
         a = self.args
@@ -213,15 +238,27 @@ class Session:
             *a.overrides,
         ]
         key_args = ["--plain", "--keys", str(keydir.resolve())]
-        learner = ["learner", *key_args, "--bind", endpoint, "--publish-every", str(a.publish_every)]
-        learner += ["--credit", str(a.credit)]
-        self._spawn("learner", [*learner, *overrides])
+        ready = self.out / "logs" / "learner.ready.json"
+        learner = ["learner", *key_args, "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready.resolve())]
+        learner += ["--publish-every", str(a.publish_every), "--credit", str(a.credit)]
+        learner += ["--pacing", "realtime" if a.realtime else "lockstep"]
+        learner += [f"--validate-arg={arg}" for arg in a.validate_arg]
+        endpoint = str(
+            _wait_ready(ready, self._spawn("learner", [*learner, *overrides]), START_TIMEOUT_S)["endpoint"]
+        )
         runner = ["link-runner", *key_args, "--learner", endpoint, "--name", RUNNER]
         runner += ["--driver", f"emulated:{robot_endpoint}", "--transitions", str(a.steps)]
         runner += ["--state", str((self.out / "runner").resolve()), "--seed", str(a.seed)]
         runner += ["--wait-policy", str(START_TIMEOUT_S)]
         runner += ["--realtime"] if a.realtime else ["--no-realtime", *FAST_DRIVER_LINK]
-        self._spawn("runner", runner)
+        runner_ready = self.out / "logs" / "runner.ready.json"
+        runner += ["--control", "tcp://127.0.0.1:0", "--ready-file", str(runner_ready.resolve())]
+        control = _wait_ready(runner_ready, self._spawn("runner", runner), START_TIMEOUT_S)["control"]
+        # Where a console finds this session: `robot-wsrl console --session SESSION`.
+        save_endpoints(
+            self.out, Endpoints({RUNNER: control}, ("learner", endpoint), plain=True, keys=Path("keys"))
+        )
+        return endpoint
 
     def _check_children(self) -> None:
         """Any child gone is an error, except a runner that spent its budget (exit 0)."""
@@ -295,7 +332,7 @@ class Session:
             writer.writeheader()
             writer.writerows(rows)
         title = f"robot-wsrl session: {self.args.env_id} ({self.args.preset}), {self.args.policy_dir}"
-        plot_episode_returns(csv_path, self.out / "returns.png", self.args.warmup, title)
+        plot_episode_returns(csv_path, self.out / "returns.png", self.args.warmup, title, versions=True)
         return rows
 
     def run(self) -> dict[str, Any]:
@@ -303,18 +340,20 @@ class Session:
         env = _env_of(a.policy_dir)
         a.env_id = a.env_id or env["driver"].partition(":")[2]
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
-        endpoint = f"tcp://127.0.0.1:{_free_port()}"
         started = time.monotonic()
-        client = StatusClient(endpoint)
+        client: StatusClient | None = None
         error = None
         try:
-            self._start(env, endpoint)
+            endpoint = self._start(env)
+            client = StatusClient(endpoint)
             print(f"session in {self.out}: {a.env_id} ({a.preset}), learner {endpoint}", flush=True)
+            print(f"operator console: robot-wsrl console --session {self.out}", flush=True)
             self._loop(client, started)
         except (RuntimeError, OSError, ValueError) as exc:  # ValueError: bad keys, a robot refusing a preset
             error = str(exc)
         finally:
-            client.close()
+            if client is not None:
+                client.close()
             codes = self._shutdown()
         summary: dict[str, Any] = {
             "out": str(self.out),
@@ -338,6 +377,7 @@ class Session:
                 "updates": status["updates"],
                 "effective_utd": status["effective_utd"],
             }
+        summary["gate"] = gate_summary(self.out / "learner" / "policies")
         exported = self._export()
         if exported is not None:
             summary["versions"], summary["policy"] = exported[0], str(exported[1])
@@ -369,10 +409,25 @@ def cli(argv: list[str]) -> int:
     parser.add_argument(
         "--credit", type=int, default=100, help="steps the robot may run ahead of the updates it is owed"
     )
-    parser.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="as on hardware: the robot keeps its own clock and the learner paces in real time (the robot "
+        "never waits; status reports the effective UTD). Default: lockstep sim, exact UTD, reproducible",
+    )
+    parser.add_argument(
+        "--validate-arg",
+        action="append",
+        default=None,
+        metavar="ARG",
+        help="override for the sim-first validation of each new version before the robot may run it "
+        f"(repeat; default: {' '.join(DEFAULT_VALIDATION)})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="session folder (default runs/session/TIME)")
     args = parser.parse_args(argv)
+    args.validate_arg = DEFAULT_VALIDATION if args.validate_arg is None else args.validate_arg
     if not (args.policy_dir / "checkpoint.pt").is_file():
         parser.error(f"{args.policy_dir / 'checkpoint.pt'} not found")
     if args.steps <= args.warmup:

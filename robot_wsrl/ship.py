@@ -11,18 +11,23 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers import make_driver
 from drivers.shift import preset_names
 from robot_wsrl.checkpoint import load_actor, load_checkpoint
+from robot_wsrl.collect import dataset_entry
 from robot_wsrl.envs import evaluate
 from robot_wsrl.export import export_policy
+from robot_wsrl.keys import load_signing_key
+from robot_wsrl.signing import signature_path, write_signature
 
 
 def measure_returns(checkpoint: Path, episodes: int, seed: int) -> dict[str, dict[str, float]]:
@@ -52,13 +57,24 @@ def measure_returns(checkpoint: Path, episodes: int, seed: int) -> dict[str, dic
     return results
 
 
-def ship(checkpoint: Path, out: Path, recipe: dict[str, Any], episodes: int, seed: int) -> dict[str, Any]:
+def ship(
+    checkpoint: Path,
+    out: Path,
+    recipe: dict[str, Any],
+    episodes: int,
+    seed: int,
+    signing_key: Ed25519PrivateKey | None = None,
+    dataset: dict[str, str] | None = None,
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     target = out / "checkpoint.pt"
     if checkpoint.resolve() != target.resolve():
         shutil.copyfile(checkpoint, target)
     payload = load_checkpoint(target)
     onnx_path = export_policy(target, out, version=0)
+    signature_path(onnx_path).unlink(missing_ok=True)  # a signature of an earlier export would not verify
+    if signing_key is not None:
+        write_signature(onnx_path, signing_key)
     manifest = {
         "name": out.name,
         "env": payload["config"]["env"],
@@ -66,6 +82,7 @@ def ship(checkpoint: Path, out: Path, recipe: dict[str, Any], episodes: int, see
         "pretrain_steps": int(payload["step"]),
         "config_hash": payload["config_hash"],
         "recipe": recipe,
+        **({"dataset": dataset} if dataset else {}),  # path, sha256, command: `collect --fetch` rebuilds it
         "returns": measure_returns(target, episodes, seed),
         "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (target, onnx_path)},
         "shipped": time.strftime("%Y-%m-%d"),
@@ -83,9 +100,18 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--recipe", type=Path, default=None, help="JSON describing how it was made")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--keys", type=Path, default=None, help="sign policy.onnx with KEYS/SIGNER.sign")
+    parser.add_argument("--dataset", type=Path, default=None, help="the offline dataset (from collect)")
+    parser.add_argument("--signer", default="learner", help="signing key name in --keys (default learner)")
     args = parser.parse_args(argv)
     recipe = json.loads(args.recipe.read_text()) if args.recipe else {}
-    manifest = ship(args.checkpoint, args.out, recipe, args.episodes, args.seed)
+    try:
+        key = None if args.keys is None else load_signing_key(args.keys, args.signer)
+        dataset = None if args.dataset is None else dataset_entry(args.dataset)
+    except ValueError as exc:  # KeyFileError, SignatureError, a dataset without its collect manifest
+        print(f"robot-wsrl ship: {exc}", file=sys.stderr)
+        return 2
+    manifest = ship(args.checkpoint, args.out, recipe, args.episodes, args.seed, key, dataset)
     for preset, r in manifest["returns"].items():
         print(f"  {preset:<10} return {r['return_mean']:8.1f} ± {r['return_std']:.1f}")
     print(f"shipped to {args.out}")

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from robot_wsrl.files import write_atomic
 from robot_wsrl.protocol import PolicyMessage
 
 DOMAIN = b"robot-wsrl policy signature v1\n"
@@ -139,3 +140,69 @@ def verify_policy_message(msg: PolicyMessage, trusted: Mapping[str, Ed25519Publi
             f"policy message header disagrees with its signed sidecar on {differing}: refused"
         )
     return sidecar
+
+
+# ----- detached signature files: policy.sig beside policy.onnx and policy.json -----
+
+SIGNATURE_FORMAT = "robot-wsrl-policy-signature/1"
+SIGNATURE_SUFFIX = ".sig"
+
+
+def signature_path(onnx_path: str | Path) -> Path:
+    """`DIR/policy.onnx` -> `DIR/policy.sig` (the sidecar is `DIR/policy.json`, as in robot_wsrl.policy)."""
+    return Path(onnx_path).with_suffix(SIGNATURE_SUFFIX)
+
+
+def _policy_files(onnx_path: Path) -> tuple[bytes, dict[str, Any]]:
+    sidecar = onnx_path.with_suffix(".json")
+    try:
+        return onnx_path.read_bytes(), json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise SignatureError(
+            f"{onnx_path}: cannot read the policy files ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def write_signature(onnx_path: str | Path, key: Ed25519PrivateKey) -> Path:
+    """Sign a policy's files on disk into `policy.sig`: the same payload the wire signs, so a folder copied
+    anywhere (export, deployment) stays verifiable. Ed25519 is deterministic: re-signing rewrites the
+    same bytes."""
+    path = Path(onnx_path)
+    signer, signature = sign_policy(key, *_policy_files(path))
+    record = {"format": SIGNATURE_FORMAT, "signer": signer, "signature": signature.hex()}
+    out = signature_path(path)
+    write_atomic(out, (json.dumps(record, indent=2) + "\n").encode())
+    return out
+
+
+def read_signature(onnx_path: str | Path) -> tuple[str, bytes] | None:
+    """(signer key id, signature) from `policy.sig`, or None when the policy is unsigned."""
+    path = signature_path(onnx_path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise SignatureError(f"{path}: unreadable signature file ({type(exc).__name__}: {exc})") from exc
+    try:
+        if record["format"] != SIGNATURE_FORMAT:
+            raise ValueError(f"format {record['format']!r} is not {SIGNATURE_FORMAT!r}")
+        return str(record["signer"]), bytes.fromhex(record["signature"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SignatureError(f"{path}: malformed signature file ({type(exc).__name__}: {exc})") from exc
+
+
+def verify_signature_file(onnx_path: str | Path, trusted: Mapping[str, Ed25519PublicKey]) -> str:
+    """Verify `policy.sig` against the files as they are now; returns the signer's key id.
+
+    Raises SignatureError when the policy is unsigned, signed by an untrusted key, or changed since."""
+    path = Path(onnx_path)
+    found = read_signature(path)
+    if found is None:
+        raise SignatureError(f"{path}: unsigned (no {signature_path(path).name}): refused")
+    signer, signature = found
+    try:
+        verify_policy(trusted, *_policy_files(path), signer, signature)
+    except SignatureError as exc:
+        raise SignatureError(f"{path}: {exc}") from None
+    return signer

@@ -188,7 +188,7 @@ def secure_server(
     sock.curve_publickey = server_keys.public
     sock.curve_secretkey = server_keys.secret
     sock.zap_domain = domain.encode()
-    sock.bind(endpoint)
+    bind(sock, endpoint)
     return sock
 
 
@@ -216,8 +216,19 @@ def plain_server(
     """Bind an unauthenticated socket; only for local simulation, and only on a loopback endpoint."""
     check_loopback(endpoint)
     sock = _socket(ctx, kind, options, None)
-    sock.bind(endpoint)
+    bind(sock, endpoint)
     return sock
+
+
+def bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind `endpoint`; a tcp port 0 takes a free port at bind time (no pick-then-bind race). Returns the
+    endpoint actually bound, for the peers to be told."""
+    sock.bind(endpoint[:-2] + ":*" if endpoint.startswith("tcp://") and endpoint.endswith(":0") else endpoint)
+    return bound_endpoint(sock)
+
+
+def bound_endpoint(sock: zmq.Socket) -> str:
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 def plain_client(

@@ -5,6 +5,7 @@ Measures nothing: the numbers come from a few hundred steps of tiny networks on 
 
 import csv
 import json
+import math
 
 import matplotlib.image as mpimg
 import pytest
@@ -88,6 +89,9 @@ def test_bench_finetune_tiny_scale_writes_every_output(tmp_path, checkpoint, pen
     summary = json.loads((out / "summary.json").read_text())
     assert summary["variants"]["frozen"]["updates"] == [0] * len(SEEDS)  # the pre-trained policy as is
     assert all(u == STEPS - WARMUP + 1 for u in summary["variants"]["wsrl"]["updates"])
+    wsrl, frozen = summary["variants"]["wsrl"], summary["variants"]["frozen"]
+    assert wsrl["lowest_return_after_switch_mean"] <= wsrl["final_return_mean"]  # the final eval is one
+    assert math.isnan(frozen["lowest_return_after_switch_mean"]) and frozen["initial_return_mean"] > 0
     assert set(summary["memory_growth_mb"]) == {"wsrl", "retain_offline"}
     assert f"{STEPS} steps" in summary["scale"] and "2 seeds" in summary["scale"]
     assert "4 critics 32x32" in summary["scale"] and "device: cpu" in summary["scale"]

@@ -137,3 +137,37 @@ def test_learning_smoke_sac_clearly_learns_inverted_pendulum(tmp_path):
     evals = [float(r["return_mean"]) for r in _rows(tmp_path / "run" / "eval.csv")]
     # three seeds at this size reached a best of 86, 110 and 1000 (untrained: 5 to 17)
     assert evals[0] < 20 and max(evals) >= 60, evals
+
+
+QUICK_GATE = ("episodes=3", "variants=[nominal]", "max_episode_steps=30")
+
+
+@pytest.mark.parametrize("verdict", ["pass", "fail"])
+def test_guarded_variant_runs_only_validated_versions(small_overrides, monkeypatch, tmp_path, verdict):
+    """The robot acts with the deployed ONNX policy only; candidates every 10 online steps are validated,
+    and only a pass changes what the robot runs."""
+
+    def no_torch_acting(self, obs, deterministic=False):
+        raise AssertionError(
+            "the guarded robot must act with the deployed ONNX policy, not the learner's actor"
+        )
+
+    monkeypatch.setattr(Agent, "act", no_torch_acting)
+    extra = "reference.margin=1000" if verdict == "pass" else "thresholds.min_return={nominal: 1e9}"
+    gate_args = ",".join(f"'{arg}'" for arg in (*QUICK_GATE, extra))  # Hydra's list syntax, items quoted
+    cfg = _cfg(
+        small_overrides,
+        "run.steps=60",
+        "run.warmup_steps=20",
+        "env.max_episode_steps=15",
+        "run.gate_every=10",
+        f"run.gate_args=[{gate_args}]",
+    )
+    finetune(cfg)
+    gate = _rows(tmp_path / "run" / "gate.csv")
+    assert [int(r["step"]) for r in gate] == [20, 30, 40, 50, 60]
+    assert {r["passed"] for r in gate} == {"True" if verdict == "pass" else "False"}
+    deployed = [int(r["deployed"]) for r in gate]
+    assert deployed == ([20, 30, 40, 50, 60] if verdict == "pass" else [0] * 5)
+    versions = [int(r["policy_version"]) for r in _rows(tmp_path / "run" / "episodes.csv")]
+    assert versions == sorted(versions) and set(versions) <= {0, *deployed}

@@ -6,6 +6,7 @@ their links run in threads of this process on InvertedPendulum (realtime off). E
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -34,6 +35,8 @@ from robot_wsrl.spool import TransitionSpool
 WAIT_S = 120.0  # generous: a shared 2-core machine, torch import and ONNX exports in the learner
 WARMUP = 60
 RUNNERS = ("robot1", "robot2")
+CREDIT = 40
+EPISODE_STEPS = 50
 
 
 def _free_port() -> int:
@@ -73,7 +76,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class LearnerProcess:
     """`robot-wsrl learner` in a subprocess, with a console client for its status."""
 
-    def __init__(self, endpoint: str, keydir: Path, checkpoint: Path, out: Path) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        keydir: Path,
+        checkpoint: Path,
+        out: Path,
+        pacing: str = "lockstep",
+        gate: tuple[str, ...] = (),
+    ) -> None:
+        """`gate`: validation args for a learner that gates hardware runners (empty: no gate)."""
         self.endpoint, self.out = endpoint, out
         self.command = [
             sys.executable,
@@ -87,7 +99,10 @@ class LearnerProcess:
             "--publish-every",
             "15",
             "--credit",
-            "40",
+            str(CREDIT),
+            "--pacing",
+            pacing,
+            *([f"--validate-arg={arg}" for arg in gate] if gate else ["--no-gate"]),
             "env=inverted_pendulum",
             *SMALL_AGENT,
             f"run.checkpoint={checkpoint}",
@@ -177,7 +192,7 @@ class RunnerThread:
 
 
 def _start_runner(
-    name: str, seed: int, endpoint: str, keydir: Path, state: Path, on_learner_lost: str
+    name: str, seed: int, endpoint: str, keydir: Path, state: Path, on_learner_lost: str, tag: str = "sim"
 ) -> RunnerThread:
     ctx = zmq.Context()
     sock = transport.secure_client(
@@ -190,13 +205,18 @@ def _start_runner(
     )
     spool = TransitionSpool(state / "spool", name, fsync="never")
     options = LinkOptions(
-        batch_size=8, heartbeat_s=0.2, deadline_s=1.5, resend_after_s=1.0, on_learner_lost=on_learner_lost
+        batch_size=8,
+        heartbeat_s=0.2,
+        deadline_s=1.5,
+        resend_after_s=1.0,
+        on_learner_lost=on_learner_lost,
+        tag=tag,
     )
     link = LearnerLink(sock, spool, keys.load_verify_keys(keydir), state / "policies", options)
     link.start()
     path = link.wait_for_policy(WAIT_S)
     assert path is not None, f"{name}: no policy from the learner"
-    driver = make_driver("gym:InvertedPendulum-v5", seed=seed, max_episode_steps=50)
+    driver = make_driver("gym:InvertedPendulum-v5", seed=seed, max_episode_steps=EPISODE_STEPS)
     policy = OnnxPolicy.load(path, expected_spec=driver.spec)
     runner = Runner(driver, policy, seed=seed, realtime=False, on_transition=link.on_transition)
     link.attach(runner)
@@ -210,14 +230,18 @@ def _start_runner(
 def session(
     request: pytest.FixtureRequest, tmp_path: Path, keydir: Path, checkpoint: Path
 ) -> Iterator[tuple[LearnerProcess, list[RunnerThread]]]:
-    """The learner and both runners; `indirect` parametrisation maps runner names to on_learner_lost."""
-    lost = getattr(request, "param", {})
+    """The learner and both runners; `indirect` parametrisation maps runner names to on_learner_lost,
+    "pacing" to the learner's pacing, "gate" to its validation args and "hardware" to the runner tagged so."""
+    lost = dict(getattr(request, "param", {}))
+    pacing, gate, hardware = lost.pop("pacing", "lockstep"), lost.pop("gate", ()), lost.pop("hardware", None)
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    learner = LearnerProcess(endpoint, keydir, checkpoint, tmp_path / "learner")
+    learner = LearnerProcess(endpoint, keydir, checkpoint, tmp_path / "learner", pacing, gate)
     runners: list[RunnerThread] = []
     try:
         for i, name in enumerate(RUNNERS):
-            runners.append(_start_runner(name, i, endpoint, keydir, tmp_path / name, lost.get(name, "hold")))
+            tag = "hardware" if name == hardware else "sim"
+            state = tmp_path / name
+            runners.append(_start_runner(name, i, endpoint, keydir, state, lost.get(name, "hold"), tag))
         yield learner, runners
     finally:
         for r in runners:
@@ -246,6 +270,22 @@ def _logged_seqs(out: Path) -> dict[str, list[int]]:
         seqs.setdefault(batch.runner_id, []).extend(batch.seq.tolist())
     log.close()
     return seqs
+
+
+def _episodes(out: Path) -> tuple[dict[str, list[tuple[int, bool]]], list[str]]:
+    """Each runner's finished episodes in the learner's log, (length, terminated), and the runners of the
+    episodes left open."""
+    log = IngestLog(out / "transitions.log")
+    lengths: dict[tuple[str, int], int] = {}
+    done: dict[str, list[tuple[int, bool]]] = {}
+    for batch in log.replay():
+        for i in range(batch.count):
+            key = (batch.runner_id, int(batch.episode_id[i]))
+            lengths[key] = lengths.get(key, 0) + 1
+            if batch.terminated[i] or batch.truncated[i]:
+                done.setdefault(batch.runner_id, []).append((lengths.pop(key), bool(batch.terminated[i])))
+    log.close()
+    return done, sorted(name for name, _ in lengths)
 
 
 def _assert_exactly_once(learner: LearnerProcess, runners: list[RunnerThread]) -> None:
@@ -277,6 +317,24 @@ def test_warmup_updates_publish_and_every_transition_once(session) -> None:
         assert r.link.status()["rejected_policies"] == 0
         assert r.link.dropped == 0
     _assert_exactly_once(learner, runners)
+    # Waiting for credit did not cut episodes short: each one fell or ran its full length.
+    done, still_open = _episodes(learner.out)
+    assert len(still_open) <= len(RUNNERS) and len(set(still_open)) == len(still_open)  # the last ones only
+    for name, episodes in done.items():
+        assert episodes and all(terminated or n == EPISODE_STEPS for n, terminated in episodes), name
+
+
+@pytest.mark.parametrize("session", [{"pacing": "realtime"}], indirect=True)
+def test_realtime_pacing_never_holds_the_robots_for_updates(session) -> None:
+    """The runners run free: the updates owed grow past what lockstep credit allows (2 x CREDIT), and the
+    learner reports the effective UTD ratio; once the data stops it catches up and every transition is in."""
+    learner, runners = session
+    ahead = learner.wait_status("runners ahead of the updates", lambda s: s["owed_updates"] > 3 * CREDIT)
+    assert ahead["pacing"] == "realtime" and ahead["effective_utd"] < 2.0
+    status = _finish(learner, runners)
+    assert status["updates"] == status["step"] - max(WARMUP, 16) + 1
+    assert status["effective_utd"] == pytest.approx(2.0)
+    _assert_exactly_once(learner, runners)
 
 
 @pytest.mark.parametrize("session", [{"robot2": "keep"}], indirect=True)
@@ -299,6 +357,88 @@ def test_learner_killed_and_restarted_loses_and_duplicates_nothing(session) -> N
     status = _finish(learner, runners)
     assert status["updates"] == status["step"] - max(WARMUP, 16) + 1
     _assert_exactly_once(learner, runners)
+
+
+def test_console_pauses_and_resumes_learning(session) -> None:
+    """Pause stops the updates (lockstep runners then wait for credit); resume carries on where it was."""
+    from robot_wsrl.protocol import Command, Reply
+
+    learner, _ = session
+    learner.wait_status("fine-tuning", lambda s: s["updates"] > 0)
+
+    def command(name: str, ref: int) -> Reply:
+        assert transport.send_frames(learner.console, encode(Command("console", name, {}, ref)), 5.0)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            frames = transport.recv_frames(learner.console, deadline - time.monotonic())
+            msg = None if frames is None else decode(frames)
+            if isinstance(msg, Reply) and msg.ref == ref:
+                return msg
+        raise AssertionError(f"no reply to {name}")
+
+    assert command("pause", 1).ok
+    paused = learner.wait_status("paused", lambda s: s["phase"] == "paused")
+    time.sleep(1.0)
+    still = learner.wait_status("still paused", lambda s: True)
+    assert still["updates"] == paused["updates"] and still["phase"] == "paused"
+    assert still["step"] - paused["step"] <= 2 * CREDIT  # the runners ran out of credit
+    reply = command("estop", 2)
+    assert not reply.ok and "pause and resume" in (reply.error or "")
+    assert command("resume", 3).ok
+    learner.wait_status(
+        "learning again", lambda s: s["updates"] > still["updates"] and s["phase"] != "paused"
+    )
+
+
+QUICK_VALIDATION = ("episodes=3", "variants=[nominal]", "max_episode_steps=30")
+
+
+def _verdicts(out: Path) -> dict[int, dict[str, Any]]:
+    """The gate's verdict on each version, from the files the validation worker writes."""
+    return {
+        int(path.parts[-3][1:]): json.loads(path.read_text())
+        for path in (out / "policies").glob("v*/validation/verdict.json")
+    }
+
+
+@pytest.mark.parametrize(
+    "session",
+    [
+        {"gate": (*QUICK_VALIDATION, "reference.margin=1000"), "hardware": "robot2"},  # every version passes
+        {"gate": (*QUICK_VALIDATION, "thresholds.min_return={nominal: 1e9}"), "hardware": "robot2"},  # none
+    ],
+    indirect=True,
+    ids=["versions-pass", "versions-fail"],
+)
+def test_hardware_runner_runs_only_versions_that_passed_validation(session) -> None:
+    """The sim runner gets every version at once; the hardware runner only what the validation worker
+    passed, and the learner's status says why the others were held back."""
+    learner, runners = session
+    sim, hardware = runners
+    status = learner.wait_status(
+        "a new version judged",
+        lambda s: any(v["status"] in ("passed", "failed") and v["version"] for v in s["gate"]["verdicts"]),
+    )
+    judged = [v for v in status["gate"]["verdicts"] if v["status"] in ("passed", "failed") and v["version"]]
+    if judged[0]["status"] == "failed":
+        assert all(v["status"] == "failed" and v["reasons"] for v in judged), judged
+        assert "min_return" in judged[0]["reasons"][0] or "below" in judged[0]["reasons"][0], judged
+        assert status["gate"]["deployed_version"] == 0
+    else:
+        learner.wait_status("a version promoted", lambda s: s["gate"]["deployed_version"] >= 1)
+        deadline = time.monotonic() + WAIT_S
+        while hardware.runner.policy.version < 1:
+            assert time.monotonic() < deadline, hardware.link.status()
+            time.sleep(0.1)
+    _finish(learner, runners)
+    learner.stop()
+    verdicts = _verdicts(learner.out)
+    assert verdicts[0]["status"] == "passed"  # the pre-trained policy: measured, passes by definition
+    assert max(t.policy_version for t in sim.runner.transitions) >= 2
+    ran = {t.policy_version for t in hardware.runner.transitions} | {hardware.runner.policy.version}
+    assert ran == {0} or judged[0]["status"] == "passed"
+    for version in ran - {0}:  # every version the hardware runner ran passed validation
+        assert verdicts[version]["status"] == "passed", version
 
 
 def test_unsigned_or_altered_policy_is_refused(tmp_path: Path, keydir: Path, checkpoint: Path) -> None:

@@ -94,3 +94,55 @@ def test_mixed_sampler_wsrl_needs_no_offline_buffer():
     assert sampler.sample(2, 4, np.random.default_rng(0))["reward"].tolist() == [1.0] * 8
     with pytest.raises(ValueError, match="offline buffer"):
         MixedSampler(_tagged(10, 1.0), None, 0.5)
+
+
+def _columns(rewards, ends) -> dict[str, np.ndarray]:
+    n = len(rewards)
+    return {
+        "obs": np.arange(n, dtype=np.float32)[:, None],
+        "action": np.zeros((n, 1), np.float32),
+        "reward": np.asarray(rewards, np.float32),
+        "next_obs": np.zeros((n, 1), np.float32),
+        "terminated": np.asarray(ends, bool),
+        "truncated": np.zeros(n, bool),
+    }
+
+
+def test_interleaved_episodes_of_two_runners_get_their_own_returns_to_go():
+    # Runner a's episode: rewards 1, 2, 4 (ends); runner b's: 10, 20 (ends). Rows interleave within a batch
+    # and across two batches; each episode's return-to-go must ignore the other's rows.
+    buf = ReplayBuffer(10, 1, 1, discount=0.5)
+    buf.add_batch(["a", "b", "a"], **_columns([1, 10, 2], [False, False, False]))
+    assert buf.open_episodes() == {"a": 2, "b": 1}
+    buf.add_batch(["b", "a"], **_columns([20, 4], [True, True]))
+    assert buf.open_episodes() == {}
+    # slots in arrival order: a1, b10, a2, b20, a4
+    np.testing.assert_allclose(buf.mc_return[:5], [1 + 0.5 * 2 + 0.25 * 4, 10 + 0.5 * 20, 2 + 0.5 * 4, 20, 4])
+
+
+def test_a_batch_holding_the_end_of_one_episode_and_the_start_of_the_next():
+    buf = ReplayBuffer(10, 1, 1, discount=1.0)
+    buf.add_batch(["a/0", "a/0", "a/1"], **_columns([1, 1, 5], [False, True, False]))
+    np.testing.assert_allclose(buf.mc_return[:3], [2, 1, 0])
+    assert buf.open_episodes() == {"a/1": 1}
+    buf.end_episode()
+    np.testing.assert_allclose(buf.mc_return[:3], [2, 1, 5])
+    assert buf.truncated[2] == 1
+
+
+def test_open_episodes_survive_save_and_load(tmp_path):
+    whole = ReplayBuffer(6, 1, 1, discount=0.9)
+    _fill(whole, [1, 2, 3, 4, 5], [False] * 4 + [True])
+    cut = ReplayBuffer(6, 1, 1, discount=0.9)
+    _fill(cut, [1, 2, 3], [False] * 3)
+    cut.save(tmp_path / "r.npz")
+    back = ReplayBuffer.load(tmp_path / "r.npz")
+    assert back.open_episodes() == {"": 3}
+    for i, r in enumerate([4, 5]):
+        back.add(np.full(1, 3 + i), np.zeros(1), r, np.full(1, 4 + i), i == 1, False)
+    np.testing.assert_allclose(back.mc_return, whole.mc_return)
+
+
+def test_episode_keys_must_match_the_rows():
+    with pytest.raises(ValueError, match="2 episode keys for 3 transitions"):
+        ReplayBuffer(4, 1, 1).add_batch(["a", "a"], **_columns([1, 1, 1], [False] * 3))

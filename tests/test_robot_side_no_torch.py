@@ -19,6 +19,10 @@ ROBOT_MODULES = [
     "robot_wsrl.spool",
     "robot_wsrl.link",
     "robot_wsrl.ingest_log",
+    "robot_wsrl.validate",
+    "robot_wsrl.registry",
+    "robot_wsrl.gate",
+    "robot_wsrl.lifetime",
 ]
 
 SCRIPT = f"""

@@ -206,6 +206,30 @@ def test_pause_holds_the_robot_until_resume(paths: dict[str, Path]) -> None:
     assert driver.total == 5
 
 
+def test_waiting_for_credit_keeps_the_episode_and_a_full_pause_upgrades_the_wait(
+    paths: dict[str, Path],
+) -> None:
+    driver = FakeDriver(episode_len=100)
+    runner = _runner(paths, driver)
+    seen: list[tuple[int, int, bool]] = []
+
+    def on_transition(t: Transition) -> None:  # the link's role: hold at step 3, let it go on shortly
+        seen.append((t.episode, t.step, runner.status()["waiting"]))
+        if len(seen) == 3:
+            runner.pause(keep_episode=True)  # a simulator waiting for credit: no safe stop, no reset
+            assert runner.state is not RunnerState.PAUSED and runner.status()["waiting"]
+            threading.Timer(0.05, runner.resume).start()
+
+    runner._on_transition = on_transition
+    runner.run(max_steps=80)  # waiting ticks count: about 50 of them pass while it waits
+    assert driver.total < 80 and len(driver.resets) == 1 and driver.safe_stops == 1  # the end of the run
+    assert [(e, i) for e, i, _ in seen] == [(0, i) for i in range(driver.total)]  # one unbroken episode
+
+    runner.pause(keep_episode=True)
+    runner.pause()  # e.g. the spool filled while waiting: now the robot is brought to its safe state
+    assert not runner.status()["waiting"] and driver.safe_stops == 2
+
+
 def test_state_while_running_and_phase(paths: dict[str, Path]) -> None:
     runner = _runner(paths, FakeDriver(episode_len=100), phase=RunnerState.WARMUP)
     states: list[str] = []

@@ -40,6 +40,9 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _session(policy_dir: Path, out: Path, steps: int) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "robot_wsrl.cli", "session", "--policy-dir", str(policy_dir)]
     command += ["--out", str(out), "--steps", str(steps), "--warmup", str(WARMUP), "--publish-every", "40"]
+    command += [
+        f"--validate-arg={arg}" for arg in ("episodes=3", "variants=[nominal]", "max_episode_steps=50")
+    ]
     command += [*SMALL_AGENT, "device=cpu", "threads=1"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -74,6 +77,11 @@ def test_session_fine_tunes_exports_and_leaves_nothing_running(policy_dir: Path,
     assert lines[0] == "step,runner,return,length,policy_version" and len(lines) > 1
     policy = OnnxPolicy.load(out / "policy" / "policy.onnx")
     assert policy.version == summary["versions"]
+    # The emulated robot stands for hardware: it ran only versions the gate promoted (0 at least).
+    gate = summary["gate"]
+    assert 0 in gate["promoted"] and all(v["reasons"] for v in gate["held_back"])
+    ran = {int(line.split(",")[-1]) for line in lines[1:]}
+    assert ran <= set(gate["promoted"]), (ran, gate)
     _assert_no_children_left(summary)
 
 
@@ -84,6 +92,12 @@ def test_sigint_stops_everything(policy_dir: Path, tmp_path: Path) -> None:
     while not list((out / "learner" / "policies").glob("v000001/policy.json")):  # fine-tuning under way
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0].decode()[-4000:]
         time.sleep(0.2)
+    # The operator's tools find the session by its folder: status, then a stop every runner confirms.
+    status = _operator("status", out)
+    assert status.returncode == 0 and "robot1" in status.stdout, status.stdout + status.stderr
+    stop = _operator("stop", out)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert _operator("status", out).returncode == 1  # a runner e-stopped
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60.0)
     assert proc.returncode == 130, output.decode()[-4000:]
@@ -91,3 +105,44 @@ def test_sigint_stops_everything(policy_dir: Path, tmp_path: Path) -> None:
     assert summary["interrupted"] and summary["versions"] >= 1
     assert (out / "policy" / "policy.onnx").exists()
     _assert_no_children_left(summary)
+
+
+def test_a_killed_session_takes_its_learner_and_runner_with_it(policy_dir: Path, tmp_path: Path) -> None:
+    """kill -9 of the session itself (it cannot clean up): the kernel stops its children for it."""
+    out = tmp_path / "session"
+    proc = _session(policy_dir, out, 1_000_000)
+    ready = out / "logs" / "learner.ready.json"
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (ready.exists() and (out / "runner" / "policies").exists()):  # learner up, runner started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0].decode()[-4000:]
+        time.sleep(0.2)
+    learner_pid = json.loads(ready.read_text())["pid"]
+    children = subprocess.run(
+        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    pids = {int(pid) for pid in children} | {learner_pid}
+    assert len(pids) >= 3  # learner, runner and the emulated robot
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 60.0
+    while not all(_gone(pid) or _zombie(pid) for pid in pids):
+        assert time.monotonic() < deadline, [pid for pid in pids if not _gone(pid)]
+        time.sleep(0.2)
+
+
+def _zombie(pid: int) -> bool:
+    """Exited but not reaped (its parent, this test's session, was killed: init reaps it soon)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _operator(command: str, session: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "robot_wsrl.cli", command, "--session", str(session)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -6,6 +6,7 @@ from drivers.shift import preset_names
 from robot_wsrl.config import compose_config
 from robot_wsrl.policy import OnnxPolicy
 from robot_wsrl.pretrain import pretrain
+from robot_wsrl.ship import cli as ship_cli
 from robot_wsrl.ship import ship
 
 
@@ -30,3 +31,9 @@ def test_ship_writes_checkpoint_policy_and_manifest(small_overrides, pendulum_da
     assert json.loads((out / "manifest.json").read_text())["recipe"] == {"recipe": "test"}
     policy = OnnxPolicy.load(out / "policy.onnx")
     assert policy.spec.obs_dim == 4 and policy.version == 0
+
+
+def test_ship_refuses_a_dataset_without_its_collect_manifest(pendulum_dataset, tmp_path, capsys):
+    code = ship_cli(["x.pt", "--out", str(tmp_path / "p"), "--dataset", str(pendulum_dataset)])
+    assert code == 2 and "no collect manifest beside it" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

@@ -16,6 +16,8 @@ BENCHMARKS: dict[str, str] = {
     "runner": "robot_wsrl.bench.runner:run_runner_benchmark",
     "learner": "robot_wsrl.bench.learner:run_learner_benchmark",
     "finetune": "robot_wsrl.bench.finetune:main",
+    "estop": "robot_wsrl.bench.estop:run_estop_benchmark",
+    "transport": "robot_wsrl.bench.transport:run_transport_benchmark",
 }
 CONFIGURABLE = {"finetune"}
 

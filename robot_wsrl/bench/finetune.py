@@ -341,11 +341,19 @@ def _q_rows(runs: list[Run]) -> list[list[Any]]:
 
 
 def _variant_summary(name: str, runs: list[Run], composed: Config) -> dict[str, Any]:
+    """Per variant, means over seeds: the return before any update, the lowest evaluation after the switch
+    to online updates (the dip the paper describes) and the final one."""
     mine = [r for r in runs if r.variant == name]
     finals = [r.summary()["final_eval"].get("return_mean", float("nan")) for r in mine]
+    switch = composed.run.warmup_steps
+    curves = [{int(e["step"]): float(e["return_mean"]) for e in r.rows("eval")} for r in mine]
+    initial = [c[0] for c in curves if 0 in c]
+    lowest = [min(v for s, v in c.items() if s > switch) for c in curves if max(c, default=0) > switch]
     return {
         "seeds_done": len(mine),
         "updates": [r.summary()["updates"] for r in mine],
+        "initial_return_mean": float(np.mean(initial)) if initial else float("nan"),
+        "lowest_return_after_switch_mean": float(np.mean(lowest)) if lowest else float("nan"),
         "final_return_mean": float(np.mean(finals)) if finals else float("nan"),
         "final_return_std": float(np.std(finals)) if finals else float("nan"),
         "peak_rss_mb_max": max((r.peak_rss_mb for r in mine), default=float("nan")),

@@ -1,0 +1,1 @@
+"""The operator's safety-stop console: `client` (sockets and state, no UI) and `app` (the Textual UI)."""

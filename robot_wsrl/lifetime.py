@@ -1,0 +1,29 @@
+"""Child processes that never outlive their parent (robot side: no torch).
+
+`subprocess.Popen(..., preexec_fn=die_with_parent())`: the kernel sends the child SIGTERM when the process
+that started it dies, even by SIGKILL, so a killed session or learner leaves no learner, runner or
+validation running behind it. Linux only (prctl); elsewhere a killed parent leaves its children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+from collections.abc import Callable
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` for Popen, bound to the calling process as the parent."""
+    parent = os.getpid()
+
+    def arrange() -> None:  # runs in the child, before exec
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange

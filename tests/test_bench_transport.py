@@ -1,0 +1,51 @@
+"""`robot-wsrl bench transport` at tiny scale: every key is there, and every transition sent is counted once.
+
+The figures themselves are not checked (a benchmark measures, a test does not time anything).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from robot_wsrl.bench import BENCHMARKS
+from robot_wsrl.bench.transport import run_transport_benchmark
+from robot_wsrl.link import LinkOptions
+
+TRANSITIONS, WARMUP, PUBLISHES = 1024, 256, 3
+RUNNER_COUNTS = (1, 8)
+
+
+def test_tiny_run_reports_every_key_and_counts_each_transition_once() -> None:
+    result = run_transport_benchmark(
+        transitions=TRANSITIONS, warmup=WARMUP, publishes=PUBLISHES, publish_interval_s=0.2
+    )
+    json.dumps(result)  # one JSON line
+    for suffix in ("", "_plain"):
+        for runners in RUNNER_COUNTS:
+            rate = result[f"ingest_per_s_{runners}{suffix}"]
+            assert math.isfinite(rate) and rate > 0
+            assert result[f"ingest_transitions_{runners}{suffix}"] == TRANSITIONS
+        p50, p99 = result[f"swap_latency_p50_ms{suffix}"], result[f"swap_latency_p99_ms{suffix}"]
+        assert 0 < p50 <= p99 < 10_000
+        assert 0 < result[f"swap_accepted_p50_ms{suffix}"] <= p50
+        assert 0 <= result[f"swap_missed{suffix}"] < PUBLISHES
+    # each configuration: a warm-up of max(batch, WARMUP / runners) per runner, then TRANSITIONS in all
+    batch = LinkOptions().batch_size
+    sent = 2 * sum(TRANSITIONS + runners * max(batch, WARMUP // runners) for runners in RUNNER_COUNTS)
+    assert result["ingest_sent_total"] == sent
+    assert result["ingest_logged_total"] == sent  # in the learner's durable log ...
+    assert result["ingest_buffered_total"] == sent  # ... and its replay buffer
+    assert result["ingest_duplicates_total"] == 0
+    assert result["ingest_rejected_total"] == 0
+    assert result["ingest_counted_exactly_once"] is True
+    assert result["batch_size"] == batch and result["cpu_count"] >= 1
+    assert set(result["targets_met"]) == {
+        *(f"ingest_per_s_{n}{s}" for n in RUNNER_COUNTS for s in ("", "_plain")),
+        "swap_latency_p99_ms",
+        "swap_latency_p99_ms_plain",
+    }
+
+
+def test_registered_as_bench_transport() -> None:
+    assert BENCHMARKS["transport"] == "robot_wsrl.bench.transport:run_transport_benchmark"
