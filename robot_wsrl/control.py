@@ -35,7 +35,6 @@ from robot_wsrl.protocol import (
     Status,
     StatusRequest,
     encode,
-    try_decode,
 )
 from robot_wsrl.safety import EStopCause, RunnerState
 
@@ -178,17 +177,11 @@ class ControlServer:
         return min(POLL_S, max(0.0, due) + 1e-3)
 
     def _handle(self, frames: list[Any]) -> None:
-        if len(frames) < 2:
-            self.rejects.add("frames")
+        routed = transport.routed_message(frames, self.rejects, self.secure)
+        if routed is None:
             return
-        identity, body = frames[0].bytes, frames[1:]
-        msg = try_decode(body, self.rejects)
-        if msg is None:
-            return
-        by = body[-1].get("User-Id") if self.secure else msg.sender
-        if by != msg.sender:
-            self.rejects.add("identity")  # a console may speak only under the name its key was issued to
-            return
+        identity, msg = routed
+        by = msg.sender  # with CURVE, the name its key was issued to
         now = self._clock()
         self._consoles[by] = now
         if isinstance(msg, HeartbeatMessage) and msg.role == "console":

@@ -57,7 +57,6 @@ from robot_wsrl.protocol import (
     StatusRequest,
     Transitions,
     encode,
-    try_decode,
 )
 from robot_wsrl.registry import VALIDATION_DIR, VERDICT_NAME
 from robot_wsrl.replay import MixedSampler, ReplayBuffer
@@ -389,16 +388,10 @@ class Learner:
         return peer
 
     def handle(self, frames: list[Any]) -> None:
-        if len(frames) < 2:
-            self.rejects.add("frames")
+        routed = transport.routed_message(frames, self.rejects, self.secure)
+        if routed is None:
             return
-        identity, body = frames[0].bytes, frames[1:]
-        msg = try_decode(body, self.rejects)
-        if msg is None:
-            return
-        if self.secure and body[-1].get("User-Id") != msg.sender:
-            self.rejects.add("identity")  # a peer may speak only under the name its key was issued to
-            return
+        identity, msg = routed
         if isinstance(msg, Transitions) and msg.runner_id != msg.sender:
             self.rejects.add("identity")
             return

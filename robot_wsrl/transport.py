@@ -39,7 +39,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from robot_wsrl.keys import CurveKeys
-from robot_wsrl.protocol import DEFAULT_LIMITS
+from robot_wsrl.protocol import DEFAULT_LIMITS, Message, RejectCounter, try_decode
 
 
 class TransportError(RuntimeError):
@@ -268,6 +268,23 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any], timeout_s: float) -> bo
             return False
         raise
     return True
+
+
+def routed_message(frames: list[Any], rejects: RejectCounter, secure: bool) -> tuple[bytes, Message] | None:
+    """What a ROUTER received -> (the peer's routing identity, its message); None when rejected, and
+    counted: too few frames, a message that does not decode, or (with CURVE) a sender naming itself other
+    than the key its connection authenticated with."""
+    if len(frames) < 2:
+        rejects.add("frames")
+        return None
+    identity, body = frames[0].bytes, frames[1:]
+    msg = try_decode(body, rejects)
+    if msg is None:
+        return None
+    if secure and body[-1].get("User-Id") != msg.sender:
+        rejects.add("identity")  # a peer may speak only under the name its key was issued to
+        return None
+    return identity, msg
 
 
 class Heartbeat:

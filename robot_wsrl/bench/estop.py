@@ -31,7 +31,7 @@ import zmq
 from onnx import TensorProto, helper
 
 from robot_wsrl import keys, transport
-from robot_wsrl.bench.runner import _cpu_model
+from robot_wsrl.bench.machine import cpu_description
 from robot_wsrl.console.client import ClientOptions, ControlClient
 from robot_wsrl.endpoints import Endpoints
 from robot_wsrl.policy import PolicyMetadata, sha256_bytes
@@ -315,7 +315,7 @@ def run_estop_benchmark(
         deadman_trials=deadman_trials,
         control_hz=hz,
         transport="CURVE, tcp loopback, one process per runner",
-        cpu=f"{_cpu_model()}, {os.cpu_count()} logical cores",
+        cpu=cpu_description(),
         load_average_1min=os.getloadavg()[0],
     )
     return result

@@ -372,14 +372,14 @@ def _growth(sweep: list[Run]) -> dict[str, float]:
 
 def _device_label(device: str) -> str:
     from robot_wsrl.agent import resolve_device
-    from robot_wsrl.bench.runner import _cpu_model
+    from robot_wsrl.bench.machine import cpu_description
 
     dev = resolve_device(device)
     if dev.type == "cuda":
         import torch
 
         return torch.cuda.get_device_name(dev)
-    return f"cpu ({_cpu_model()}, {os.cpu_count()} logical cores)"
+    return f"cpu ({cpu_description()})"
 
 
 def _scale_label(cfg: DictConfig, composed: Config, device: str, steps: int, warmup: int, seeds: int) -> str:

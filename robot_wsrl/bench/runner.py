@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from drivers.null import NullDriver
+from robot_wsrl.bench.machine import cpu_description
 from robot_wsrl.policy import OnnxPolicy
 from robot_wsrl.runner import Runner
 from robot_wsrl.spec import EnvSpec
@@ -28,16 +29,6 @@ OBS_DIM, ACT_DIM, HIDDEN = 11, 3, (256, 256)
 RATES = {"500hz": 500, "1khz": 1000}
 FIFO_PRIORITY = 80
 TARGETS = {"policy_step_p99_us": 50.0, "loop_jitter_p99_us_1khz": 100.0, "missed_deadlines_500hz": 0}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _percentiles_us(samples: np.ndarray) -> tuple[float, float]:
@@ -126,7 +117,7 @@ def run_runner_benchmark(
         policy_calls=calls,
         loop_seconds=loop_seconds,
         device="cpu",
-        cpu=f"{_cpu_model()}, {os.cpu_count()} logical cores",
+        cpu=cpu_description(),
         load_average_1min=os.getloadavg()[0],
         versions={
             "onnxruntime": ort.__version__,

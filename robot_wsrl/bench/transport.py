@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import platform
 import queue
 import shutil
 import tempfile
@@ -44,6 +43,7 @@ import numpy as np
 import zmq
 
 from robot_wsrl import keys, transport
+from robot_wsrl.bench.machine import cpu_description
 from robot_wsrl.link import LinkOptions
 from robot_wsrl.protocol import Ack, RejectCounter, encode, try_decode
 from robot_wsrl.spool import TransitionSpool
@@ -467,16 +467,6 @@ def _measure_swap(bench: _Bench, secure: bool, publishes: int, interval_s: float
     }
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_transport_benchmark(
     transitions: int = 200_000,
     warmup: int = 16_384,
@@ -526,7 +516,7 @@ def run_transport_benchmark(
         swap_control_period_s=CONTROL_PERIOD_S,
         obs_dim=OBS_DIM,
         act_dim=ACT_DIM,
-        cpu=f"{_cpu_model()}, {os.cpu_count()} logical cores",
+        cpu=cpu_description(),
         cpu_count=os.cpu_count(),
         load_average_1min=os.getloadavg()[0],
     )
