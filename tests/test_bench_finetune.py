@@ -17,7 +17,7 @@ from robot_wsrl.config import compose_config
 from robot_wsrl.pretrain import pretrain
 
 SEEDS, STEPS, WARMUP, LOG_EVERY, EVAL_EVERY = (0, 1), 100, 40, 10, 50
-VARIANTS = ("wsrl", "retain_offline", "frozen")
+VARIANTS = ("wsrl", "retain_offline", "frozen", "guarded")
 SWEEP_SIZES = (500, 2000)
 
 
@@ -56,6 +56,7 @@ def _bench_overrides(tmp_path, checkpoint, dataset) -> list[str]:
         f"memory_sweep.sizes=[{','.join(map(str, SWEEP_SIZES))}]",
         "memory_sweep.steps=60",
         "memory_sweep.warmup=20",
+        "gate_every=20",
     ]
 
 
@@ -96,7 +97,10 @@ def test_bench_finetune_tiny_scale_writes_every_output(tmp_path, checkpoint, pen
     assert f"{STEPS} steps" in summary["scale"] and "2 seeds" in summary["scale"]
     assert "4 critics 32x32" in summary["scale"] and "device: cpu" in summary["scale"]
 
-    for name in ("learning_curves.png", "q_trace.png", "memory_sweep.png"):
+    guarded = summary["guarded"]  # what the robot ran, guarded vs unguarded, per seed
+    assert set(guarded["seeds"]) == {str(s) for s in SEEDS}
+    assert all(math.isfinite(s["lowest_relative"]) for s in guarded["seeds"].values())
+    for name in ("learning_curves.png", "q_trace.png", "memory_sweep.png", "deployed_returns.png"):
         image = mpimg.imread(out / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from robot_wsrl.bench.deployed import compare as compare_deployed
 from robot_wsrl.config import CONFIG_DIR, Config, compose_config
 
 BENCH_CONFIG = CONFIG_DIR / "bench" / "finetune.yaml"
@@ -118,6 +119,7 @@ def run_finetune_benchmark(cfg: DictConfig) -> dict[str, Any]:
             for name in cfg.memory_sweep.variants
         },
         "memory_growth_mb": _growth(sweep),
+        "guarded": compare_deployed(out, [int(s) for s in cfg.seeds], int(cfg.warmup), label),
         "failed": [
             {
                 "variant": r.variant,
