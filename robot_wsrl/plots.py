@@ -39,11 +39,15 @@ def plot_eval_returns(eval_csv: Path, out_png: Path, warmup_steps: int, title: s
 
 
 def plot_episode_returns(
-    returns_csv: Path, out_png: Path, warmup_steps: int, title: str, versions: bool = False
+    returns_csv: Path,
+    out_png: Path,
+    warmup_steps: int,
+    title: str,
+    versions: list[tuple[int, float, bool]] | None = None,
 ) -> Path:
     """Each episode's return at the step it ended, with a moving mean and the end of warmup marked
-    (a session has no separate evaluation: its episodes are the robot's own). With `versions`, the policy
-    version each episode ran, on a second axis: where the validation gate promoted one."""
+    (a session has no separate evaluation: its episodes are the robot's own). `versions`: the learner's
+    versions as (step published, validation return, promoted), drawn next to what the robot ran."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,18 +60,23 @@ def plot_episode_returns(
     window = max(1, len(returns) // 10)
     mean = [sum(returns[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(returns))]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, returns, "o", markersize=3, alpha=0.4, label="episode return")
+    ax.plot(steps, returns, "o", markersize=3, alpha=0.4, label="episode return (what the robot ran)")
     ax.plot(steps, mean, label=f"mean of the last {window} episodes")
+    for promoted, marker, label in ((True, "^", "promoted"), (False, "x", "held back")):
+        chosen = [(s, r) for s, r, p in versions or [] if p == promoted]
+        if chosen:
+            ax.plot(
+                *zip(*chosen, strict=True),
+                marker,
+                color="tab:green" if promoted else "tab:red",
+                label=f"learner version, validation return: {label}",
+            )
     if warmup_steps > 0:
         ax.axvline(warmup_steps, color="grey", linestyle="--", label=f"end of warmup ({warmup_steps} steps)")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("return")
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="best", fontsize=8)
-    if versions and rows:
-        twin = ax.twinx()
-        twin.step(steps, [int(r["policy_version"]) for r in rows], where="post", color="tab:green", alpha=0.6)
-        twin.set_ylabel("policy version the robot ran", color="tab:green")
+    ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

@@ -44,9 +44,11 @@ STALL_S = 60.0  # no new step and no update this long: something is stuck (an e-
 # request twice (an e-stop: link lost) about once in 10,000 steps. Off real time both are relaxed.
 FAST_DRIVER_LINK = ["--driver-timeout", "1.0", "--driver-retries", "4"]
 RUNNER = "robot1"
-# The emulated robot stands for hardware: each version is validated before it may run there. Five paired
-# episodes per variant keep a validation within a minute on a busy 2-core machine.
-DEFAULT_VALIDATION = ["episodes=5"]
+# The emulated robot stands for hardware: each version is validated before it may run there, in the
+# shifted simulations that model it (not nominal: fine-tuning on the shifted robot is meant to trade
+# nominal return for return on the robot). Five paired episodes per variant keep a validation within a
+# minute on a busy 2-core machine.
+DEFAULT_VALIDATION = ["episodes=5", "variants=[real_mild,real]"]
 
 
 def _wait_ready(path: Path, proc: subprocess.Popen, timeout_s: float) -> dict[str, Any]:
@@ -189,6 +191,25 @@ def gate_summary(policies: Path) -> dict[str, Any]:
     return {"promoted": promoted, "held_back": held_back}
 
 
+def validated_versions(policies: Path, preset: str, warmup: int) -> list[tuple[int, float, bool]]:
+    """Each judged version of the learner as (environment step it was made at, its validation return on the
+    robot's preset, or the mean over the variants validated, promoted?): the learner's side of the plot."""
+    points = []
+    for verdict_path in sorted(policies.glob("v*/validation/verdict.json")):
+        verdict = json.loads(verdict_path.read_text())
+        report_path = verdict_path.with_name("report.json")
+        if verdict["status"] not in ("passed", "failed") or not report_path.exists():
+            continue
+        variants = json.loads(report_path.read_text())["candidate"]["variants"]
+        chosen = [variants[preset]] if preset in variants else list(variants.values())
+        updates = int(json.loads((verdict_path.parents[1] / "policy.json").read_text()).get("step") or 0)
+        step = warmup + updates - 1 if updates else 0  # lockstep: one update per step after warmup
+        points.append(
+            (step, sum(v["return_mean"] for v in chosen) / len(chosen), verdict["status"] == "passed")
+        )
+    return points
+
+
 class Session:
     """The three processes and what the session makes of them; `run` returns the summary."""
 
@@ -235,6 +256,7 @@ class Session:
             f"agent.utd={a.utd}",
             f"seed={a.seed}",
             f"out_dir={(self.out / 'learner').resolve()}",
+            "threads=1",  # the robot and the runner share this machine: two torch threads would thrash
             *a.overrides,
         ]
         key_args = ["--plain", "--keys", str(keydir.resolve())]
@@ -332,7 +354,8 @@ class Session:
             writer.writeheader()
             writer.writerows(rows)
         title = f"robot-wsrl session: {self.args.env_id} ({self.args.preset}), {self.args.policy_dir}"
-        plot_episode_returns(csv_path, self.out / "returns.png", self.args.warmup, title, versions=True)
+        versions = validated_versions(self.out / "learner" / "policies", self.args.preset, self.args.warmup)
+        plot_episode_returns(csv_path, self.out / "returns.png", self.args.warmup, title, versions)
         return rows
 
     def run(self) -> dict[str, Any]:
