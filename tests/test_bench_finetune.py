@@ -104,6 +104,17 @@ def test_bench_finetune_tiny_scale_writes_every_output(tmp_path, checkpoint, pen
         image = mpimg.imread(out / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
+    # Run again with one variant changed: only its runs are repeated, every other finished run is reused.
+    logs = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/seed*/process.log")}
+    again = run_finetune_benchmark(
+        load_config([*_bench_overrides(tmp_path, checkpoint, pendulum_dataset), "gate_every=25"])
+    )
+    assert again["failed"] == [] and set(again["variants"]) == set(VARIANTS)
+    rerun = {path.parts[-3] for path in logs if path.stat().st_mtime_ns != logs[path]}
+    assert rerun == {"guarded"}
+    kept = [r for r in memory if r["variant"] != "guarded"]  # the reused runs keep their recorded figures
+    assert [r for r in _rows(out / "memory.csv") if r["variant"] != "guarded"] == kept
+
 
 def test_retain_offline_without_a_dataset_is_refused_before_any_run(tmp_path):
     cfg = load_config(["include=[wsrl,retain_offline]", f"out={tmp_path}"])

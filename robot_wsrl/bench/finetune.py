@@ -32,6 +32,9 @@ BENCH_CONFIG = CONFIG_DIR / "bench" / "finetune.yaml"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+RUN_RECORD = "bench-run.json"  # a finished run's overrides and outcome: an identical run is not repeated
+
+
 @dataclass(eq=False)  # identity: runs key the table of running processes
 class Run:
     """One finetune process and what the kernel and its files tell about it."""
@@ -225,7 +228,7 @@ sys.exit(code if code >= 0 else 128 - code)
 def _run_all(runs: list[Run], jobs: int, timeout_s: float) -> None:
     """Run `jobs` finetune processes at a time, each started by `_LAUNCHER`; a run past `timeout_s` is
     killed with its launcher (one process group)."""
-    pending = list(runs)
+    pending = [run for run in runs if not _reuse(run)]
     running: dict[Run, tuple[subprocess.Popen, float]] = {}
     while pending or running:
         while pending and len(running) < max(1, jobs):
@@ -250,8 +253,25 @@ def _run_all(runs: list[Run], jobs: int, timeout_s: float) -> None:
             peak = run.out_dir / "peak_rss_kib"
             if peak.is_file():  # absent when the launcher itself was killed
                 run.peak_rss_mb = int(peak.read_text()) / 1024.0
+            record = {"overrides": run.overrides, "returncode": run.returncode, "wall_s": run.wall_s}
+            (run.out_dir / RUN_RECORD).write_text(json.dumps(record) + "\n")
             del running[run]
         time.sleep(0.05)
+
+
+def _reuse(run: Run) -> bool:
+    """A run finished earlier with exactly these overrides (the benchmark was interrupted, or re-run with a
+    variant changed) is taken as it is: its files are what a new run would write again."""
+    path = run.out_dir / RUN_RECORD
+    if not path.is_file():
+        return False
+    record = json.loads(path.read_text())
+    if record.get("overrides") != run.overrides or record.get("returncode") != 0:
+        return False
+    run.returncode, run.wall_s = 0, float(record["wall_s"])
+    peak = run.out_dir / "peak_rss_kib"
+    run.peak_rss_mb = int(peak.read_text()) / 1024.0 if peak.is_file() else float("nan")
+    return True
 
 
 def _memory_sweep(cfg: DictConfig, out: Path) -> list[Run]:
