@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,7 +234,8 @@ def _run_all(runs: list[Run], jobs: int, timeout_s: float) -> None:
     while pending or running:
         while pending and len(running) < max(1, jobs):
             run = pending.pop(0)
-            run.out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(run.out_dir, ignore_errors=True)  # a run repeated starts clean: no rows appended
+            run.out_dir.mkdir(parents=True)
             command = [sys.executable, "-m", "robot_wsrl.cli", "finetune", *run.overrides]
             with (run.out_dir / "process.log").open("w") as log:
                 proc = subprocess.Popen(
@@ -367,10 +369,10 @@ def _variant_summary(name: str, runs: list[Run], composed: Config) -> dict[str, 
     to online updates (the dip the paper describes) and the final one."""
     mine = [r for r in runs if r.variant == name]
     finals = [r.summary()["final_eval"].get("return_mean", float("nan")) for r in mine]
-    switch = composed.run.warmup_steps
-    curves = [{int(e["step"]): float(e["return_mean"]) for e in r.rows("eval")} for r in mine]
-    initial = [c[0] for c in curves if 0 in c]
-    lowest = [min(v for s, v in c.items() if s > switch) for c in curves if max(c, default=0) > switch]
+    evals = [r.rows("eval") for r in mine]
+    initial = [float(e["return_mean"]) for rows in evals for e in rows if int(e["step"]) == 0]
+    online = [[float(e["return_mean"]) for e in rows if e["phase"] == "online"] for rows in evals]
+    lowest = [min(returns) for returns in online if returns]  # from the first update on
     return {
         "seeds_done": len(mine),
         "updates": [r.summary()["updates"] for r in mine],
