@@ -58,7 +58,7 @@ from robot_wsrl.protocol import (
     Transitions,
     encode,
 )
-from robot_wsrl.registry import VALIDATION_DIR, VERDICT_NAME
+from robot_wsrl.registry import validation_state
 from robot_wsrl.replay import MixedSampler, ReplayBuffer
 from robot_wsrl.safety import RunnerState
 from robot_wsrl.signing import signed_policy_message, write_signature
@@ -267,8 +267,9 @@ class Learner:
     def _deployed_on_start(self) -> PolicyMessage:
         """The newest version that passed validation (a restart keeps what hardware may run); else 0."""
         for version in range(self.version, 0, -1):
-            verdict = self._version_dir(version) / VALIDATION_DIR / VERDICT_NAME
-            if verdict.exists() and json.loads(verdict.read_text()).get("status") == "passed":
+            directory = self._version_dir(version)
+            sha256 = json.loads((directory / SIDECAR_NAME).read_text())["sha256"]
+            if validation_state(directory, sha256) == "passed":  # a verdict on these very bytes
                 return self._policy_message(version)
         return self._policy_message(0)
 
@@ -288,8 +289,7 @@ class Learner:
     def _check_gate(self) -> None:
         if self.gate is None:
             return
-        verdicts = self.gate.poll()
-        for verdict in verdicts:
+        for verdict in self.gate.poll():
             self.verdicts.append(verdict)
             if verdict.passed and verdict.version > self.deployed.version:
                 self.deployed = self._policy_message(verdict.version)
@@ -303,8 +303,6 @@ class Learner:
                     verdict.status,
                     "; ".join(verdict.reasons) or "-",
                 )
-        if verdicts:
-            self._push_policies()
 
     # ----- ingest -----
 
@@ -488,6 +486,9 @@ class Learner:
             sample = self.buffer.gather(self.buffer.sample_indices(min(256, len(self.buffer)), probe))
             batch = self.agent.to_batch(sample)
             mean_q = self.agent.mean_q(batch["obs"], batch["action"])
+        peers_of: dict[str, list[Peer]] = {}
+        for peer in self.peers.values():
+            peers_of.setdefault(peer.name, []).append(peer)
         return {
             "phase": RunnerState.PAUSED.value if self.learning_paused else self.phase.value,
             "pacing": self.options.pacing,
@@ -506,11 +507,9 @@ class Learner:
                 name: {
                     "acked_seq": self.dedup.watermark(name),
                     "recent_returns": list(r.recent),
-                    "connected": any(q.name == name and q.heartbeat.alive() for q in self.peers.values()),
-                    "tag": next((q.tag for q in self.peers.values() if q.name == name), None),
-                    "sent_policy_version": next(
-                        (q.sent_version for q in self.peers.values() if q.name == name), None
-                    ),
+                    "connected": any(q.heartbeat.alive() for q in peers_of.get(name, [])),
+                    "tag": peers_of[name][0].tag if name in peers_of else None,
+                    "sent_policy_version": peers_of[name][0].sent_version if name in peers_of else None,
                 }
                 for name, r in self.returns.items()
             },
