@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench data clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned, so nothing later resolves a newer (CUDA) build.
+	# torch first, pinned, so nothing later resolves a newer (CUDA) build; then every other package at the
+	# version constraints.txt pins (the file the Docker images install with too).
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[sim,learner,console,dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[sim,learner,console,dev]"
 	touch $(STAMP)
 
 # The main job on this machine: the emulated "real" (shifted) Hopper, a runner linked to a learner that

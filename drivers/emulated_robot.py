@@ -633,6 +633,7 @@ def spawn_emulated_robot(
     preset: str = "nominal",
     port: int | None = None,
     *,
+    endpoint: str | None = None,
     seed: int | None = None,
     realtime: bool = True,
     max_episode_steps: int | None = None,
@@ -640,13 +641,14 @@ def spawn_emulated_robot(
     action_latency_steps: int | None = None,
     startup_timeout_s: float = 30.0,
 ) -> tuple[EmulatedRobotProcess, str]:
-    """Start a server in a subprocess on a loopback port (a free one unless `port`), wait for `ping`.
+    """Start a server in a subprocess on a loopback port (a free one unless `port`), or on `endpoint` (an
+    `ipc://` path in a private folder keeps other local users off the robot), and wait for `ping`.
 
     The server binds the port itself and reports it on stdout, so there is no pick-then-bind race. The
     subprocess exits when its parent dies. Raises RuntimeError (after killing it) if it is not up in time.
     """
     cmd = [sys.executable, "-m", "drivers.emulated_robot", "--env", env_id, "--preset", preset]
-    cmd += ["--endpoint", f"tcp://127.0.0.1:{port or 0}", "--exit-with-parent"]
+    cmd += ["--endpoint", endpoint or f"tcp://127.0.0.1:{port or 0}", "--exit-with-parent"]
     if seed is not None:
         cmd += ["--seed", str(seed)]
     if not realtime:

@@ -1,12 +1,16 @@
 """The `robot-wsrl` command: one entry point, one module per subcommand.
 
 Subcommand modules are imported lazily so that robot-side commands (runner) never import torch.
-Each module exposes `cli(argv: list[str]) -> int` (or the function named after "module:").
+Each module exposes `cli(argv: list[str]) -> int` (or the function named after "module:"). The base install
+is the robot image, so a command whose optional dependencies are missing says which extra to install, in
+one line, and exits 2 (`ROBOT_WSRL_DEBUG=1` shows the traceback).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +36,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Top-level packages of the optional dependencies -> the extra that installs them (pyproject.toml).
+EXTRAS: dict[str, str] = {
+    "torch": "learner",
+    "onnx": "learner",
+    "onnxscript": "learner",
+    "hydra": "learner",
+    "omegaconf": "learner",
+    "h5py": "learner",
+    "tensorboard": "learner",
+    "tqdm": "learner",
+    "matplotlib": "learner",
+    "mujoco": "sim",
+    "dm_control": "sim",
+    "gymnasium": "sim",
+    "textual": "console",
+    "rich": "console",
+}
+
+
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: robot-wsrl COMMAND [ARGS...]", "", "commands:"]
@@ -47,10 +70,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"robot-wsrl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"robot-wsrl: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, _, function = COMMANDS[name][0].partition(":")
-    return int(getattr(importlib.import_module(module), function or "cli")(rest) or 0)
+    try:
+        entry = getattr(importlib.import_module(module), function or "cli")
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in EXTRAS or os.environ.get("ROBOT_WSRL_DEBUG"):
+            raise
+        extra = EXTRAS[missing]
+        print(
+            f"robot-wsrl {name}: needs the {extra!r} extra ({missing} is not installed): "
+            f"pip install 'robot-wsrl[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+    return int(entry(rest) or 0)
 
 
 if __name__ == "__main__":

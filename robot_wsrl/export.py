@@ -6,8 +6,9 @@ Output, in `out_dir`:
                Observation normalisation is inside the graph. Opset 17, IR version 8, built with the
                TorchScript exporter, which gives byte-identical files for identical weights.
                metadata_props: the keys of `robot_wsrl.policy.METADATA_KEYS`, each a JSON value.
-  policy.json  the same metadata plus `sha256`, the hex SHA-256 of policy.onnx's exact bytes, `file` and
-               `size_bytes`. The hash lives only here: a file cannot contain the hash of itself.
+  policy.json  the same metadata plus `sha256`, the hex SHA-256 of policy.onnx's exact bytes, `file`,
+               `size_bytes` and, from a learner, `run_id`. The hash lives only here: a file cannot contain
+               the hash of itself.
 The export is checked before it is kept: onnxruntime loads it through the same validation as a runner,
 and its outputs must match torch's on probe observations.
 """
@@ -93,13 +94,15 @@ def export_policy(
     spec: EnvSpec | None = None,
     step: int | None = None,
     config_hash: str | None = None,
+    run_id: str | None = None,
     verify: bool = True,
 ) -> Path:
     """Write `out_dir/policy.onnx` and `out_dir/policy.json`; returns the path of the ONNX file.
 
     From a checkpoint path, spec, step and config hash come from the checkpoint (explicit values win);
     from an actor module, `spec` is required. With `verify`, a file that fails validation or torch parity
-    is removed and PolicyError raised.
+    is removed and PolicyError raised. `run_id` (a learner's run identity) goes into the sidecar, and so
+    into what its signature covers: a runner takes only newer versions of the run it follows.
     """
     if isinstance(checkpoint_or_actor, TanhGaussianActor):
         if spec is None:
@@ -127,6 +130,8 @@ def export_policy(
     onnx_path, sidecar = out / ONNX_NAME, out / SIDECAR_NAME
     write_atomic(onnx_path, data)
     side = {**metadata.to_dict(), "file": ONNX_NAME, "size_bytes": len(data), "sha256": sha256_bytes(data)}
+    if run_id is not None:
+        side["run_id"] = run_id
     write_atomic(sidecar, (json.dumps(side, indent=2, sort_keys=True) + "\n").encode())
     if verify:
         try:

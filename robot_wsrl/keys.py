@@ -153,6 +153,16 @@ def load_public_keys(keydir: str | Path, roles: tuple[str, ...] = ROLES) -> dict
     }
 
 
+def load_key_roles(keydir: str | Path, roles: tuple[str, ...] = ROLES) -> dict[str, str]:
+    """{name: role} of every certificate in `keydir` whose role is in `roles`: a server binds what each
+    authenticated key may do to the role written in its certificate, not to anything a message says."""
+    return {
+        path.name[: -len(PUBLIC)]: role
+        for path in sorted(Path(keydir).glob(f"*{PUBLIC}"))
+        if (role := read_role(path)) in roles
+    }
+
+
 def load_signing_key(keydir: str | Path, name: str) -> Ed25519PrivateKey:
     """The learner's policy-signing key, from NAME.sign."""
     _check_name(name)

@@ -4,7 +4,14 @@ The control loop only hands each transition to `on_transition`, which puts it on
 link thread owns the socket and does everything else: it spools batches durably and sends them, forgets
 them when the learner acknowledges, resends whatever is unacknowledged after a reconnect or a stall,
 verifies every policy against the learner's signing key before writing it and offering it to the runner,
-exchanges heartbeats, maps the learner's commands onto the runner and answers status requests.
+exchanges heartbeats and answers status requests. The learner's channel carries nothing else: an operator
+command arriving on it (e-stop, release, rollback, pause ...) is refused and counted; operators use the
+runner's control channel, which admits console keys only.
+
+Policies only move forward: a policy is taken only from the run (the signed sidecar's `run_id`) this
+runner already runs and only with a newer version; one from another run is refused unless the runner
+has had no policy yet. The (run_id, version) taken last is kept durably in the state folder, so a
+restarted runner holds to it too. Going back is the operator's explicit rollback.
 
 The runner is held (paused: the robot brought to its safe state, a new episode on resume) while any
 reason to hold it stands: the spool full, the learner silent past its deadline (with
@@ -15,7 +22,6 @@ for lockstep credit alone only stops stepping: a simulator's episode goes on whe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -34,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from drivers import make_driver
 from robot_wsrl import control, keys, transport
 from robot_wsrl.driver import DriverFault
+from robot_wsrl.durable import DurableRecord
 from robot_wsrl.files import write_atomic
 from robot_wsrl.policy import OnnxPolicy, PolicyError
 from robot_wsrl.protocol import (
@@ -46,13 +53,14 @@ from robot_wsrl.protocol import (
     PolicyMessage,
     PolicyRequest,
     RejectCounter,
+    Reply,
     Status,
     StatusRequest,
     encode,
     try_decode,
 )
 from robot_wsrl.runner import Runner, Transition
-from robot_wsrl.safety import RunnerState
+from robot_wsrl.safety import EStopLatch, RunnerState
 from robot_wsrl.signing import SignatureError, verify_policy_message
 from robot_wsrl.spool import SpoolFull, TransitionSpool
 
@@ -62,7 +70,10 @@ LearnerLost = Literal["keep", "hold"]
 RunnerTag = Literal["sim", "hardware"]
 HARDWARE_DRIVERS = ("emulated:",)  # drivers that stand for a real robot (the sim-first gate applies)
 POLL_S = 0.01
+COMMAND_REFUSED = "the learner's channel takes no commands: operators use the runner's control channel"
 ONNX_NAME, SIDECAR_NAME = "policy.onnx", "policy.json"
+DRAIN_S, DRAIN_ON_SIGNAL_S = 30.0, 3.0  # waiting for the last acks at the end of a run, or when told to stop
+POLICY_RECORD = "policy.state"  # in the state folder: the (run_id, version) this runner took last
 WAIT_HOLDS = frozenset({"credit"})  # holds a simulator waits out mid-episode (no safe stop)
 
 
@@ -93,6 +104,7 @@ class LearnerLink:
         trusted: dict[str, Ed25519PublicKey],
         policy_dir: str | Path,
         options: LinkOptions = LinkOptions(),
+        record: DurableRecord | None = None,
     ) -> None:
         if options.on_learner_lost not in ("keep", "hold"):
             raise ValueError(f"on_learner_lost must be 'keep' or 'hold', got {options.on_learner_lost!r}")
@@ -111,6 +123,11 @@ class LearnerLink:
         self.policy_path: Path | None = None
         self._offered_version: int | None = None
         self._refused_versions: set[int] = set()
+        self._record = record  # (run_id, version) taken last, across restarts
+        taken = None if record is None else record.value
+        self._taken: tuple[str | None, int] | None = (
+            None if taken is None else (taken["run_id"], taken["version"])
+        )
         self._holds: set[str] = set()
         self._holds_lock = threading.Lock()
         self._granted = -1
@@ -126,6 +143,7 @@ class LearnerLink:
         self.resent_batches = 0
         self.dropped = 0
         self.rejected_policies = 0
+        self.rejected_commands = 0
         self.last_error = ""
 
     # ----- the runner's side -----
@@ -171,6 +189,8 @@ class LearnerLink:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        if self._record is not None and not self._thread.is_alive():
+            self._record.close()
 
     @property
     def holds(self) -> set[str]:
@@ -190,7 +210,9 @@ class LearnerLink:
             "resent_batches": self.resent_batches,
             "dropped": self.dropped,
             "rejected_policies": self.rejected_policies,
+            "rejected_commands": self.rejected_commands,
             "offered_policy_version": self._offered_version,
+            "policy_run_id": None if self._taken is None else self._taken[0],
             "last_error": self.last_error,
             "rejected_messages": self.rejects.as_dict(),
         }
@@ -228,8 +250,12 @@ class LearnerLink:
             try:
                 self._step()
             except Exception as exc:  # never die silently: hold the robot and keep trying
-                log.exception("%s: link step failed", self.name)
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {exc}"
+                if error == self.last_error:  # the same failure again: one line, not another traceback
+                    log.error("%s: link step failed again: %s", self.name, error)
+                else:
+                    log.exception("%s: link step failed", self.name)
+                self.last_error = error
                 self._hold("link_error", True)
                 time.sleep(self.options.heartbeat_s)
 
@@ -314,11 +340,11 @@ class LearnerLink:
             self._on_policy(msg)
         elif isinstance(msg, HeartbeatMessage):
             self._on_learner_heartbeat(msg)
-        elif isinstance(msg, Command):
-            reply = control.apply_command(
-                self._runner, msg, name=self.name, by=msg.sender, hold=self.operator_hold
-            )
-            self._send(reply)
+        elif isinstance(msg, Command):  # never from the learner: operators have the control channel
+            self.rejects.add("command")
+            self.rejected_commands += 1
+            log.warning("%s: %r from the learner's channel refused", self.name, msg.name)
+            self._send(Reply(self.name, False, COMMAND_REFUSED, msg.ref))
         elif isinstance(msg, StatusRequest):
             status = {"link": self.status()} | ({} if self._runner is None else self._runner.status())
             self._send(Status(self.name, status))
@@ -338,13 +364,18 @@ class LearnerLink:
             self._send(PolicyRequest(self.name, self._offered_version))
 
     def _on_policy(self, msg: PolicyMessage) -> None:
-        """Verify, write both files, offer to the runner; anything unsigned or altered is refused."""
+        """Verify, check it moves forward, write both files, offer to the runner; anything unsigned,
+        altered, older or from another run is refused."""
         if msg.version == self._offered_version:
             return
         try:
-            verify_policy_message(msg, self.trusted)
+            run_id = verify_policy_message(msg, self.trusted).get("run_id")
         except SignatureError as exc:
             self._refuse(msg.version, str(exc))
+            return
+        backwards = self._backwards(run_id, msg.version)
+        if backwards is not None:
+            self._refuse(msg.version, backwards)
             return
         directory = self.policy_dir / f"v{msg.version:06d}"
         directory.mkdir(parents=True, exist_ok=True)
@@ -357,14 +388,43 @@ class LearnerLink:
             except PolicyError as exc:
                 self._refuse(msg.version, str(exc))
                 return
+            self._take(run_id, msg.version)
             self.policy_path, self._offered_version = path, msg.version
             self._first_policy.set()
             return
         result = self._runner.offer_policy(path)
         if result.accepted:
+            self._take(run_id, msg.version)
             self._offered_version = msg.version
         else:
             self._refuse(msg.version, result.reason)
+
+    def _backwards(self, run_id: str | None, version: int) -> str | None:
+        """Why a policy would not move this runner forward, None when it would. The first policy after a
+        restart may be the very version taken before it (the runner has it on disk, not loaded)."""
+        if self._taken is None:
+            return None
+        run, taken = self._taken
+        if run_id != run:
+            return (
+                f"policy of run {run_id!r}, but this runner runs run {run!r} (its state: {self._record_path})"
+            )
+        newest = taken - 1 if self._runner is None and self._offered_version is None else taken
+        if version <= newest:
+            return (
+                f"version {version} is not newer than version {taken} of this run (rollback is an operator's)"
+            )
+        return None
+
+    def _take(self, run_id: str | None, version: int) -> None:
+        """Record the policy taken, durably, before the runner can run it."""
+        self._taken = (run_id, version)
+        if self._record is not None:
+            self._record.write({"run_id": run_id, "version": version})
+
+    @property
+    def _record_path(self) -> str:
+        return "none" if self._record is None else str(self._record.path)
 
     def _refuse(self, version: int, reason: str) -> None:
         self.rejected_policies += 1
@@ -412,6 +472,13 @@ def cli(argv: list[str]) -> int:
     )
     parser.add_argument("--driver-retries", type=int, default=None, help="emulated:* resends of a request")
     parser.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--rt-priority",
+        type=int,
+        default=None,
+        help="run the control loop SCHED_FIFO at this priority (1-99), where permitted: on a busy host its "
+        "missed deadlines are run-queue waits, which only a real-time policy removes",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--on-learner-lost", choices=("hold", "keep"), default="hold")
     parser.add_argument("--no-lockstep", action="store_true", help="do not wait for the learner's credit")
@@ -431,9 +498,15 @@ def cli(argv: list[str]) -> int:
     control.check_arguments(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = args.state or Path("runs/link") / args.name
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # stop between ticks, then drain: nothing sent is lost
-        signal.signal(sig, lambda *_: stop.set())
+    stop, signalled = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:  # stop between ticks, then drain briefly: the spool keeps the rest
+        signalled.set()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    control.reserve_process_resources()
     handed = 0
 
     def on_transition(transition: Transition) -> None:
@@ -448,9 +521,21 @@ def cli(argv: list[str]) -> int:
     ctx = zmq.Context()
     link: LearnerLink | None = None
     server: control.ControlServer | None = None
+    latch: EStopLatch | None = None
+    spool: TransitionSpool | None = None
+    driver = None
     try:
+        # First the latch and the channel that stops it: a stop is taken (and kept) from the first moment.
+        latch = control.open_latch(state)
+        if args.control is not None:  # up before the first policy: a console sees the runner waiting
+            server = control.serve_from_args(
+                args,
+                latch,
+                hold=lambda on: link is not None and link.operator_hold(on),
+                extra_status=lambda: {} if link is None else {"link": link.status()},
+            )
         if args.plain:
-            sock = transport.plain_client(ctx, zmq.DEALER, args.learner, identity=args.name)
+            sock = transport.plain_client(ctx, zmq.DEALER, args.learner)
         else:
             sock = transport.secure_client(
                 ctx,
@@ -458,17 +543,19 @@ def cli(argv: list[str]) -> int:
                 args.learner,
                 keys.load_curve_keys(args.keys, args.name),
                 keys.load_public_key(args.keys, args.learner_name),
-                identity=args.name,
             )
         tag = args.tag or ("hardware" if args.driver.startswith(HARDWARE_DRIVERS) else "sim")
         options = LinkOptions(on_learner_lost=args.on_learner_lost, lockstep=not args.no_lockstep, tag=tag)
         spool = TransitionSpool(state / "spool", args.name)
-        link = LearnerLink(sock, spool, keys.load_verify_keys(args.keys), state / "policies", options)
+        link = LearnerLink(
+            sock,
+            spool,
+            keys.load_verify_keys(args.keys),
+            state / "policies",
+            options,
+            record=DurableRecord(state / POLICY_RECORD),
+        )
         link.start()
-        if args.control is not None:  # up before the first policy: a console sees the runner waiting
-            server = control.serve_from_args(
-                ctx, args, None, hold=link.operator_hold, extra_status=lambda: {"link": link.status()}
-            )
         if args.ready_file is not None:
             control_endpoint = None if server is None else transport.bound_endpoint(server.sock)
             ready = {"pid": os.getpid(), "control": control_endpoint}
@@ -478,7 +565,9 @@ def cli(argv: list[str]) -> int:
             path = link.wait_for_policy(0.2)  # a stop request is honoured while waiting too
         if path is None:
             if stop.is_set():
-                raise ValueError("stopped while waiting for the first policy")
+                _close_link_runner(server, link, driver, spool, latch, ctx)
+                print("robot-wsrl link-runner: stopped while waiting for the first policy", file=sys.stderr)
+                return 0
             raise ValueError(f"no valid policy from {args.learner} within {args.wait_policy} s")
         policy = OnnxPolicy.load(path)
         driver = make_driver(
@@ -488,7 +577,15 @@ def cli(argv: list[str]) -> int:
             timeout_s=args.driver_timeout,
             retries=args.driver_retries,
         )
-        runner = Runner(driver, policy, seed=args.seed, realtime=args.realtime, on_transition=on_transition)
+        runner = Runner(
+            driver,
+            policy,
+            seed=args.seed,
+            realtime=args.realtime,
+            rt_priority=args.rt_priority,
+            on_transition=on_transition,
+            latch=latch,
+        )
     except (
         keys.KeyFileError,
         transport.TransportError,
@@ -498,11 +595,7 @@ def cli(argv: list[str]) -> int:
         OSError,
         zmq.ZMQError,
     ) as exc:
-        if server is not None:
-            server.close()
-        if link is not None:
-            link.close()
-        transport.shutdown(ctx)
+        _close_link_runner(server, link, driver, spool, latch, ctx)
         print(f"robot-wsrl link-runner: {exc}", file=sys.stderr)
         return 2
     link.attach(runner)
@@ -510,18 +603,37 @@ def cli(argv: list[str]) -> int:
         server.attach(runner)
     try:
         summary = runner.run(max_steps=args.steps, max_episodes=args.episodes, stop_event=stop)
-        if not link.drain(timeout_s=30.0):
+        # Drain only to a learner that is there: the spool keeps the rest durably for the next start.
+        drain_s = DRAIN_ON_SIGNAL_S if signalled.is_set() else DRAIN_S
+        if not (link.learner.alive() and link.drain(timeout_s=drain_s)) and link.spool.pending():
             print("robot-wsrl link-runner: unacknowledged transitions stay in the spool", file=sys.stderr)
     finally:
-        if server is not None:
-            server.close()
-        link.close()
-        with contextlib.suppress(Exception):
-            driver.close()
-        spool.close()
-        transport.shutdown(ctx)
+        _close_link_runner(server, link, driver, spool, latch, ctx)
     print(
         f"{args.name}: {summary['steps']} steps, {summary['episodes_done']} episodes, "
         f"policy version {summary['policy_version']}, link {link.status()}"
     )
     return 0
+
+
+def _close_link_runner(
+    server: control.ControlServer | None,
+    link: LearnerLink | None,
+    driver: Any,
+    spool: TransitionSpool | None,
+    latch: EStopLatch | None,
+    ctx: zmq.Context,
+) -> None:
+    """Tear down whatever was set up, each part whatever state the others are in (a full disk, a dead
+    robot): a stop never ends in a traceback."""
+    if server is not None:
+        server.close()
+    if link is not None:
+        link.close()
+    for part in (driver, spool, latch):
+        if part is not None:
+            try:
+                part.close()
+            except Exception as exc:  # reported, and the rest is still closed
+                log.error("closing %s: %s: %s", type(part).__name__, type(exc).__name__, exc)
+    transport.shutdown(ctx)

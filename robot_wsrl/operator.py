@@ -1,9 +1,11 @@
 """`robot-wsrl stop`, `status` and `release`: the console's safety commands for a shell or a script.
 
 They talk to each runner's own control channel (and to the learner for status), like the console, and
-their exit codes can be trusted: `stop` exits 0 only when every targeted runner confirmed the e-stop;
-`status` exits 0 when every peer reported and no runner is e-stopped or faulted, 1 when one is, 3 when a
-peer did not report (unreachable, or our key refused); `release` exits 0 only when the runner confirmed.
+their exit codes can be trusted: `stop` sends to every targeted runner at once, resends until each one
+confirmed or --timeout ran out, and exits 0 only when every one confirmed (else 1, naming the hardware
+e-stop for each that did not); `status` exits 0 when every peer reported and no runner is e-stopped or
+faulted, 1 when one is, 3 when a peer did not report (unreachable, or our key refused), and --json is
+strict JSON (a NaN or infinity is null); `release` exits 0 only when the runner confirmed.
 Bad arguments exit 2 with `robot-wsrl CMD: message`.
 """
 
@@ -11,22 +13,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from robot_wsrl.console.client import ClientError, ClientOptions, ControlClient, PeerView
+from robot_wsrl.console.client import (
+    HARDWARE_ESTOP,
+    ClientError,
+    ClientOptions,
+    CommandResult,
+    ControlClient,
+    PeerView,
+    tool_tag,
+)
 from robot_wsrl.endpoints import Endpoints, EndpointsError, load_endpoints, parse_named
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 STOPPED = ("estopped", "faulted")
+TIMEOUT_S = 5.0  # a busy 2-core host may take seconds to start a tool and finish the CURVE handshakes
 
 
 class UsageError(ValueError):
     """Arguments that name no peer, or a runner the session does not have."""
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser, *, learner: bool = True) -> None:
+def add_connection_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    learner: bool = True,
+    timeout_s: float = TIMEOUT_S,
+    timeout_help: str = "seconds to wait for the peers",
+) -> None:
     """Where the peers are and who we are: shared by the console and the three commands."""
     parser.add_argument("--session", type=Path, default=None, help="a session dir with endpoints.json")
     parser.add_argument(
@@ -41,7 +59,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, learner: bool =
     parser.add_argument("--keys", type=Path, default=None, help="key dir: our NAME.key_secret, peers' .key")
     parser.add_argument("--name", default="console", help="this console's key name")
     parser.add_argument("--plain", action="store_true", help="no CURVE (loopback endpoints only)")
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the peers")
+    parser.add_argument("--timeout", type=float, default=timeout_s, help=timeout_help)
 
 
 def endpoints_from_args(args: argparse.Namespace) -> Endpoints:
@@ -88,12 +106,14 @@ def _run(prog: str, parser: argparse.ArgumentParser, argv: list[str], body: Any)
         client.close()
 
 
-def _report(results: list[Any], verb: str) -> int:
+def _report(results: list[CommandResult], verb: str, failed_hint: str = "") -> int:
+    """One line per peer: confirmed on stdout, failed on stderr (with `failed_hint`); the exit code."""
     for result in results:
         if result.ok:
-            print(f"{result.peer}: {verb} (confirmed in {result.latency_s * 1e3:.1f} ms)")
+            latency = "" if result.latency_s is None else f" in {result.latency_s * 1e3:.1f} ms"
+            print(f"{result.peer}: {verb} (confirmed{latency})")
         else:
-            print(f"{result.peer}: NOT {verb}: {result.error}", file=sys.stderr)
+            print(f"{result.peer}: NOT {verb}: {result.error}{failed_hint}", file=sys.stderr)
     return EXIT_OK if results and all(r.ok for r in results) else EXIT_FAILED
 
 
@@ -102,12 +122,15 @@ def stop_cli(argv: list[str]) -> int:
         prog="robot-wsrl stop",
         description="E-stop runners (all of them by default); exit 0 only if every one confirmed.",
     )
-    add_connection_arguments(parser, learner=False)
+    add_connection_arguments(
+        parser, learner=False, timeout_help="seconds to keep resending until every runner confirmed"
+    )
     parser.add_argument("--reason", default="", help="recorded with the stop")
 
     def body(args: argparse.Namespace, client: ControlClient) -> int:
-        args_ = {"reason": args.reason} if args.reason else {}
-        return _report(client.command("estop", client.runner_names, args_), "e-stopped")
+        reason = tool_tag("stop") + (f": {args.reason}" if args.reason else "")
+        results = client.command("estop", client.runner_names, {"reason": reason}, args.timeout)
+        return _report(results, "e-stopped", f" -- STOP NOT CONFIRMED: {HARDWARE_ESTOP}")
 
     return _run("stop", parser, argv, body)
 
@@ -158,6 +181,17 @@ def _line(view: PeerView) -> str:
     )
 
 
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float, however deeply nested, replaced by None (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def status_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="robot-wsrl status",
@@ -172,7 +206,8 @@ def status_cli(argv: list[str]) -> int:
         snapshot = client.snapshot()
         views = snapshot.runners + ([snapshot.learner] if snapshot.learner is not None else [])
         if args.json:
-            print(json.dumps({v.name: None if v.stale else v.status for v in views}, default=str))
+            report = finite({v.name: None if v.stale else v.status for v in views})
+            print(json.dumps(report, default=str, allow_nan=False))
         else:
             for view in views:
                 print(_line(view))

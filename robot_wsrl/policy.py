@@ -5,6 +5,9 @@ the ONNX file's exact bytes (the ONNX metadata cannot contain a hash of the file
 metadata as the sidecar, minus the hash, is also stored in the ONNX file's metadata_props so that the
 model describes itself. Loading refuses any file whose bytes, graph signature, metadata or probe outputs
 do not check out: a robot must never run a policy nobody validated.
+
+The sidecar may carry `run_id`, the identity of the learner run that made the policy (signed with the
+rest of the sidecar): a runner takes versions only forward within one run.
 """
 
 from __future__ import annotations
@@ -140,6 +143,16 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return data
 
 
+def _run_id(sidecar: dict[str, Any], embedded: dict[str, Any], path: Path) -> str | None:
+    """The sidecar's run_id (a non-empty string, or absent), equal to the ONNX metadata's where it has one."""
+    run_id = sidecar.get("run_id")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise PolicyError(f"{path}: sidecar run_id {run_id!r} is not a non-empty string")
+    if "run_id" in embedded and embedded["run_id"] != run_id:
+        raise PolicyError(f"{path}: sidecar run_id {run_id!r} disagrees with the ONNX metadata's")
+    return run_id
+
+
 def _check_signature(session: ort.InferenceSession, spec: EnvSpec, path: Path) -> None:
     """Input `obs` [batch, obs_dim] and outputs `mean`, `log_std` [batch, act_dim], all float32."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -160,7 +173,13 @@ class OnnxPolicy:
     """A validated ONNX actor. `act` maps one observation to a normalised action in [-1, 1]^act_dim."""
 
     def __init__(
-        self, session: ort.InferenceSession, metadata: PolicyMetadata, sha256: str, path: Path, seed: int = 0
+        self,
+        session: ort.InferenceSession,
+        metadata: PolicyMetadata,
+        sha256: str,
+        path: Path,
+        seed: int = 0,
+        run_id: str | None = None,
     ) -> None:
         """Use `OnnxPolicy.load`: it authenticates the file and validates it after construction."""
         _check_signature(session, metadata.spec, path)  # the buffers below are bound by these names
@@ -168,6 +187,7 @@ class OnnxPolicy:
         self.metadata = metadata
         self.sha256 = sha256
         self.path = path
+        self.run_id = run_id  # the learner run that made it (sidecar "run_id"), None for an older export
         self._rng = np.random.default_rng(seed)
         act_dim = metadata.spec.act_dim
         # Preallocated single-observation buffers bound once: a step copies into `_obs` and reads `_mean`,
@@ -223,7 +243,7 @@ class OnnxPolicy:
         differing = [key for key in METADATA_KEYS if side_data.get(key) != embedded[key]]
         if differing:
             raise PolicyError(f"{path}: sidecar {side.name} disagrees with the ONNX metadata on {differing}")
-        policy = cls(session, metadata, digest, path, seed)
+        policy = cls(session, metadata, digest, path, seed, _run_id(side_data, embedded, path))
         policy.validate(expected_spec)
         return policy
 

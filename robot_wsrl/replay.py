@@ -8,6 +8,7 @@ episodes are tracked by key, so several runners' episodes may arrive interleaved
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,39 @@ COLUMNS = FIELDS[:6]  # what a caller inserts; mc_return is computed when the ep
 STREAM = ""  # the episode key of the single stream of contiguous episodes
 
 
+def settle_horizon(discount: float) -> int | None:
+    """Steps after which later rewards move a return-to-go by less than 1e-9 of their own return (float32
+    shows 6e-8): 2,062 for 0.99. None for a discount of 1, where every reward counts to the end."""
+    if discount >= 1.0:
+        return None
+    return 1 if discount <= 0.0 else max(1, math.ceil(math.log(1e-9) / math.log(discount)))
+
+
+def discounted_returns(rewards: np.ndarray, discount: float) -> np.ndarray:
+    """G_t = r_t + discount * G_{t+1} (G after the end is 0), in O(n) numpy rather than a Python loop per
+    step, so closing an episode as long as the ring costs milliseconds.
+
+    Within blocks short enough that discount**-block stays below 1e4 (float64 keeps ~12 digits), G is a
+    reverse cumulative sum of discount**k * r_k rescaled; a loop over the blocks carries G between them.
+    """
+    r = np.asarray(rewards, np.float64)
+    if not 0.0 < discount < 1.0:
+        return np.cumsum(r[::-1])[::-1] if discount == 1.0 else r.copy()
+    block = int(min(1024, max(1, np.log(1e4) // -np.log(discount))))
+    m = -(-len(r) // block)
+    padded = np.zeros(m * block)
+    padded[: len(r)] = r
+    powers = discount ** np.arange(block)
+    local = np.cumsum((padded.reshape(m, block) * powers)[:, ::-1], axis=1)[:, ::-1] / powers
+    head = local[:, 0].tolist()
+    carry = [0.0] * (m + 1)  # carry[j]: G at the start of block j (0 past the end)
+    tail = discount**block
+    for j in range(m - 1, -1, -1):
+        carry[j] = head[j] + tail * carry[j + 1]
+    out = local + np.outer(carry[1:], discount ** (block - np.arange(block)))
+    return out.reshape(-1)[: len(r)]
+
+
 class ReplayBuffer:
     """Fixed-capacity ring of transitions, numpy-backed: O(1) insert, O(batch) uniform sampling."""
 
@@ -25,6 +59,7 @@ class ReplayBuffer:
         if capacity <= 0:
             raise ValueError(f"replay capacity must be positive, got {capacity}")
         self.capacity, self.obs_dim, self.act_dim, self.discount = capacity, obs_dim, act_dim, discount
+        self.horizon = settle_horizon(discount)
         self.obs = np.zeros((capacity, obs_dim), np.float32)
         self.action = np.zeros((capacity, act_dim), np.float32)
         self.reward = np.zeros(capacity, np.float32)
@@ -35,7 +70,8 @@ class ReplayBuffer:
         self.size = 0
         self.cursor = 0  # next slot to write
         self.total_added = 0
-        # Episodes in progress: key -> chunks of the global insertion indices of their transitions.
+        # Episodes in progress: key -> chunks of the global insertion indices of their transitions whose
+        # returns-to-go are not settled yet (`_settle`).
         self._open: dict[str, list[np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -66,7 +102,7 @@ class ReplayBuffer:
         `episodes` names each row's episode, so rows of several runners' episodes may interleave, within a
         batch and across batches; None puts every row in the single stream of contiguous episodes.
         """
-        n = len(columns["reward"])
+        n = self._check_shapes(columns)
         keys = np.full(n, STREAM) if episodes is None else np.asarray(episodes, dtype=str)
         if len(keys) != n:
             raise ValueError(f"{len(keys)} episode keys for {n} transitions")
@@ -74,10 +110,28 @@ class ReplayBuffer:
             hi = min(n, lo + self.capacity)
             self._insert(keys[lo:hi], {k: columns[k][lo:hi] for k in COLUMNS})
 
+    def _check_shapes(self, columns: dict[str, np.ndarray]) -> int:
+        """The number of rows, once every column has exactly this buffer's shape: numpy would otherwise
+        broadcast a width-1 (or a scalar) column across the ring's columns without a word."""
+        missing = sorted(set(COLUMNS) - set(columns))
+        if missing:
+            raise ValueError(f"add_batch needs the columns {missing}")
+        n = np.shape(columns["reward"])[0] if np.ndim(columns["reward"]) == 1 else -1
+        widths = {"obs": (self.obs_dim,), "action": (self.act_dim,), "next_obs": (self.obs_dim,)}
+        for k in COLUMNS:
+            want = (n, *widths.get(k, ()))
+            if n < 0 or np.shape(columns[k]) != want:
+                raise ValueError(
+                    f"add_batch: {k!r} has shape {np.shape(columns[k])}, this buffer takes "
+                    f"{('n', *want[1:])} with the same n for every column"
+                )
+        return n
+
     def _insert(self, keys: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         n = len(keys)
         index = self.total_added + np.arange(n)  # global insertion index; the slot is index % capacity
-        slots = index % self.capacity
+        start = self.total_added % self.capacity
+        slots = slice(start, start + n) if start + n <= self.capacity else index % self.capacity
         for k in COLUMNS:
             getattr(self, k)[slots] = columns[k]
         self.mc_return[slots] = 0.0
@@ -85,22 +139,70 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
         self.total_added += n
         done = (np.asarray(columns["terminated"]) != 0) | (np.asarray(columns["truncated"]) != 0)
-        for key in dict.fromkeys(keys.tolist()):  # each episode in this batch, in order of appearance
-            rows = np.flatnonzero(keys == key)
-            ends = np.flatnonzero(done[rows]) + 1
-            for part, closes in zip(np.split(rows, ends), [True] * len(ends) + [False], strict=True):
-                if len(part):
-                    self._open.setdefault(key, []).append(index[part])
-                if closes:
-                    self._close_episode(key)
+        # runs: consecutive rows of one episode, up to its end if it ends here; a step per run, not per row
+        starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]) | done[:-1]])
+        stops = np.r_[starts[1:], n]
+        fresh = []  # episodes that start and end in this batch: their returns-to-go in one pass below
+        for key, lo, hi, closes in zip(
+            keys[starts].tolist(), starts.tolist(), stops.tolist(), done[stops - 1].tolist(), strict=True
+        ):
+            chunks = self._open.get(key)
+            if chunks is None and closes:
+                fresh.append((lo, hi))
+                continue
+            if chunks is None:
+                self._open[key] = chunks = []
+            while chunks and chunks[0][-1] < self.total_added - self.capacity:
+                chunks.pop(0)  # overwritten in the ring: an endless episode holds at most the ring
+            chunks.append(index[lo:hi])
+            if closes:
+                self._close_episode(key)
+            else:
+                self._settle(key)
+        if fresh:
+            self._fresh_returns(fresh, columns["reward"], index % self.capacity)
+
+    def _fresh_returns(self, runs: list[tuple[int, int]], reward: np.ndarray, slots: np.ndarray) -> None:
+        """Returns-to-go of episodes wholly inside one batch (rows lo..hi-1 each): one pass over their
+        rows in plain floats, so a batch of many short episodes costs about what one long one does."""
+        r, g = np.asarray(reward, np.float64).tolist(), [0.0] * len(slots)
+        rows = np.zeros(len(slots), bool)
+        for lo, hi in runs:
+            running = 0.0
+            for i in range(hi - 1, lo - 1, -1):
+                running = r[i] + self.discount * running
+                g[i] = running
+            rows[lo:hi] = True
+        self.mc_return[slots[rows]] = np.asarray(g)[rows]
+
+    def _settle(self, key: str) -> None:
+        """Fix the returns-to-go of an open episode's steps more than `horizon` steps before its newest,
+        which what comes later moves by under 1e-9 of its size, and forget them: an open episode holds
+        at most about 2 x horizon steps, and its end costs O(horizon), not O(its length)."""
+        chunks = self._open[key]
+        if self.horizon is None or sum(len(c) for c in chunks) < 2 * self.horizon:
+            return
+        index = np.concatenate(chunks)
+        index = index[index >= self.total_added - self.capacity]
+        settled = len(index) - self.horizon
+        slots = index % self.capacity
+        if settled > 0:
+            self.mc_return[slots[:settled]] = discounted_returns(self.reward[slots], self.discount)[:settled]
+        self._open[key] = [index[max(settled, 0) :]]
 
     def end_episode(self) -> None:
         """Close every episode the caller cut short (a restart): its last transition counts as truncated."""
         for key in list(self._open):
-            last = int(self._open[key][-1][-1])
-            if last >= self.total_added - self.capacity:
-                self.truncated[last % self.capacity] = 1.0
-            self._close_episode(key)
+            self.cut_episode(key)
+
+    def cut_episode(self, key: str) -> None:
+        """Close episode `key` as cut short (its last transition counts as truncated); no-op if not open."""
+        if key not in self._open:
+            return
+        last = int(self._open[key][-1][-1])
+        if last >= self.total_added - self.capacity:
+            self.truncated[last % self.capacity] = 1.0
+        self._close_episode(key)
 
     def _close_episode(self, key: str) -> None:
         """Discounted return-to-go over the episode just ended; nothing is bootstrapped past its end.
@@ -113,13 +215,11 @@ class ReplayBuffer:
             return
         index = np.concatenate(chunks)
         slots = index[index >= self.total_added - self.capacity] % self.capacity
-        running = 0.0
-        for i in slots[::-1]:
-            running = self.reward[i] + self.discount * running
-            self.mc_return[i] = running
+        self.mc_return[slots] = discounted_returns(self.reward[slots], self.discount)
 
     def open_episodes(self) -> dict[str, int]:
-        """Episodes in progress and their lengths so far."""
+        """Episodes in progress and their steps whose returns-to-go wait for the end (all of a short one;
+        about the last 1 to 2 x `horizon` of a long one)."""
         return {key: sum(len(c) for c in chunks) for key, chunks in self._open.items()}
 
     def sample_indices(self, n: int, rng: np.random.Generator) -> np.ndarray:

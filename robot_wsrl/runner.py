@@ -6,13 +6,21 @@ sleep (OS sleep to ~200 us before the deadline, then spin), so its jitter is set
 OS timer. It never raises out of a tick: bad numbers become hold commands, driver errors latch an e-stop.
 Policies are swapped in from other threads through `offer_policy`, which validates outside the loop; the
 loop itself only swaps a reference, between episodes by default.
+
+Timing: a realtime run freezes the heap it starts with (gc.freeze), so the collector's passes during the
+loop scan only what the loop allocates: a full pass over a large heap (torch imported in the same process)
+takes tens of milliseconds, a burst of missed deadlines at 500 Hz. `status()` is cheap (the
+jitter percentiles are recomputed at most every STATUS_CACHE_S), since a console's poll runs on the
+control thread beside the loop and shares its interpreter lock.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -30,7 +38,6 @@ from drivers import make_driver
 from robot_wsrl.driver import Driver, DriverFault
 from robot_wsrl.policy import OnnxPolicy, PolicyError
 from robot_wsrl.safety import (
-    FAULT_CAUSES,
     EStopCause,
     EStopLatch,
     Fault,
@@ -50,6 +57,7 @@ TRANSITION_BUFFER = 10_000
 STATUS_PERIOD_S = 0.25  # how often the CLI redraws its status line
 IDLE_SLEEP_S = 1e-3  # tick interval of a paused or stopped loop that keeps no schedule
 DRIVER_TIMEOUT_PERIODS = 5  # default per-request deadline of a driver behind a link, in control periods
+STATUS_CACHE_S = 0.2  # the jitter percentiles in status are at most this old
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,20 @@ def realtime_priority(priority: int | None) -> Iterator[bool]:
             os.sched_setscheduler(0, *previous)
 
 
+@contextlib.contextmanager
+def frozen_heap(enabled: bool) -> Iterator[None]:
+    """While inside, the collector leaves alone every object that existed on entry (see the module
+    docstring), and hands them back on exit. No collection first: with torch loaded a full pass took 0.2 s
+    on the busy 2-core machine; garbage frozen with the rest waits for the exit."""
+    if enabled:
+        gc.freeze()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.unfreeze()
+
+
 class LoopTiming:
     """Bounded rings of tick start times and jitter (actual minus scheduled start), plus missed deadlines."""
 
@@ -113,6 +135,7 @@ class LoopTiming:
         self._count = 0
         self._jitter_count = 0
         self.overruns = 0
+        self._cached: tuple[float, tuple[float | None, float | None]] = (-STATUS_CACHE_S, (None, None))
 
     def tick(self, start: float, scheduled: float | None) -> None:
         self._starts[self._count % len(self._starts)] = start
@@ -130,13 +153,18 @@ class LoopTiming:
         span = self._starts[newest] - self._starts[oldest]
         return float((n - 1) / span) if span > 0 else 0.0
 
-    def jitter_us(self) -> tuple[float, float]:
-        """(p50, p99) in microseconds over the window; NaN before any realtime tick."""
+    def jitter_us(self, max_age_s: float = 0.0) -> tuple[float | None, float | None]:
+        """(p50, p99) in microseconds over the window, computed at most `max_age_s` ago; None before any
+        realtime tick (status is strict JSON)."""
+        now = time.monotonic()
+        if now - self._cached[0] < max_age_s:
+            return self._cached[1]
         n = min(self._jitter_count, len(self._jitter))
         if n == 0:
-            return float("nan"), float("nan")
+            return None, None
         p50, p99 = np.percentile(self._jitter[:n], [50, 99]) * 1e6
-        return float(p50), float(p99)
+        self._cached = (now, (float(p50), float(p99)))
+        return self._cached[1]
 
 
 class Runner:
@@ -169,6 +197,7 @@ class Runner:
         realtime: bool = True,
         rt_priority: int | None = None,
         transition_buffer: int = TRANSITION_BUFFER,
+        latch: EStopLatch | None = None,
     ) -> None:
         if swap_mode not in ("between_episodes", "immediate"):
             raise ValueError(f"swap_mode must be 'between_episodes' or 'immediate', got {swap_mode!r}")
@@ -184,9 +213,17 @@ class Runner:
         self._seeds = np.random.SeedSequence(seed)
         self._reset_seed: int | None = seed
         self._envelope = SafetyEnvelope.from_config(self.spec, safety or SafetyConfig())
-        # Re-entrant: the latch calls safe_stop while the loop may already hold the lock (driver fault).
-        self._driver_lock = threading.RLock()
-        self._latch = EStopLatch(self._safe_stop_driver, watchdog_deadline_s=watchdog_deadline_s)
+        # Never held while the latch is triggered or released: the latch calls safe_stop, which takes it.
+        self._driver_lock = threading.Lock()
+        if latch is None:
+            latch = EStopLatch(watchdog_deadline_s=watchdog_deadline_s)
+        elif watchdog_deadline_s is not None:
+            latch.watchdog_deadline_s = watchdog_deadline_s
+        latch.bind(self._safe_stop_driver)
+        self._latch = latch
+        # Latched before this driver existed (restored from the runner's state, or stopped while the runner
+        # waited for its first policy): no safe stop reached this driver yet, so the first run holds it.
+        self._hold_at_start = latch.latched
         self._swap_lock = threading.Lock()
         self._policy = policy
         self._previous_policy: OnnxPolicy | None = None
@@ -219,8 +256,9 @@ class Runner:
 
     @property
     def state(self) -> RunnerState:
-        if self._latch.latched:
-            return RunnerState.FAULTED if self._latch.cause in FAULT_CAUSES else RunnerState.ESTOPPED
+        latched = self._latch.state
+        if latched is not None:
+            return latched
         if not self._running:
             return RunnerState.IDLE
         return RunnerState.PAUSED if self._paused and not self._waiting else self._phase
@@ -243,9 +281,8 @@ class Runner:
 
     def release(self, operator: str) -> bool:
         """Leave the e-stop (operator's explicit call); the next tick starts a new episode."""
-        with self._driver_lock:
-            self._needs_reset = True
-            return self._latch.release(operator)
+        self._needs_reset = True  # first: the loop steps again only once the latch is released
+        return self._latch.release(operator)
 
     def heartbeat(self) -> None:
         self._latch.heartbeat()
@@ -258,15 +295,15 @@ class Runner:
         mid-episode, so there it is a full pause. A full pause while waiting upgrades the wait.
         """
         keep = keep_episode and not self._robot_clock
-        with self._driver_lock:
+        with self._driver_lock:  # a step under way finishes first; none starts after this
             if self._paused and (keep or not self._waiting):
                 return
             self._paused, self._waiting = True, keep
             if keep:
                 return
             self._needs_reset = True
-            if not self._latch.latched:
-                self._hold_robot("pause")
+        if not self._latch.engaged:
+            self._hold_robot("pause")
 
     def resume(self) -> None:
         self._paused = self._waiting = False
@@ -308,7 +345,7 @@ class Runner:
             )
 
     def status(self) -> dict[str, Any]:
-        p50, p99 = self._timing.jitter_us()
+        p50, p99 = self._timing.jitter_us(STATUS_CACHE_S if self._running else 0.0)
         pending, previous, fault = self._pending, self._previous_policy, self._last_fault
         return {
             "state": self.state.value,
@@ -327,8 +364,8 @@ class Runner:
             "steps": self._steps,
             "episode": self._episode,
             "episode_step": self._episode_step,
-            "episode_return": self._episode_return,
-            "last_episode_return": self._last_episode_return,
+            "episode_return": _finite(self._episode_return),
+            "last_episode_return": _finite(self._last_episode_return),
             "episodes_done": self._episodes_done,
             "last_stop_cause": None if self._latch.cause is None else self._latch.cause.value,
             "last_stop_detail": self._latch.detail,
@@ -354,15 +391,21 @@ class Runner:
         self._timing = LoopTiming()  # status reports the timing of the current (or last) run
         self._running = True
         self._latch.heartbeat()  # the watchdog counts from the start of the run
+        if self._hold_at_start and self._latch.latched:
+            self._hold_robot("start under a latched e-stop")
+        self._hold_at_start = False
         try:
-            with realtime_priority(self.rt_priority if self.realtime else None) as self._fifo:
+            with (
+                frozen_heap(self.realtime),
+                realtime_priority(self.rt_priority if self.realtime else None) as self._fifo,
+            ):
                 self._loop(max_steps, max_episodes, stop_event)
         finally:
             with self._driver_lock:
                 self._running = False
                 self._needs_reset = True
-                if not self._latch.latched and (self._waiting or not self._paused):
-                    self._hold_robot("end of run")
+            if not self._latch.engaged and (self._waiting or not self._paused):
+                self._hold_robot("end of run")
         return self.status()
 
     def _loop(
@@ -378,7 +421,7 @@ class Runner:
                 break
             if self.realtime:
                 sleep_until(next_tick)
-            elif self._paused or self._latch.latched:
+            elif self._paused or self._latch.engaged:
                 time.sleep(IDLE_SLEEP_S)  # nothing to step and no schedule: do not spin a core
             start = time.perf_counter()
             self._timing.tick(start, next_tick if self.realtime else None)
@@ -422,15 +465,19 @@ class Runner:
         if fault is not None and self._on_fault(fault):
             return
         with self._driver_lock:
-            if self._latch.latched or self._paused:
+            if self._latch.engaged or self._paused:
                 return
             try:
                 result = self.driver.step(command)
             # DriverFault, or any driver bug: either way the robot is not under control any more.
             except Exception as exc:
-                self._needs_reset = True
-                self._latch.trigger(EStopCause.DRIVER_FAULT, f"step: {type(exc).__name__}: {exc}")
-                return
+                failure: Exception | None = exc
+            else:
+                failure = None
+        if failure is not None:
+            self._needs_reset = True
+            self._latch.trigger(EStopCause.DRIVER_FAULT, f"step: {type(failure).__name__}: {failure}")
+            return
         self._steps += 1
         self._episode_step += 1
         if self._robot_clock and result.info.get("late"):
@@ -466,13 +513,17 @@ class Runner:
         """Swap in a queued policy, reset the driver and the envelope; False if the driver failed."""
         self._apply_pending()
         with self._driver_lock:
-            if self._latch.latched:
+            if self._latch.engaged:
                 return False
             try:
                 obs, _ = self.driver.reset(seed=self._reset_seed)
             except Exception as exc:
-                self._latch.trigger(EStopCause.DRIVER_FAULT, f"reset: {type(exc).__name__}: {exc}")
-                return False
+                failure: Exception | None = exc
+            else:
+                failure = None
+        if failure is not None:
+            self._latch.trigger(EStopCause.DRIVER_FAULT, f"reset: {type(failure).__name__}: {failure}")
+            return False
         self._reset_seed = None  # seed the first episode only; later ones continue the driver's stream
         self._envelope.reset()
         self._obs = np.array(obs, dtype=np.float32)
@@ -484,7 +535,7 @@ class Runner:
         return True
 
     def _on_fault(self, fault: Fault) -> bool:
-        """Record a fault (logged once per kind per episode); latching faults e-stop. Returns `latched`."""
+        """Record a fault (logged once per kind per episode); latching faults e-stop. Returns `engaged`."""
         self._last_fault = fault
         if fault.kind not in self._faults_logged:
             self._faults_logged.add(fault.kind)
@@ -492,7 +543,7 @@ class Runner:
         if fault.latches:
             self._needs_reset = True
             self._latch.trigger(EStopCause.LIMIT_VIOLATION, f"{fault.kind.value}: {fault.detail}")
-        return self._latch.latched
+        return self._latch.engaged
 
     def _record(self, transition: Transition) -> None:
         self._transitions.append(transition)
@@ -542,12 +593,22 @@ class Runner:
 # ----- command line -----
 
 
+def _finite(value: float | None) -> float | None:
+    """Status is strict JSON: a non-finite number (a simulator's NaN reward) is reported as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _num(value: float | None, spec: str) -> str:
+    return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
+
+
 def _status_line(s: dict[str, Any]) -> str:
     faults = s["safety"]["nonfinite_obs"] + s["safety"]["nonfinite_action"] + s["safety"]["limit_violations"]
     return (
         f"{s['state']:<11} v{s['policy_version']} | ep {s['episode']} step {s['episode_step']} "
-        f"return {s['episode_return']:9.2f} | {s['loop_rate_hz']:7.1f} Hz | "
-        f"jitter p50 {s['jitter_p50_us']:6.1f} p99 {s['jitter_p99_us']:6.1f} us | overruns {s['overruns']} | "
+        f"return {_num(s['episode_return'], '9.2f')} | {s['loop_rate_hz']:7.1f} Hz | "
+        f"jitter p50 {_num(s['jitter_p50_us'], '6.1f')} p99 {_num(s['jitter_p99_us'], '6.1f')} us | "
+        f"overruns {s['overruns']} | "
         f"clip {s['safety']['clipped']} rate {s['safety']['rate_limited']} faults {faults}"
     )
 
@@ -559,6 +620,17 @@ def _supervise(runner: Runner, stop: threading.Event, done: threading.Event, rel
         if runner.latch.latched and not releasable:
             stop.set()
         print("\r" + _status_line(runner.status()), end="", file=sys.stderr, flush=True)
+
+
+def _close_all(server: Any, driver: Driver | None, latch: EStopLatch, handlers: dict[int, Any]) -> None:
+    """Tear down what `cli` set up, in reverse order."""
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    if server is not None:
+        server.close()
+    if driver is not None:
+        driver.close()
+    latch.close()
 
 
 def cli(argv: list[str]) -> int:
@@ -592,24 +664,35 @@ def cli(argv: list[str]) -> int:
     )
     import zmq  # only the CLI's control channel needs pyzmq, not the Runner class
 
-    from robot_wsrl import control, transport
+    from robot_wsrl import control
 
+    parser.add_argument(
+        "--state", type=Path, default=None, help="the e-stop latch's record (default runs/runner/NAME)"
+    )
     control.add_arguments(parser, identity=True)
     args = parser.parse_args(argv)
     if args.episodes is None and args.steps is None:
         parser.error("give --episodes and/or --steps")
     control.check_arguments(parser, args)
     logging.basicConfig(level=logging.WARNING, format="\n%(asctime)s %(levelname)s %(name)s: %(message)s")
+    control.reserve_process_resources()
+    try:  # the latch, and the channel that stops it, before the driver: a stop is taken from the start
+        latch = control.open_latch(args.state or Path("runs/runner") / args.name)
+    except (ValueError, OSError) as exc:
+        print(f"robot-wsrl runner: {exc}", file=sys.stderr)
+        return 2
+    server = None
+    stop, done = threading.Event(), threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    driver = None
     try:
+        if args.control is not None:
+            server = control.serve_from_args(args, latch)
         policy = OnnxPolicy.load(args.policy)
         timeout_s = args.driver_timeout
         if timeout_s is None and args.driver.startswith("emulated:"):
             timeout_s = DRIVER_TIMEOUT_PERIODS * policy.spec.control_period_s
         driver = make_driver(args.driver, seed=args.seed, spec=policy.spec, timeout_s=timeout_s)
-    except (PolicyError, ValueError, ImportError, DriverFault) as exc:
-        print(f"robot-wsrl runner: {exc}", file=sys.stderr)
-        return 2
-    try:
         runner = Runner(
             driver,
             policy,
@@ -618,23 +701,15 @@ def cli(argv: list[str]) -> int:
             safety=SafetyConfig(max_delta_per_step=args.max_delta),
             realtime=args.realtime,
             rt_priority=args.rt_priority,
+            latch=latch,
         )
-    except PolicyError as exc:
-        driver.close()
+        if server is not None:
+            server.attach(runner)
+    # KeyFileError, TransportError and PolicyError are ValueErrors
+    except (ValueError, ImportError, DriverFault, OSError, zmq.ZMQError) as exc:
+        _close_all(server, driver, latch, handlers)
         print(f"robot-wsrl runner: {exc}", file=sys.stderr)
         return 2
-    ctx = zmq.Context()
-    server = None
-    if args.control is not None:
-        try:
-            server = control.serve_from_args(ctx, args, runner)
-        except (ValueError, OSError, zmq.ZMQError) as exc:  # KeyFileError, TransportError are ValueErrors
-            driver.close()
-            transport.shutdown(ctx)
-            print(f"robot-wsrl runner: {exc}", file=sys.stderr)
-            return 2
-    stop, done = threading.Event(), threading.Event()
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
     printer = threading.Thread(target=_supervise, args=(runner, stop, done, server is not None), daemon=True)
     printer.start()
     try:
@@ -642,11 +717,7 @@ def cli(argv: list[str]) -> int:
     finally:
         done.set()
         printer.join()
-        signal.signal(signal.SIGINT, previous_handler)
-        if server is not None:
-            server.close()
-        transport.shutdown(ctx)
-        driver.close()
+        _close_all(server, driver, latch, handlers)
     print("\r" + _status_line(summary), file=sys.stderr)
     print(f"policy {args.policy} version {summary['policy_version']} on {args.driver}")
     for key in (

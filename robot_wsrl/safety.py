@@ -15,11 +15,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 from robot_wsrl.driver import DriverFault
+from robot_wsrl.durable import DurableRecord, RecordError
 from robot_wsrl.spec import EnvSpec
 
 log = logging.getLogger(__name__)
@@ -230,36 +232,87 @@ class LatchEvent:
     time: float
     operator: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "cause": None if self.cause is None else self.cause.value,
+            "detail": self.detail,
+            "time": self.time,
+            "operator": self.operator,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatchEvent:
+        cause = None if d["cause"] is None else EStopCause(d["cause"])
+        return cls(d["kind"], cause, str(d["detail"]), float(d["time"]), d["operator"])
+
+
+LATCH_FORMAT = "robot-wsrl-latch/1"
+PERSISTED_EVENTS = 32  # latch events kept in the durable record (the console's stop history)
+PERSISTED_DETAIL = 240  # characters of an event's detail kept in the durable record
+
+
+def latch_state(latched: bool, cause: EStopCause | None) -> RunnerState | None:
+    """The runner state a latch imposes (ESTOPPED or FAULTED), None when it is not latched."""
+    if not latched:
+        return None
+    return RunnerState.FAULTED if cause in FAULT_CAUSES else RunnerState.ESTOPPED
+
 
 class EStopLatch:
     """Latched e-stop. Entering calls `safe_stop` once; `release(operator)` is the only way out.
 
+    Order of an entry: `engaged` is set at once (the control loop checks it and never steps the robot
+    again), then the driver's safe stop runs, then the entry is written to `store` (a DurableRecord: the
+    latch survives any exit of the process), and only then is the latch `latched`, reported, and the
+    trigger returns (an e-stop is confirmed only once it is safe and durable). A latch made with a store
+    that holds a latched e-stop starts latched, with its cause, detail and history.
+
     Thread-safe: the console or the transport may trigger it while the control loop runs. `safe_stop` runs
-    in the triggering thread, so a driver's safe stop must be callable from any thread.
+    in the triggering thread, so a driver's safe stop must be callable from any thread; a caller must not
+    hold a lock that `safe_stop` takes. `safe_stop` may be bound later (`bind`): a latch exists, and takes
+    stops, before the robot's driver does.
     """
 
     def __init__(
         self,
-        safe_stop: Callable[[], None],
+        safe_stop: Callable[[], None] | None = None,
         *,
         watchdog_deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store: DurableRecord | None = None,
     ) -> None:
         if watchdog_deadline_s is not None and not watchdog_deadline_s > 0:
             raise ValueError(f"watchdog_deadline_s must be positive, got {watchdog_deadline_s}")
         self._safe_stop = safe_stop
         self.watchdog_deadline_s = watchdog_deadline_s
         self._clock = clock
-        self._lock = threading.Lock()
+        self._store = store
+        self._entry = threading.Lock()  # one entry or release at a time, held through safe_stop and write
+        self._engaged = False
         self._latched = False
         self._cause: EStopCause | None = None
         self._detail = ""
         self._last_heartbeat = clock()
         self._events: deque[LatchEvent] = deque(maxlen=EVENT_LOG_SIZE)
         self.safe_stop_errors = 0
+        self.persist_errors = 0
+        self.last_persist_error = ""
+        if store is not None and store.value is not None:
+            self._restore(store.value, store.path)
+
+    def bind(self, safe_stop: Callable[[], None]) -> None:
+        """The driver's safe stop, once there is a driver."""
+        self._safe_stop = safe_stop
+
+    @property
+    def engaged(self) -> bool:
+        """True from the first instant of an entry: nothing may step the robot any more."""
+        return self._engaged
 
     @property
     def latched(self) -> bool:
+        """True once the robot was safe-stopped and the entry recorded: what the runner reports."""
         return self._latched
 
     @property
@@ -272,28 +325,45 @@ class EStopLatch:
         return self._detail
 
     @property
+    def state(self) -> RunnerState | None:
+        return latch_state(self._latched, self._cause)
+
+    @property
     def events(self) -> list[LatchEvent]:
         return list(self._events)
 
     def trigger(self, cause: EStopCause, detail: str = "") -> bool:
-        """Enter the latch; returns True if this call entered it (False: it was already latched)."""
-        with self._lock:
+        """Enter the latch; returns True if this call entered it (False: it was already latched).
+
+        Returns once the robot is safe-stopped and the entry is recorded (also for a repeat that came
+        while another entry was under way)."""
+        self._engaged = True  # before the lock: a loop that checks it steps no more
+        with self._entry:
+            self._engaged = True  # again: a release may have been finishing
             event = LatchEvent("repeat" if self._latched else "enter", cause, detail, time.time())
             self._events.append(event)
             if self._latched:
                 log.warning("e-stop already latched; also %s: %s", cause.value, detail)
+                self._persist()
                 return False
-            self._latched, self._cause, self._detail = True, cause, detail
+            self._cause, self._detail = cause, detail
             log.error("E-STOP (%s) at %.6f: %s", cause.value, event.time, detail)
-            try:
-                self._safe_stop()
-            except DriverFault as exc:  # expected when the link is what failed: the message says it all
-                self.safe_stop_errors += 1
-                log.error("safe_stop failed after e-stop (%s): %s", cause.value, exc)
-            except Exception:  # the latch must hold even if the driver's stop fails; the operator sees it
-                self.safe_stop_errors += 1
-                log.exception("safe_stop failed after e-stop (%s)", cause.value)
+            self._call_safe_stop(cause)
+            self._latched = True
+            self._persist()
             return True
+
+    def _call_safe_stop(self, cause: EStopCause) -> None:
+        if self._safe_stop is None:
+            return  # no driver yet: nothing is being commanded
+        try:
+            self._safe_stop()
+        except DriverFault as exc:  # expected when the link is what failed: the message says it all
+            self.safe_stop_errors += 1
+            log.error("safe_stop failed after e-stop (%s): %s", cause.value, exc)
+        except Exception:  # the latch must hold even if the driver's stop fails; the operator sees it
+            self.safe_stop_errors += 1
+            log.exception("safe_stop failed after e-stop (%s)", cause.value)
 
     def command(self, detail: str = "operator e-stop") -> bool:
         return self.trigger(EStopCause.COMMAND, detail)
@@ -303,28 +373,82 @@ class EStopLatch:
         self._last_heartbeat = self._clock()
 
     def check_watchdog(self) -> bool:
-        """Called every control tick: trips the latch when the heartbeat is late. Returns `latched`."""
-        if self.watchdog_deadline_s is not None and not self._latched:
+        """Called every control tick: trips the latch when the heartbeat is late. Returns `engaged`."""
+        if self.watchdog_deadline_s is not None and not self._engaged:
             silent = self._clock() - self._last_heartbeat
             if silent > self.watchdog_deadline_s:
                 self.trigger(
                     EStopCause.WATCHDOG,
                     f"no heartbeat for {silent:.3f} s (deadline {self.watchdog_deadline_s} s)",
                 )
-        return self._latched
+        return self._engaged
 
     def release(self, operator: str) -> bool:
-        """An operator's explicit release; returns False (and changes nothing) when not latched."""
+        """An operator's explicit release (recorded durably before it returns); False when not latched."""
         if not operator or not operator.strip():
             raise ValueError("releasing an e-stop needs the operator's name")
-        with self._lock:
+        with self._entry:
             if not self._latched:
                 return False
-            self._latched = False
-            self._last_heartbeat = self._clock()  # the watchdog counts afresh from the release
             event = LatchEvent(
                 "release", self._cause, f"released after {self._detail}", time.time(), operator
             )
             self._events.append(event)
+            self._latched = False
+            self._persist()
+            self._last_heartbeat = self._clock()  # the watchdog counts afresh from the release
+            self._engaged = False
             log.warning("e-stop released by %s at %.6f (was %s)", operator, event.time, self._cause)
             return True
+
+    def close(self) -> None:
+        """Close the record's file (the latch keeps working in memory)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # ----- the durable record -----
+
+    def _persist(self) -> None:
+        """Write the latch to its store; a failing disk is counted and reported, the latch holds anyway."""
+        if self._store is None:
+            return
+        events = [
+            e.to_dict() | {"detail": e.detail[:PERSISTED_DETAIL]}
+            for e in list(self._events)[-PERSISTED_EVENTS:]
+        ]
+        while True:
+            record = {
+                "format": LATCH_FORMAT,
+                "latched": self._latched,
+                "cause": None if self._cause is None else self._cause.value,
+                "detail": self._detail[: 4 * PERSISTED_DETAIL],
+                "events": events,
+            }
+            try:
+                self._store.write(record)
+                return
+            except RecordError:  # very long names: keep fewer events, never fail the stop
+                if not events:
+                    raise
+                events = events[len(events) // 2 + 1 :]
+            except OSError as exc:
+                self.persist_errors += 1
+                self.last_persist_error = f"{type(exc).__name__}: {exc}"
+                log.error("e-stop state NOT recorded on disk (%s): the latch holds in memory only", exc)
+                return
+
+    def _restore(self, record: dict[str, Any], where: Path) -> None:
+        try:
+            if record.get("format") != LATCH_FORMAT:
+                raise ValueError(f"format {record.get('format')!r} is not {LATCH_FORMAT!r}")
+            cause = None if record["cause"] is None else EStopCause(record["cause"])
+            events = [LatchEvent.from_dict(e) for e in record["events"]]
+            latched = bool(record["latched"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecordError(f"{where}: unreadable latch record ({exc})") from exc
+        self._events.extend(events)
+        self._cause, self._detail = cause, str(record["detail"])
+        self._latched = self._engaged = latched
+        if latched:
+            log.error("E-STOP restored from %s (%s): %s", where, cause, self._detail)

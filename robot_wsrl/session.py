@@ -7,6 +7,16 @@ Ctrl-C reaches only this process, which then stops them in order: the runner fir
 to the learner), then the learner, then the robot. At the end it copies the learner's latest published
 policy to SESSION/policy/ and writes the episode returns (CSV + PNG, read from the learner's durable
 transition log, so they are exact) and summary.json.
+
+Safe on a shared machine: every socket is CURVE by default, with throwaway keys the session makes in
+SESSION/keys (mode 0700, every file 0600): the learner's, the runner's, `console` for the operator's tools
+(`robot-wsrl console/status/stop --session SESSION`) and `session` for the session's own status client.
+No other local user can read them, so none can steer, stop or feed the robot; `--plain` (loopback only)
+is for when that does not matter. The robot comes first on the CPU too: the learner (and through it each
+validation worker) runs at nice +10, the runner at a higher priority where the system allows it.
+
+The progress line and summary.json show the robot's own state (e-stopped, faulted, paused, holding and
+why) from the runner's control channel, beside the learner's phase.
 """
 
 from __future__ import annotations
@@ -24,13 +34,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import zmq
 
 from robot_wsrl import keys, transport
 from robot_wsrl.endpoints import Endpoints, save_endpoints
 from robot_wsrl.lifetime import die_with_parent
+from robot_wsrl.link import WAIT_HOLDS
 from robot_wsrl.protocol import Status, StatusRequest, decode, encode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +55,12 @@ STALL_S = 60.0  # no new step and no update this long: something is stuck (an e-
 # request twice (an e-stop: link lost) about once in 10,000 steps. Off real time both are relaxed.
 FAST_DRIVER_LINK = ["--driver-timeout", "1.0", "--driver-retries", "4"]
 RUNNER = "robot1"
+OPERATOR_KEY = "console"  # the operator tools' default key name: `robot-wsrl console --session DIR` needs it
+SESSION_KEY = "session"  # the session's own status client, a console key of its own
+# On a shared host the robot and its e-stop path come first: a busy learner or validation must not delay
+# them. A raise of the runner's priority needs CAP_SYS_NICE; without it the runner keeps nice 0.
+LEARNER_NICE, RUNNER_NICE = 10, -5
+STOPPED_STATES = ("estopped", "faulted", "paused")  # the robot waits for an operator: not a stall
 # The emulated robot stands for hardware: each version is validated before it may run there, in the
 # shifted simulations that model it (not nominal: fine-tuning on the shifted robot is meant to trade
 # nominal return for return on the robot). Five paired episodes per variant keep a validation within a
@@ -96,19 +113,47 @@ def _stop_child(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> in
     return proc.returncode
 
 
+def _private_dir(path: Path) -> Path:
+    """A folder only this user can enter (mode 0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def make_session_keys(keydir: Path) -> None:
+    """Fresh keys for the learner, the runner and two consoles; only this user can read any of them."""
+    for name, role in (("learner", "learner"), (RUNNER, "runner"), (OPERATOR_KEY, "console")):
+        keys.new_identity(keydir, name, role, force=True)
+    keys.new_identity(keydir, SESSION_KEY, "console", force=True)
+    keydir.chmod(0o700)
+    for path in keydir.iterdir():
+        path.chmod(0o600)
+
+
 class StatusClient:
-    """A console DEALER on the learner's plain socket; `status()` is None while it does not answer."""
+    """The session's own operator connections, kept open: one DEALER to each peer (the learner, the
+    runner's control channel), CURVE with console key `own` unless plain; `status(name)` is None while
+    that peer does not answer."""
 
-    def __init__(self, endpoint: str) -> None:
-        self.ctx = zmq.Context()
-        self.sock = transport.plain_client(self.ctx, zmq.DEALER, endpoint, identity="console")
+    def __init__(self, peers: dict[str, str], keydir: Path, plain: bool, own: str = SESSION_KEY) -> None:
+        self.ctx, self.own = zmq.Context(), own
+        self.socks = {name: self._connect(name, endpoint, keydir, plain) for name, endpoint in peers.items()}
 
-    def status(self, timeout_s: float = 1.0) -> dict[str, Any] | None:
-        if not transport.send_frames(self.sock, encode(StatusRequest("console")), timeout_s):
+    def _connect(self, name: str, endpoint: str, keydir: Path, plain: bool) -> zmq.Socket:
+        if plain:
+            return transport.plain_client(self.ctx, zmq.DEALER, endpoint)
+        own = keys.load_curve_keys(keydir, self.own)
+        return transport.secure_client(
+            self.ctx, zmq.DEALER, endpoint, own, keys.load_public_key(keydir, name)
+        )
+
+    def status(self, name: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        sock = self.socks[name]
+        if not transport.send_frames(sock, encode(StatusRequest(self.own)), timeout_s):
             return None
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
-            frames = transport.recv_frames(self.sock, left)
+            frames = transport.recv_frames(sock, left)
             if frames is not None and isinstance(msg := decode(frames), Status):
                 return msg.status
         return None
@@ -117,33 +162,72 @@ class StatusClient:
         transport.shutdown(self.ctx)
 
 
+def robot_state(status: dict[str, Any] | None) -> str:
+    """What the robot is doing, from its runner's control-channel status: `estopped`/`faulted`,
+    `holding (why)` (the link holds it: learner lost, spool full ...), `paused`, `running` (its policy
+    moves it, whatever the learner's phase), `unknown` while the runner does not answer."""
+    if status is None:
+        return "unknown"
+    if not status.get("attached", True) or "state" not in status:
+        return "starting"
+    state = str(status["state"])
+    holds = set(status.get("link", {}).get("holds", ())) - WAIT_HOLDS
+    if state in ("estopped", "faulted"):
+        return state
+    if held := sorted(holds - {"operator"}):
+        return f"holding ({', '.join(held)})"
+    if "operator" in holds:
+        return "paused"
+    return "running" if state in ("warmup", "fine_tuning") else state
+
+
+def robot_summary(status: dict[str, Any] | None) -> dict[str, Any]:
+    """The robot's last state for summary.json, with the cause of its last stop."""
+    state = robot_state(status)
+    if status is None or "state" not in status:
+        return {"state": state}
+    return {
+        "state": state,
+        "runner_state": status["state"],
+        "holds": status.get("link", {}).get("holds", []),
+        "last_stop_cause": status.get("last_stop_cause"),
+        "last_stop_detail": status.get("last_stop_detail"),
+        "policy_version": status.get("policy_version"),
+    }
+
+
 @dataclass
 class Progress:
     """One line, redrawn in place on a terminal (a line every few seconds in a log)."""
 
-    tty: bool = sys.stdout.isatty()
+    stream: TextIO = sys.stdout
     every_s: float = 5.0
     _last: float = 0.0
     _shown: bool = False
 
-    def show(self, elapsed_s: float, budget: int, status: dict[str, Any]) -> None:
+    def show(
+        self, elapsed_s: float, budget: int, status: dict[str, Any], robot: dict[str, Any] | None
+    ) -> None:
         returns = [r for runner in status["runners"].values() for r in runner["recent_returns"]]
         recent = f"{sum(returns) / len(returns):8.1f}" if returns else "       -"
+        state = robot_state(robot)
+        if state in ("estopped", "faulted") and robot is not None:
+            state = f"{state.upper()} ({robot.get('last_stop_detail') or robot.get('last_stop_cause')})"
         line = (
-            f"[{elapsed_s:6.0f} s] {status['phase']:<11} steps {status['step']:>7}/{budget} "
-            f"updates {status['updates']:>7}  recent return {recent}  policy v{status['policy_version']} "
-            f"(robot runs v{status['gate']['deployed_version']})"
+            f"[{elapsed_s:6.0f} s] robot {state:<11} learner {status['phase']:<11} "
+            f"steps {status['step']:>7}/{budget} updates {status['updates']:>7}  recent return {recent}  "
+            f"policy v{status['policy_version']} (robot runs v{status['gate']['deployed_version']})"
         )
-        if self.tty:
-            print(f"\r{line}\033[K", end="", flush=True)
+        if self.stream.isatty():
+            print(f"\r{line}\033[K", end="", flush=True, file=self.stream)
             self._shown = True
         elif time.monotonic() - self._last >= self.every_s:
-            print(line, flush=True)
+            print(line, flush=True, file=self.stream)
             self._last = time.monotonic()
 
     def end(self) -> None:
         if self._shown:
-            print(flush=True)
+            print(flush=True, file=self.stream)
 
 
 def episode_returns(log_path: Path) -> list[dict[str, Any]]:
@@ -213,17 +297,22 @@ def validated_versions(policies: Path, preset: str, warmup: int) -> list[tuple[i
 class Session:
     """The three processes and what the session makes of them; `run` returns the summary."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, stream: TextIO = sys.stdout) -> None:
         self.args = args
         self.out: Path = args.out or Path("runs/session") / time.strftime("%Y%m%d-%H%M%S")
+        self.stream = stream  # progress and where-to-find lines
         self.stop = threading.Event()
         self.children: dict[str, subprocess.Popen] = {}
+        self.children_lock = threading.Lock()  # a runner restart is not a runner crash
         self.robot: Any = None
         self.logs: list[Any] = []
         self.last_status: dict[str, Any] | None = None  # the learner's, kept when the session fails
+        self.robot_status: dict[str, Any] | None = None  # the runner's last answer on its control channel
+        self._runner_argv: list[str] = []
+        self._control = "tcp://127.0.0.1:0"  # the runner's control endpoint, once it has bound one
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.out / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - closed in _shutdown
+    def _spawn(self, name: str, argv: list[str], nice: int = 0) -> subprocess.Popen:
+        log = open(self.out / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - closed in _shutdown
         self.logs.append(log)
         proc = subprocess.Popen(
             [sys.executable, "-m", "robot_wsrl.cli", *argv],
@@ -232,22 +321,47 @@ class Session:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches only the session, which stops children in order
-            preexec_fn=die_with_parent(),  # even a kill -9 of the session takes its children with it
+            preexec_fn=die_with_parent(nice),  # even a kill -9 of the session takes its children with it
         )
         self.children[name] = proc
         return proc
 
-    def _start(self, env: dict[str, Any]) -> str:
-        """Robot, learner (on a port it picks when it binds), then the runner; the learner's endpoint."""
+    def _start_runner(self) -> None:
+        """Start the runner and wait until its control channel serves. The first start binds a free port;
+        a restart binds the same one, where the consoles look for it."""
+        ready = self.out / "logs" / "runner.ready.json"
+        ready.unlink(missing_ok=True)
+        proc = self._spawn("runner", [*self._runner_argv, "--control", self._control], RUNNER_NICE)
+        self._control = str(_wait_ready(ready, proc, START_TIMEOUT_S)["control"])
+
+    def restart_runner(self, sig: int = signal.SIGKILL) -> int:
+        """Stop the runner with `sig` (SIGKILL: a crash) and start it again on the same state folder and
+        control endpoint, as a robot computer's service manager would; the new runner's pid. A runner
+        e-stopped before comes back e-stopped (its latch is durable)."""
+        with self.children_lock:
+            proc = self.children["runner"]
+            proc.send_signal(sig)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10.0)
+            self._start_runner()
+            return self.children["runner"].pid
+
+    def _start(self, env: dict[str, Any]) -> Endpoints:
+        """Robot, learner (on a port it picks when it binds), then the runner; where they serve."""
         from drivers.emulated_robot import spawn_emulated_robot
 
         a = self.args
         keydir = self.out / "keys"
-        keys.new_identity(keydir, "learner", "learner", force=True)  # throwaway keys for this session
-        keys.new_identity(keydir, RUNNER, "runner", force=True)
+        make_session_keys(keydir)
         with _sigint_ignored():
+            # The robot has no CURVE: an ipc socket in the session's private folder keeps other local
+            # users from stepping or stopping it behind the runner's back (plain mode keeps tcp loopback).
+            robot_at = None if a.plain else f"ipc://{_private_dir(self.out / 'robot').resolve()}/robot.sock"
             self.robot, robot_endpoint = spawn_emulated_robot(
-                a.env_id, preset=a.preset, seed=a.seed, realtime=a.realtime
+                a.env_id, preset=a.preset, seed=a.seed, realtime=a.realtime, endpoint=robot_at
             )
         overrides = [
             f"env={env['name']}",
@@ -259,58 +373,63 @@ class Session:
             "threads=1",  # the robot and the runner share this machine: two torch threads would thrash
             *a.overrides,
         ]
-        key_args = ["--plain", "--keys", str(keydir.resolve())]
+        key_args = ["--keys", str(keydir.resolve()), *(["--plain"] if a.plain else [])]
         ready = self.out / "logs" / "learner.ready.json"
         learner = ["learner", *key_args, "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready.resolve())]
         learner += ["--publish-every", str(a.publish_every), "--credit", str(a.credit)]
         learner += ["--pacing", "realtime" if a.realtime else "lockstep"]
         learner += [f"--validate-arg={arg}" for arg in a.validate_arg]
-        endpoint = str(
-            _wait_ready(ready, self._spawn("learner", [*learner, *overrides]), START_TIMEOUT_S)["endpoint"]
-        )
+        proc = self._spawn("learner", [*learner, *overrides], LEARNER_NICE)
+        endpoint = str(_wait_ready(ready, proc, START_TIMEOUT_S)["endpoint"])
         runner = ["link-runner", *key_args, "--learner", endpoint, "--name", RUNNER]
         runner += ["--driver", f"emulated:{robot_endpoint}", "--transitions", str(a.steps)]
         runner += ["--state", str((self.out / "runner").resolve()), "--seed", str(a.seed)]
         runner += ["--wait-policy", str(START_TIMEOUT_S)]
         runner += ["--realtime"] if a.realtime else ["--no-realtime", *FAST_DRIVER_LINK]
-        runner_ready = self.out / "logs" / "runner.ready.json"
-        runner += ["--control", "tcp://127.0.0.1:0", "--ready-file", str(runner_ready.resolve())]
-        control = _wait_ready(runner_ready, self._spawn("runner", runner), START_TIMEOUT_S)["control"]
+        runner += ["--ready-file", str((self.out / "logs" / "runner.ready.json").resolve())]
+        self._runner_argv = runner
+        self._start_runner()
         # Where a console finds this session: `robot-wsrl console --session SESSION`.
-        save_endpoints(
-            self.out, Endpoints({RUNNER: control}, ("learner", endpoint), plain=True, keys=Path("keys"))
+        endpoints = Endpoints(
+            {RUNNER: self._control}, ("learner", endpoint), plain=a.plain, keys=Path("keys")
         )
-        return endpoint
+        save_endpoints(self.out, endpoints)
+        return endpoints
 
-    def _check_children(self) -> None:
-        """Any child gone is an error, except a runner that spent its budget (exit 0)."""
-        for name, proc in self.children.items():
-            code = proc.poll()
-            if code is not None and not (name == "runner" and code == 0):
-                raise RuntimeError(f"{name} exited with code {code}; see {self.out / 'logs' / name}.log")
-        if self.robot is not None and not self.robot.alive():
-            raise RuntimeError("the emulated robot exited")
+    def _check_children(self) -> bool:
+        """Any child gone is an error, except a runner that spent its budget (exit 0): whether it did."""
+        with self.children_lock:
+            for name, proc in self.children.items():
+                code = proc.poll()
+                if code is not None and not (name == "runner" and code == 0):
+                    raise RuntimeError(f"{name} exited with code {code}; see {self.out / 'logs' / name}.log")
+            if self.robot is not None and not self.robot.alive():
+                raise RuntimeError("the emulated robot exited")
+            return self.children["runner"].poll() == 0
 
     def _loop(self, client: StatusClient, started: float) -> None:
-        """Poll and show progress until the budget is in and trained on, or a stop."""
-        progress = Progress()
+        """Poll and show progress until the budget is in and trained on, or a stop. A robot that waits for
+        an operator (e-stopped, faulted, paused) is shown as such and is not a stall."""
+        progress = Progress(self.stream)
         finish_by: float | None = None
         moved_at, position = time.monotonic(), (0, 0)
         try:
             while not self.stop.wait(POLL_S):
-                runner_done = self.children["runner"].poll() == 0
-                self._check_children()
-                status = client.status()
+                runner_done = self._check_children()
+                status = client.status("learner")
+                robot = self.robot_status if runner_done else client.status(RUNNER)  # None: no answer
+                self.robot_status = robot or self.robot_status  # summary.json: how the robot was left
                 if status is None:
                     if time.monotonic() - started > START_TIMEOUT_S and self.last_status is None:
                         raise RuntimeError("the learner does not answer status requests")
                     continue
                 self.last_status = status
-                progress.show(time.monotonic() - started, self.args.steps, status)
-                if (status["step"], status["updates"]) != position:
+                progress.show(time.monotonic() - started, self.args.steps, status, robot)
+                waiting = robot_state(robot) in STOPPED_STATES
+                if (status["step"], status["updates"]) != position or waiting:
                     moved_at, position = time.monotonic(), (status["step"], status["updates"])
                 elif position[0] and time.monotonic() - moved_at > STALL_S:
-                    raise RuntimeError(f"no progress for {STALL_S:.0f} s (an e-stop? see the runner's log)")
+                    raise RuntimeError(f"no progress for {STALL_S:.0f} s (see the runner's log)")
                 if runner_done:
                     finish_by = finish_by or time.monotonic() + FINISH_TIMEOUT_S
                     if status["step"] >= self.args.steps and status["owed_updates"] == 0:
@@ -367,10 +486,14 @@ class Session:
         client: StatusClient | None = None
         error = None
         try:
-            endpoint = self._start(env)
-            client = StatusClient(endpoint)
-            print(f"session in {self.out}: {a.env_id} ({a.preset}), learner {endpoint}", flush=True)
-            print(f"operator console: robot-wsrl console --session {self.out}", flush=True)
+            endpoints = self._start(env)
+            assert endpoints.learner is not None
+            client = StatusClient(
+                {"learner": endpoints.learner[1], **endpoints.runners}, self.out / "keys", a.plain
+            )
+            security = "plain (loopback, unauthenticated)" if a.plain else "CURVE (keys in SESSION/keys)"
+            print(f"session in {self.out}: {a.env_id} ({a.preset}), {security}", file=self.stream)
+            print(f"operator console: robot-wsrl console --session {self.out}", file=self.stream, flush=True)
             self._loop(client, started)
         except (RuntimeError, OSError, ValueError) as exc:  # ValueError: bad keys, a robot refusing a preset
             error = str(exc)
@@ -400,6 +523,7 @@ class Session:
                 "updates": status["updates"],
                 "effective_utd": status["effective_utd"],
             }
+        summary["robot"] = robot_summary(self.robot_status)
         summary["gate"] = gate_summary(self.out / "learner" / "policies")
         exported = self._export()
         if exported is not None:
@@ -414,7 +538,7 @@ class Session:
         return summary
 
 
-def cli(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robot-wsrl session",
         description="Emulated robot + learner + linked runner on this machine: warmup, fine-tuning, then "
@@ -447,14 +571,31 @@ def cli(argv: list[str]) -> int:
         help="override for the sim-first validation of each new version before the robot may run it "
         f"(repeat; default: {' '.join(DEFAULT_VALIDATION)})",
     )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="no CURVE: any local user could then stop, release or feed the robot (default: CURVE with keys "
+        "made in SESSION/keys, readable only by you)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="session folder (default runs/session/TIME)")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """`robot-wsrl session`'s arguments, checked (the soak benchmark runs a session from them too)."""
+    parser = _parser()
     args = parser.parse_args(argv)
     args.validate_arg = DEFAULT_VALIDATION if args.validate_arg is None else args.validate_arg
     if not (args.policy_dir / "checkpoint.pt").is_file():
         parser.error(f"{args.policy_dir / 'checkpoint.pt'} not found")
     if args.steps <= args.warmup:
         parser.error("--steps counts the warmup too: it must be larger than --warmup")
+    return args
+
+
+def cli(argv: list[str]) -> int:
+    args = parse_args(argv)
     session = Session(args)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: session.stop.set())

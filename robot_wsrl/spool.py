@@ -8,8 +8,10 @@ must then pause exploration and hold the robot safe until acks free space. It ne
 
 On disk, in `directory`:
 
-    spool.json              runner id and the acknowledged watermark (atomic write-and-rename)
+    spool.state             runner id and the acknowledged watermark: a DurableRecord, rewritten in place,
+                            so acknowledging needs no new disk space (a full disk recovers by acks alone)
     <first seq:020d>.seg    records: header (magic, crc32, body length, first seq, count) + frames
+    next.spare              the next segment, made and opened ahead, so a roll needs no new descriptor
 
 Durability (`fsync`): "always" (default) fsyncs every append before it returns, so anything that was sent
 survives a power loss; "segment" fsyncs when a segment is closed, surviving a process crash (every append
@@ -22,12 +24,17 @@ a duplicate), which is why "always" is the default on a robot.
 
 Re-opening scans every segment: a torn record at a segment's end (a crash mid-append; that append never
 returned, so its batch was never sent) is truncated away and reported in `recovered`.
+
+Resource failures are not errors: a full disk (ENOSPC) or no file descriptor left (EMFILE, ENFILE) makes
+`append` raise SpoolFull, having stored nothing, and the next append after the resource came back works.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
+import io
 import json
 import logging
 import os
@@ -41,14 +48,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from robot_wsrl.durable import DurableRecord
 from robot_wsrl.protocol import ProtocolError, StepLike, Transitions, decode, encode
 
 log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "segment", "never"]
 FORMAT = "robot-wsrl-spool/1"
-STATE_FILE = "spool.json"
+STATE_FILE = "spool.state"
+LEGACY_STATE_FILE = "spool.json"  # the watermark as older versions wrote it (read once, then replaced)
 SEGMENT_SUFFIX = ".seg"
+SPARE_SEGMENT = "next.spare"
+RESOURCE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE})
 MAGIC = b"RWS1"
 _HEADER = struct.Struct("<4sIIqq")  # magic, crc32 of the rest, body length, first seq, count
 _U32 = struct.Struct("<I")
@@ -105,12 +116,9 @@ def _scan(data: bytes) -> tuple[list[tuple[int, int, memoryview]], int]:
     return records, offset
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _open_append(path: Path) -> io.FileIO:
+    """Unbuffered: a write that fails (a full disk) leaves nothing behind in a buffer to fail again later."""
+    return io.FileIO(path, "ab")
 
 
 class TransitionSpool:
@@ -141,9 +149,13 @@ class TransitionSpool:
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         self._file: Any = None  # the open tail segment, appended to
+        self._spare: Any = None  # the next segment, opened ahead (see the module docstring)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._dir_fd = os.open(self.directory, os.O_RDONLY)  # held: syncing a new segment's name needs it
+        self._state = DurableRecord(self.directory / STATE_FILE)
         self._acked = self._load_state()
         self._recover()
+        self._open_spare()
 
     # ----- state -----
 
@@ -166,34 +178,41 @@ class TransitionSpool:
         return self._next - 1 - self._acked
 
     def _load_state(self) -> int:
-        path = self.directory / STATE_FILE
-        if not path.exists():
+        state = self._state.value
+        legacy = self.directory / LEGACY_STATE_FILE
+        if state is None and legacy.exists():
+            try:
+                state = json.loads(legacy.read_text())
+            except (OSError, ValueError) as exc:
+                raise SpoolError(f"{legacy}: unreadable spool state ({type(exc).__name__}: {exc})") from exc
+        if state is None:
             self._write_state(-1)
             return -1
         try:
-            state = json.loads(path.read_text())
             fmt, runner_id, acked = state["format"], state["runner_id"], int(state["acked"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SpoolError(f"{path}: unreadable spool state ({type(exc).__name__}: {exc})") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolError(
+                f"{self._state.path}: unreadable spool state ({type(exc).__name__}: {exc})"
+            ) from exc
         if fmt != FORMAT:
-            raise SpoolError(f"{path}: format {fmt!r} is not {FORMAT!r}")
+            raise SpoolError(f"{self._state.path}: format {fmt!r} is not {FORMAT!r}")
         if runner_id != self.runner_id:
-            raise SpoolError(f"{path}: this spool belongs to runner {runner_id!r}, not {self.runner_id!r}")
+            raise SpoolError(
+                f"{self._state.path}: this spool belongs to runner {runner_id!r}, not {self.runner_id!r}"
+            )
+        if legacy.exists():
+            self._write_state(acked)
+            legacy.unlink()
         return acked
 
     def _write_state(self, acked: int) -> None:
-        """Atomically and durably record the acknowledged watermark."""
-        path, tmp = self.directory / STATE_FILE, self.directory / f"{STATE_FILE}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"format": FORMAT, "runner_id": self.runner_id, "acked": acked}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
+        """Durably record the acknowledged watermark, in place (no new disk space, no new descriptor)."""
+        self._state.write({"format": FORMAT, "runner_id": self.runner_id, "acked": acked})
 
     def _recover(self) -> None:
         """Index the segments, truncate torn tails, drop acknowledged leftovers, continue the sequence."""
         last = self._acked
+        (self.directory / SPARE_SEGMENT).unlink(missing_ok=True)  # a spare left by a crash holds nothing
         for path in sorted(self.directory.glob(f"*{SEGMENT_SUFFIX}")):
             data = path.read_bytes()
             records, valid = _scan(data)
@@ -214,7 +233,7 @@ class TransitionSpool:
             self._segments.append(_Segment(path, first, last, valid))
         self._next = last + 1
         if self._segments:
-            self._file = open(self._segments[-1].path, "ab")  # noqa: SIM115 - held open for appends
+            self._file = _open_append(self._segments[-1].path)
 
     # ----- runner side -----
 
@@ -248,33 +267,57 @@ class TransitionSpool:
 
     def _write(self, batch: Transitions, record: bytes) -> None:
         if self._file is None or self._segments[-1].size >= self.segment_bytes:
-            self._roll(batch.first_seq)
+            try:
+                self._roll(batch.first_seq)
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRORS:
+                    raise SpoolFull(f"spool {self.directory}: cannot start a segment ({exc})") from exc
+                raise
         segment = self._segments[-1]
         try:
-            self._file.write(record)
-            self._file.flush()
+            view = memoryview(record)
+            while view:
+                view = view[self._file.write(view) :]
             if self.fsync == "always":
                 os.fsync(self._file.fileno())
         except OSError as exc:
             with contextlib.suppress(OSError):  # leave no torn record behind a failed write
                 self._file.truncate(segment.size)
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in RESOURCE_ERRORS:
                 raise SpoolFull(f"spool {self.directory}: disk full ({exc})") from exc
             raise
         segment.size += len(record)
         segment.last_seq = batch.last_seq
 
     def _roll(self, first_seq: int) -> None:
-        """Close the tail segment (synced unless fsync="never") and start a new one at `first_seq`."""
+        """Close the tail segment (synced unless fsync="never") and start a new one at `first_seq`, on the
+        segment opened ahead when there is one (no new descriptor needed)."""
         if self._file is not None:
             if self.fsync != "never":
                 os.fsync(self._file.fileno())
-            self._file.close()
+            file, self._file = self._file, None
+            file.close()
         path = self.directory / f"{first_seq:020d}{SEGMENT_SUFFIX}"
-        self._file = open(path, "ab")  # noqa: SIM115 - held open for appends
-        if self.fsync != "never":
-            _fsync_dir(self.directory)  # the new file's name must survive a crash too
+        if self._spare is None:
+            self._open_spare()
+        if self._spare is None:  # still no descriptor or inode: a resource error, retried by the caller
+            self._file = _open_append(path)
+        else:
+            os.rename(self.directory / SPARE_SEGMENT, path)
+            self._file, self._spare = self._spare, None
         self._segments.append(_Segment(path, first_seq, first_seq - 1, 0))
+        if self.fsync != "never":
+            os.fsync(self._dir_fd)  # the new file's name must survive a crash too
+        self._open_spare()
+
+    def _open_spare(self) -> None:
+        """Make and open the next segment ahead; without a descriptor or inode now, try at the next roll."""
+        try:
+            self._spare = _open_append(self.directory / SPARE_SEGMENT)
+        except OSError as exc:
+            if exc.errno not in RESOURCE_ERRORS:
+                raise
+            log.warning("spool %s: no spare segment yet (%s)", self.directory, exc)
 
     def ack(self, cumulative_seq: int) -> None:
         """The learner holds everything up to `cumulative_seq` durably: forget it (stale acks are no-ops)."""
@@ -292,8 +335,8 @@ class TransitionSpool:
             while self._segments and self._segments[0].last_seq <= cumulative_seq:
                 segment = self._segments.pop(0)
                 if not self._segments:  # the tail itself is fully acknowledged: the next append rolls
-                    self._file.close()
-                    self._file = None
+                    file, self._file = self._file, None
+                    file.close()
                 segment.path.unlink(missing_ok=True)
 
     def unacked(self, start_seq: int | None = None) -> Iterator[Transitions]:
@@ -324,11 +367,21 @@ class TransitionSpool:
 
     def close(self) -> None:
         with self._lock:
+            if self._spare is not None:
+                self._spare.close()
+                self._spare = None
+                (self.directory / SPARE_SEGMENT).unlink(missing_ok=True)
             if self._file is not None:
-                if self.fsync != "never":
-                    os.fsync(self._file.fileno())
-                self._file.close()
-                self._file = None
+                try:
+                    if self.fsync != "never":
+                        os.fsync(self._file.fileno())
+                finally:
+                    self._file.close()
+                    self._file = None
+            self._state.close()
+            if self._dir_fd >= 0:
+                os.close(self._dir_fd)
+                self._dir_fd = -1
 
     def __enter__(self) -> TransitionSpool:
         return self
@@ -341,16 +394,18 @@ class DedupLog:
     """Learner side: which (runner, seq) were already taken, so batches resent after a reconnect or a
     learner restart are not added twice.
 
-    Per runner: a cumulative watermark (every seq up to it taken) plus the ranges taken above it out of
-    order, which may reach at most `window` past the watermark; sequences beyond that are refused
-    unrecorded (not acknowledged either, so the runner sends them again). Checkpoint `state()` with the
-    replay buffer it describes and restore with `from_state`.
+    Per runner: a cumulative watermark (every seq up to it taken) plus at most `max_ranges` ranges taken
+    above it out of order, reaching at most `window` past the watermark. A batch beyond the window, or
+    one that would need more ranges, is refused unrecorded (not acknowledged either, so the runner sends it
+    again, in order, once the gaps below it are filled): sparse sequence numbers cannot make the
+    bookkeeping, or the cost of a batch, grow. Checkpoint `state()` with the replay buffer it describes and
+    restore with `from_state`.
     """
 
-    def __init__(self, window: int = 1 << 20) -> None:
-        if window <= 0:
-            raise ValueError(f"window must be positive, got {window}")
-        self.window = window
+    def __init__(self, window: int = 1 << 20, max_ranges: int = 64) -> None:
+        if window <= 0 or max_ranges <= 0:
+            raise ValueError(f"window and max_ranges must be positive, got {window}, {max_ranges}")
+        self.window, self.max_ranges = window, max_ranges
         self._watermark: dict[str, int] = {}
         self._ranges: dict[str, list[tuple[int, int]]] = {}  # sorted, disjoint, inclusive, above watermark
 
@@ -359,37 +414,52 @@ class DedupLog:
         return self._watermark.get(runner_id, -1)
 
     def accept(self, runner_id: str, first_seq: int, count: int) -> np.ndarray:
-        """Mask over seqs first_seq .. first_seq + count - 1: True where not seen before (now recorded)."""
+        """Mask over seqs first_seq .. first_seq + count - 1: True where not seen before (now recorded).
+
+        Costs O(count + log ranges): only the ranges that overlap the batch are looked at."""
         mark = self.watermark(runner_id)
         ranges = self._ranges.get(runner_id, [])
+        last = first_seq + count - 1
+        lo_i = bisect.bisect_left(ranges, (first_seq + 1,)) - 1  # the range that may hold first_seq
+        lo_i = max(lo_i, 0)
+        hi_i = bisect.bisect_right(ranges, (last + 1,))  # ranges starting after `last` are untouched
         seqs = np.arange(first_seq, first_seq + count, dtype=np.int64)
         mask = (seqs > mark) & (seqs <= mark + self.window)
-        for lo, hi in ranges:
-            mask &= (seqs < lo) | (seqs > hi)
-        if mask.any():
-            idx = np.flatnonzero(mask)
-            breaks = np.flatnonzero(np.diff(idx) > 1)
-            starts = np.concatenate([[idx[0]], idx[breaks + 1]])
-            ends = np.concatenate([idx[breaks], [idx[-1]]])
-            merged = sorted(
-                ranges + [(int(seqs[s]), int(seqs[e])) for s, e in zip(starts, ends, strict=True)]
-            )
-            ranges = []
-            for lo, hi in merged:
-                if ranges and lo <= ranges[-1][1] + 1:
-                    ranges[-1] = (ranges[-1][0], max(ranges[-1][1], hi))
-                else:
-                    ranges.append((lo, hi))
-            if ranges[0][0] == mark + 1:
-                mark = ranges.pop(0)[1]
-            self._watermark[runner_id] = mark
-            self._ranges[runner_id] = ranges
+        for lo, hi in ranges[lo_i:hi_i]:
+            start, stop = max(lo, first_seq) - first_seq, min(hi, last) - first_seq + 1
+            if stop > start:
+                mask[start:stop] = False
+        if not mask.any():
+            return mask
+        idx = np.flatnonzero(mask)
+        breaks = np.flatnonzero(np.diff(idx) > 1)
+        starts = seqs[np.concatenate([[idx[0]], idx[breaks + 1]])]
+        ends = seqs[np.concatenate([idx[breaks], [idx[-1]]])]
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted(ranges[lo_i:hi_i] + list(zip(starts.tolist(), ends.tolist(), strict=True))):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        before, after = ranges[:lo_i], ranges[hi_i:]
+        if before and merged[0][0] <= before[-1][1] + 1:  # touches the range just below
+            merged[0] = (before.pop()[0], merged[0][1])
+        if after and after[0][0] <= merged[-1][1] + 1:  # ... or the one just above
+            merged[-1] = (merged[-1][0], after.pop(0)[1])
+        ranges = before + merged + after
+        if ranges[0][0] == mark + 1:
+            mark = ranges.pop(0)[1]
+        if len(ranges) > self.max_ranges:
+            return np.zeros(count, bool)  # too sparse: refused, nothing recorded
+        self._watermark[runner_id] = mark
+        self._ranges[runner_id] = ranges
         return mask
 
     def state(self) -> dict[str, Any]:
         """Plain data (JSON/msgpack-ready) for a checkpoint."""
         return {
             "window": self.window,
+            "max_ranges": self.max_ranges,
             "runners": {
                 r: {"watermark": self.watermark(r), "ranges": [list(x) for x in self._ranges.get(r, [])]}
                 for r in self._watermark
@@ -398,7 +468,7 @@ class DedupLog:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> DedupLog:
-        log_ = cls(int(state["window"]))
+        log_ = cls(int(state["window"]), int(state.get("max_ranges", 64)))
         for runner_id, entry in state["runners"].items():
             log_._watermark[runner_id] = int(entry["watermark"])
             log_._ranges[runner_id] = [(int(lo), int(hi)) for lo, hi in entry["ranges"]]

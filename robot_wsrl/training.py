@@ -42,20 +42,46 @@ def evaluate_agent(agent: Agent, env, episodes: int, seed: int) -> dict[str, flo
     }
 
 
+def config_header(spec: EnvSpec, cfg: Config) -> dict[str, Any]:
+    """The checkpoint fields a run never changes (its spec and resolved config). Converting the config
+    takes OmegaConf hundreds of milliseconds on a busy machine: a service makes this once, not per save."""
+    config = to_dict(cfg)
+    return {
+        "spec": spec.to_dict(),
+        "agent_config": config["agent"],
+        "config": config,
+        "config_hash": config_hash(cfg),
+    }
+
+
+def state_payload(agent: Agent, header: dict[str, Any], step: int, extra: dict[str, Any]) -> dict[str, Any]:
+    state = agent.state_dict()
+    return {**header, "step": step, "actor": state["actor"], "agent": state, "extra": extra}
+
+
 def checkpoint_payload(
     agent: Agent, spec: EnvSpec, cfg: Config, step: int, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    state = agent.state_dict()
-    return {
-        "spec": spec.to_dict(),
-        "agent_config": to_dict(cfg)["agent"],
-        "config": to_dict(cfg),
-        "config_hash": config_hash(cfg),
-        "step": step,
-        "actor": state["actor"],
-        "agent": state,
-        "extra": extra,
-    }
+    return state_payload(agent, config_header(spec, cfg), step, extra)
+
+
+def _cpu_copy(value: Any) -> Any:
+    """Tensors copied to the CPU (nested in dicts and lists); plain values as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value
+
+
+def checkpoint_snapshot(
+    agent: Agent, header: dict[str, Any], step: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """A checkpoint payload that later updates do not change (a CPU copy): to be saved in the background.
+    `header`: `config_header(spec, cfg)`, made once."""
+    return _cpu_copy(state_payload(agent, header, step, extra))
 
 
 def save_training_checkpoint(

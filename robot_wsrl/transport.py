@@ -1,7 +1,10 @@
 """ZeroMQ sockets for the wire (pyzmq only): CURVE by default, plain only on loopback, no blocking waits.
 
-Topology: a server (the learner; a runner for its console port) binds one ROUTER; peers connect DEALERs
-whose routing id is their name. One connection carries everything both ways, so a peer's transitions,
+Topology: a server (the learner; a runner for its console port) binds one ROUTER; peers connect DEALERs.
+A client never sets its routing id: the ROUTER gives every connection its own, so two tools that use the
+same key name (a console and a `status` poller) are two peers, and no peer can take over another's
+connection by naming itself after it. Who a peer is comes from its CURVE key (the User-Id of every
+message), never from a routing id. One connection carries everything both ways, so a peer's transitions,
 acks, policies, heartbeats and commands share its authentication and its liveness.
 
 Security: `secure_server` makes a CURVE server whose ZAP handler (one `ThreadAuthenticator` per context,
@@ -19,6 +22,17 @@ drop; and every learner heartbeat announces the current policy version, so a run
 (full queue, reconnect, fresh start) sends a policy_request and gets the current policy back. The newest
 version therefore reaches a runner at most one heartbeat period late; older versions may be skipped,
 which is intended (only the newest matters).
+
+Liveness without ZMTP heartbeats: libzmq 4.3.5 (pyzmq's bundled build) aborts the whole process with
+`Assertion failed: !_io_error (src/stream_engine_base.cpp:310)` when a connection's heartbeat timer fires
+after its input was stopped (the peer's pipe was full, or its pipe was handed over to a newer connection)
+and the peer then hung up with a reset (epoll reports it even with input polling off): the engine is
+marked `_io_error` but kept until its pipe drains, and the heartbeat timer calls `out_event`, which
+asserts. Any client could do that to a server (fill its queue while the server is busy, close with
+unread replies), and a server to a client. So no socket here enables ZMTP
+heartbeats; the application's own heartbeats (`Heartbeat`) judge liveness, the kernel (TCP_USER_TIMEOUT
+and keepalive) drops a dead TCP link so a DEALER reconnects, and HANDSHAKE_IVL drops a connection that
+does not authenticate within `handshake_ivl_ms` (raw TCP, half-open, a stalled CURVE handshake).
 
 Every wait goes through poll with a timeout (`recv_frames`, `send_frames`); LINGER is 0 because nothing
 in flight needs to outlive its socket (the runner's spool resends what the learner never acknowledged).
@@ -55,9 +69,10 @@ class SocketOptions:
     send_hwm: int = 1000
     recv_hwm: int = 1000
     max_frame_bytes: int = DEFAULT_LIMITS.max_policy_bytes  # larger inbound frames drop the connection
-    zmtp_heartbeat_ivl_ms: int = 1000  # transport-level pings detect a dead TCP link ...
-    zmtp_heartbeat_timeout_ms: int = 3000  # ... and close it, so the DEALER reconnects
-    reconnect_ivl_ms: int = 100
+    handshake_ivl_ms: int = 2000  # a connection not authenticated by then is dropped (half-open, silent)
+    tcp_user_timeout_ms: int = 5000  # sent data unacknowledged this long: the kernel drops the link
+    tcp_keepalive_idle_s: int = 2  # an idle link is probed after this (3 probes, 1 s apart)
+    reconnect_ivl_ms: int = 100  # a DEALER whose link was dropped reconnects after this
     reconnect_ivl_max_ms: int = 2000
 
 
@@ -152,21 +167,23 @@ def check_loopback(endpoint: str) -> None:
     )
 
 
-def _socket(ctx: zmq.Context, kind: int, options: SocketOptions, identity: str | None) -> zmq.Socket:
+def _socket(ctx: zmq.Context, kind: int, options: SocketOptions) -> zmq.Socket:
     sock = ctx.socket(kind)
     sock.linger = options.linger_ms
     sock.sndhwm = options.send_hwm
     sock.rcvhwm = options.recv_hwm
     sock.maxmsgsize = options.max_frame_bytes
-    sock.heartbeat_ivl = options.zmtp_heartbeat_ivl_ms
-    sock.heartbeat_timeout = options.zmtp_heartbeat_timeout_ms
+    sock.heartbeat_ivl = 0  # never ZMTP heartbeats: see the module docstring (libzmq 4.3.5 aborts)
+    sock.handshake_ivl = options.handshake_ivl_ms
+    sock.tcp_maxrt = options.tcp_user_timeout_ms  # TCP_USER_TIMEOUT on Linux
+    sock.tcp_keepalive = 1
+    sock.tcp_keepalive_idle = options.tcp_keepalive_idle_s
+    sock.tcp_keepalive_intvl = 1
+    sock.tcp_keepalive_cnt = 3
     sock.reconnect_ivl = options.reconnect_ivl_ms
     sock.reconnect_ivl_max = options.reconnect_ivl_max_ms
     if kind == zmq.ROUTER:
         sock.router_mandatory = 1  # unroutable or full: raise, never drop silently
-        sock.router_handover = 1  # a reconnecting peer with the same name takes over its identity
-    if identity is not None:
-        sock.routing_id = identity.encode()
     return sock
 
 
@@ -183,7 +200,7 @@ def secure_server(
     domain = f"robot-wsrl-{next(_domains)}"
     auth.registry.add_domain(domain, allowed_client_public_keys)
     auth.configure_curve_callback(domain, auth.registry)
-    sock = _socket(ctx, kind, options, None)
+    sock = _socket(ctx, kind, options)
     sock.curve_server = True
     sock.curve_publickey = server_keys.public
     sock.curve_secretkey = server_keys.secret
@@ -198,11 +215,10 @@ def secure_client(
     endpoint: str,
     client_keys: CurveKeys,
     server_public_key: bytes,
-    identity: str | None = None,
     options: SocketOptions = DEFAULT_OPTIONS,
 ) -> zmq.Socket:
     """Connect a CURVE client socket that talks only to the server holding `server_public_key`."""
-    sock = _socket(ctx, kind, options, identity)
+    sock = _socket(ctx, kind, options)
     sock.curve_serverkey = server_public_key
     sock.curve_publickey = client_keys.public
     sock.curve_secretkey = client_keys.secret
@@ -215,7 +231,7 @@ def plain_server(
 ) -> zmq.Socket:
     """Bind an unauthenticated socket; only for local simulation, and only on a loopback endpoint."""
     check_loopback(endpoint)
-    sock = _socket(ctx, kind, options, None)
+    sock = _socket(ctx, kind, options)
     bind(sock, endpoint)
     return sock
 
@@ -235,11 +251,10 @@ def plain_client(
     ctx: zmq.Context,
     kind: int,
     endpoint: str,
-    identity: str | None = None,
     options: SocketOptions = DEFAULT_OPTIONS,
 ) -> zmq.Socket:
     check_loopback(endpoint)
-    sock = _socket(ctx, kind, options, identity)
+    sock = _socket(ctx, kind, options)
     sock.connect(endpoint)
     return sock
 

@@ -30,6 +30,7 @@ def test_tiny_run_reports_every_key_and_counts_each_transition_once() -> None:
         assert 0 < p50 <= p99 < 10_000
         assert 0 < result[f"swap_accepted_p50_ms{suffix}"] <= p50
         assert 0 <= result[f"swap_missed{suffix}"] < PUBLISHES
+        assert 0 < result[f"publish_held_p50_ms{suffix}"] <= result[f"publish_held_p99_ms{suffix}"]
     # each configuration: a warm-up of max(batch, WARMUP / runners) per runner, then TRANSITIONS in all
     batch = LinkOptions().batch_size
     sent = 2 * sum(TRANSITIONS + runners * max(batch, WARMUP // runners) for runners in RUNNER_COUNTS)

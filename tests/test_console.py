@@ -25,7 +25,7 @@ from drivers.null import NullDriver
 from robot_wsrl import keys
 from robot_wsrl.bench.estop import write_policy
 from robot_wsrl.console.app import ConsoleApp
-from robot_wsrl.console.client import BackgroundClient, ClientOptions, ControlClient
+from robot_wsrl.console.client import BackgroundClient, ClientOptions, ControlClient, armed_deadman
 from robot_wsrl.console.widgets import ReleaseScreen, RunnerTable
 from robot_wsrl.endpoints import Endpoints
 
@@ -36,12 +36,12 @@ DEADMAN_S = 1.0
 SIZE = (150, 44)
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "robot_wsrl.cli", *args], stdout=out, stderr=out)
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
+def end_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -71,9 +71,9 @@ def learner(keydir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "device=cpu",
         "threads=1",
     ]
-    proc = _spawn(args, out / "learner.log")
+    proc = spawn_cli(args, out / "learner.log")
     yield endpoint
-    _end(proc)
+    end_process(proc)
 
 
 @pytest.fixture
@@ -84,10 +84,11 @@ def runners(keydir: Path, tmp_path: Path) -> Iterator[dict[str, tuple[str, subpr
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         args = ["runner", "--policy", str(policy), "--driver", "null", "--steps", "1000000000"]
         args += ["--control", endpoint, "--keys", str(keydir), "--name", name, "--deadman-s", str(DEADMAN_S)]
-        made[name] = (endpoint, _spawn(args, tmp_path / f"{name}.log"))
+        args += ["--state", str(tmp_path / name)]  # the latch's record: never one shared with other tests
+        made[name] = (endpoint, spawn_cli(args, tmp_path / f"{name}.log"))
     yield made
     for _, proc in made.values():
-        _end(proc)
+        end_process(proc)
 
 
 async def _until(pilot: Pilot[None], condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
@@ -119,14 +120,12 @@ def test_console_stops_all_releases_one_and_marks_a_killed_runner_stale(
 
             await pilot.press("space")
             await _until(pilot, lambda: set(states().values()) == {"estopped"})
-            for view in client.snapshot.runners:
-                assert view.status is not None
-                assert (view.status["last_stop_cause"], view.status["last_stop_detail"]) == (
-                    "command",
-                    "e-stop from console",
-                )
+            for view in client.snapshot.runners:  # the key, then the tool and the key pressed
+                assert view.status is not None and view.status["last_stop_cause"] == "command"
+                detail = view.status["last_stop_detail"]
+                assert detail.startswith("e-stop from console: console@") and detail.endswith("[all]")
             await _until(pilot, lambda: cell("robot2", "state") == "estopped")
-            assert cell("robot1", "cause") == "command: e-stop from console"
+            assert cell("robot1", "cause").startswith("command: e-stop from console: console@")
 
             await pilot.press("r")  # robot1 is the selected row
             assert isinstance(app.screen, ReleaseScreen) and app.screen.runner == "robot1"
@@ -162,7 +161,7 @@ def test_killing_a_deadman_console_process_estops_its_runners_within_the_deadlin
     args = ["console", "--keys", str(keydir), "--deadman"]
     for name, (endpoint, _) in runners.items():
         args += ["--runner", f"{name}={endpoint}"]
-    console = _spawn(
+    console = spawn_cli(
         [*args, "--snapshot", str(tmp_path / "never.svg"), "--snapshot-after", "600"], tmp_path / "c"
     )
     endpoints = Endpoints({n: e for n, (e, _) in runners.items()}, keys=keydir)
@@ -172,7 +171,7 @@ def test_killing_a_deadman_console_process_estops_its_runners_within_the_deadlin
         def supervised() -> bool:
             observer.pump(0.05)
             views = [observer.view(name) for name in runners]
-            return all(v.status and "console" in v.status["control"]["supervisors"] for v in views)
+            return all(armed_deadman(v.status, "console") == DEADMAN_S for v in views)
 
         assert wait_for(supervised, START_S)
         assert all(observer.view(name).status["state"] == "fine_tuning" for name in runners)  # type: ignore[index]
@@ -193,7 +192,7 @@ def test_killing_a_deadman_console_process_estops_its_runners_within_the_deadlin
             assert DEADMAN_S - 0.25 <= tripped_after <= DEADMAN_S + 0.3, tripped_after
     finally:
         observer.close()
-        _end(console)
+        end_process(console)
 
 
 def test_sparkline_bins_returns_by_step_and_leaves_gaps() -> None:

@@ -171,3 +171,25 @@ def test_export_needs_a_matching_spec(tmp_path: Path) -> None:
     small = EnvSpec("small", 5, 2, (-1.0, -1.0), (1.0, 1.0), 0.02)
     with pytest.raises(ValueError, match="actor is 11->3"):
         export_policy(_actor(SPEC, (8,)), tmp_path, spec=small)
+
+
+def test_run_id_goes_into_the_signed_sidecar(
+    exported: tuple[TanhGaussianActor, Path], tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from robot_wsrl import signing
+
+    actor, plain = exported
+    assert "run_id" not in json.loads(plain.with_suffix(".json").read_text())
+    path = export_policy(actor, tmp_path, spec=SPEC, version=8, run_id="0123abcd")
+    sidecar = path.with_suffix(".json")
+    assert json.loads(sidecar.read_text())["run_id"] == "0123abcd"
+    OnnxPolicy.load(path, expected_spec=SPEC)  # an extra sidecar key is not a mismatch
+    key = Ed25519PrivateKey.generate()
+    trusted = {signing.key_id(key.public_key()): key.public_key()}
+    signing.write_signature(path, key)
+    signing.verify_signature_file(path, trusted)
+    sidecar.write_text(sidecar.read_text().replace("0123abcd", "ffffffff"))  # another run's id: tampered
+    with pytest.raises(signing.SignatureError, match="does not verify"):
+        signing.verify_signature_file(path, trusted)

@@ -83,3 +83,15 @@ def test_bad_names_and_missing_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert keys.cli(["list", "--dir", str(tmp_path / "missing")]) == 2
     assert keys.cli(["list", "--dir", str(tmp_path)]) == 0
     assert "no keys" in capsys.readouterr().out
+
+
+def test_key_roles_come_from_the_certificates(tmp_path: Path) -> None:
+    pairs = (("learner", "learner"), ("robot1", "runner"), ("robot2", "runner"), ("ops", "console"))
+    for name, role in pairs:
+        keys.new_identity(tmp_path, name, role)
+    assert keys.load_key_roles(tmp_path, ("runner", "console")) == {
+        "ops": "console",
+        "robot1": "runner",
+        "robot2": "runner",
+    }
+    assert keys.load_key_roles(tmp_path, ("console",)) == {"ops": "console"}

@@ -118,7 +118,6 @@ class LearnerProcess:
             endpoint,
             keys.load_curve_keys(keydir, "console"),
             keys.load_public_key(keydir, "learner"),
-            identity="console",
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -201,7 +200,6 @@ def _start_runner(
         endpoint,
         keys.load_curve_keys(keydir, name),
         keys.load_public_key(keydir, "learner"),
-        identity=name,
     )
     spool = TransitionSpool(state / "spool", name, fsync="never")
     options = LinkOptions(
@@ -459,7 +457,7 @@ def test_unsigned_or_altered_policy_is_refused(tmp_path: Path, keydir: Path, che
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     ctx = zmq.Context()
     server = transport.plain_server(ctx, zmq.ROUTER, endpoint)
-    sock = transport.plain_client(ctx, zmq.DEALER, endpoint, identity="robot1")
+    sock = transport.plain_client(ctx, zmq.DEALER, endpoint)
     spool = TransitionSpool(tmp_path / "spool", "robot1", fsync="never")
     link = LearnerLink(sock, spool, keys.load_verify_keys(keydir), tmp_path / "policies", LinkOptions())
     link.start()
@@ -484,53 +482,41 @@ def test_unsigned_or_altered_policy_is_refused(tmp_path: Path, keydir: Path, che
         transport.shutdown(ctx)
 
 
-def test_link_maps_learner_commands_onto_the_runner(tmp_path: Path, keydir: Path, checkpoint: Path) -> None:
-    """The test plays the learner: estop, release, pause, resume and rollback reach the runner, and each
-    command gets its Reply."""
-    from robot_wsrl.export import export_policy
-    from robot_wsrl.protocol import Command, Reply
+COMPACT_CAPACITY = 64  # a replay ring small enough that the ingest log rotates and compacts often
 
-    policy = OnnxPolicy.load(export_policy(checkpoint, tmp_path / "export"))
+
+def test_learner_killed_around_log_compaction_loses_and_duplicates_nothing(
+    tmp_path: Path, keydir: Path, checkpoint: Path
+) -> None:
+    """kill -9 three times while the ingest log rotates and compacts every couple of commits: each restart
+    comes back with everything acked, every transition is taken exactly once, and the log holds about the
+    replay capacity, not the run."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    ctx = zmq.Context()
-    server = transport.plain_server(ctx, zmq.ROUTER, endpoint)
-    sock = transport.plain_client(ctx, zmq.DEALER, endpoint, identity="robot1")
-    spool = TransitionSpool(tmp_path / "spool", "robot1", fsync="never")
-    options = LinkOptions(lockstep=False, on_learner_lost="keep")
-    link = LearnerLink(sock, spool, keys.load_verify_keys(keydir), tmp_path / "policies", options)
-    runner = Runner(make_driver("gym:InvertedPendulum-v5", seed=0), policy, realtime=False)
-    link.attach(runner)
-    link.start()
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, kwargs={"stop_event": stop}, daemon=True)
-    thread.start()
+    learner = LearnerProcess(endpoint, keydir, checkpoint, tmp_path / "learner")
+    learner.kill()  # started with the fixture's settings: restart it with a small replay ring
+    learner.command.append(f"run.buffer_capacity={COMPACT_CAPACITY}")
+    learner.start()
+    runners: list[RunnerThread] = []
     try:
-        frames = transport.recv_frames(server, 10.0)
-        assert frames is not None
-        identity = frames[0].bytes
-
-        def command(name: str, ref: int, **args: Any) -> Reply:
-            assert transport.send_frames(
-                server, [identity, *encode(Command("learner", name, args, ref))], 5.0
-            )
-            deadline = time.monotonic() + 10.0
-            while time.monotonic() < deadline:
-                got = transport.recv_frames(server, deadline - time.monotonic())
-                msg = None if got is None else decode(got[1:])
-                if isinstance(msg, Reply) and msg.ref == ref:
-                    return msg
-            raise AssertionError(f"no reply to {name}")
-
-        assert command("estop", 1).ok and runner.state.value == "estopped"
-        assert command("release", 2, operator="alice").ok and runner.state.value != "estopped"
-        assert command("pause", 3).ok and "operator" in link.holds and runner.state.value == "paused"
-        assert command("resume", 4).ok and not link.holds and runner.state.value == "fine_tuning"
-        reply = command("rollback", 5)
-        assert not reply.ok and "no previous policy" in (reply.error or "")
+        for i, name in enumerate(RUNNERS):
+            runners.append(_start_runner(name, i, endpoint, keydir, tmp_path / name, "hold"))
+        for kill in range(1, 4):
+            learner.wait_status("logs compacted", lambda s, k=kill: s["step"] >= 3 * k * COMPACT_CAPACITY)
+            learner.kill()
+            acked = sum(r.spool.acked_seq + 1 for r in runners)
+            learner.start()
+            first = learner.wait_status("restarted", lambda s: True)
+            assert first["step"] >= acked and first["log_skipped"] == 0
+            assert first["log_segments"] <= COMPACT_CAPACITY // 16 + 3
+        status = _finish(learner, runners)  # every transition sent, counted once (step == total sent)
+        assert status["updates"] == status["step"] - max(WARMUP, 16) + 1
+        assert status["buffer"] == COMPACT_CAPACITY and status["log_segments"] <= COMPACT_CAPACITY // 16 + 3
+        learner.stop()
+        for name, seqs in _logged_seqs(learner.out).items():  # what is left: a whole, unique tail
+            runner = next(r for r in runners if r.spool.runner_id == name)
+            assert sorted(seqs) == list(range(runner.spool.next_seq - len(seqs), runner.spool.next_seq))
+        assert sum(len(s) for s in _logged_seqs(learner.out).values()) < status["step"] // 2
     finally:
-        stop.set()
-        thread.join(10)
-        link.close()
-        runner.driver.close()
-        spool.close()
-        transport.shutdown(ctx)
+        for r in runners:
+            r.close()
+        learner.close()

@@ -53,7 +53,8 @@ def test_stop_all_exits_0_once_every_runner_confirmed(session: Path, rigs: list[
     assert "robot1: e-stopped (confirmed in" in out and "robot2: e-stopped (confirmed in" in out
     for rig in rigs:
         assert rig.runner.state.value == "estopped" and rig.driver.safe_stop_count == 1
-        assert rig.runner.status()["last_stop_detail"] == "e-stop from console: drill"
+        detail = rig.runner.status()["last_stop_detail"]  # the key, then the tool that sent it
+        assert detail.startswith("e-stop from console: stop@") and detail.endswith(": drill")
 
 
 def test_stop_one_runner_leaves_the_other(session: Path, rigs: list[RunnerRig], capsys) -> None:
@@ -80,6 +81,7 @@ def test_stop_exits_1_when_a_runner_is_unreachable(
     captured = capsys.readouterr()
     assert "robot1: e-stopped" in captured.out
     assert "robot3: NOT e-stopped: not sent: not connected to tcp://127.0.0.1:" in captured.err
+    assert "STOP NOT CONFIRMED: use the HARDWARE E-STOP" in captured.err
     assert rigs[0].runner.state.value == "estopped"
 
 
@@ -92,7 +94,7 @@ def test_status_exit_codes_and_release_with_confirmation(
     assert status_cli(["--session", str(session), "--json"]) == 1
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert report["robot1"]["state"] == "estopped" and report["robot2"]["state"] == "fine_tuning"
-    assert report["robot1"]["last_stop_detail"] == "e-stop from console"
+    assert report["robot1"]["last_stop_detail"].startswith("e-stop from console: stop@")
 
     assert release_cli(["--session", str(session)]) == 2  # two runners: release is per runner
     assert "exactly one --runner" in capsys.readouterr().err
@@ -169,7 +171,7 @@ def test_runner_process_with_control_stop_status_release_by_script(
 ) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     command = ["runner", "--policy", str(policy), "--driver", "null", "--steps", "100000000"]
-    control = ["--control", endpoint, "--keys", str(keydir), "--name", "robot1"]
+    control = ["--control", endpoint, "--keys", str(keydir), "--name", "robot1", "--state", str(tmp_path)]
     with open(tmp_path / "runner.log", "wb") as log:
         runner = subprocess.Popen(
             [sys.executable, "-m", "robot_wsrl.cli", *command, *control],

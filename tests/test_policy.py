@@ -157,3 +157,18 @@ def test_hand_made_valid_policy_loads(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         policy.act(np.ones(6, dtype=np.float32), deterministic=True), np.tanh([0.1, 0.1])
     )
+
+
+def test_run_id_comes_from_the_sidecar_and_must_be_a_name(policy_path: Path, tmp_path: Path) -> None:
+    """The learner run that made a policy (signed with the sidecar): None for an export without one."""
+    assert OnnxPolicy.load(policy_path).run_id is None
+    onnx_path = tmp_path / "policy.onnx"
+    onnx_path.write_bytes(policy_path.read_bytes())
+    sidecar = json.loads(policy_path.with_suffix(".json").read_text())
+    for run_id, error in (("run-7f3a", None), ("", "not a non-empty string"), (7, "not a non-empty string")):
+        (tmp_path / "policy.json").write_text(json.dumps({**sidecar, "run_id": run_id}))
+        if error is None:
+            assert OnnxPolicy.load(onnx_path).run_id == run_id
+        else:
+            with pytest.raises(PolicyError, match=error):
+                OnnxPolicy.load(onnx_path)

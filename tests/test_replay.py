@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from robot_wsrl.replay import MixedSampler, ReplayBuffer
+from robot_wsrl.replay import MixedSampler, ReplayBuffer, discounted_returns
 
 
 def _fill(buf: ReplayBuffer, rewards, ends, truncs=None):
@@ -146,3 +146,100 @@ def test_open_episodes_survive_save_and_load(tmp_path):
 def test_episode_keys_must_match_the_rows():
     with pytest.raises(ValueError, match="2 episode keys for 3 transitions"):
         ReplayBuffer(4, 1, 1).add_batch(["a", "a"], **_columns([1, 1, 1], [False] * 3))
+
+
+def _naive_returns(rewards, discount):
+    out, running = [], 0.0
+    for r in reversed(list(rewards)):
+        running = r + discount * running
+        out.append(running)
+    return out[::-1]
+
+
+@pytest.mark.parametrize("discount", [0.0, 0.5, 0.9, 0.99, 0.999, 1.0])
+@pytest.mark.parametrize("n", [1, 7, 1000, 5000])
+def test_discounted_returns_match_the_step_by_step_sum(discount, n):
+    rewards = np.random.default_rng(n).standard_normal(n)
+    np.testing.assert_allclose(
+        discounted_returns(rewards, discount), _naive_returns(rewards, discount), rtol=1e-9, atol=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"obs": np.zeros((3, 1), np.float32)},  # a width-1 column was broadcast across the ring's columns
+        {"action": np.zeros((3, 5), np.float32)},
+        {"next_obs": np.zeros(3, np.float32)},
+        {"reward": np.zeros((3, 1), np.float32)},
+        {"terminated": np.zeros(2, bool)},
+        {"obs": np.float32(0)},
+    ],
+)
+def test_add_batch_refuses_wrong_shapes_and_changes_nothing(bad):
+    buf = ReplayBuffer(10, 4, 2)
+    columns = {
+        "obs": np.ones((3, 4), np.float32),
+        "action": np.ones((3, 2), np.float32),
+        "reward": np.ones(3, np.float32),
+        "next_obs": np.ones((3, 4), np.float32),
+        "terminated": np.zeros(3, bool),
+        "truncated": np.zeros(3, bool),
+    }
+    buf.add_batch(**columns)
+    with pytest.raises(ValueError, match=r"add_batch: .* has shape"):
+        buf.add_batch(**{**columns, **bad})
+    assert buf.total_added == 3 and buf.obs[3:].sum() == 0
+
+
+def test_cut_episode_closes_one_episode_as_truncated():
+    buf = ReplayBuffer(10, 1, 1, discount=1.0)
+    buf.add_batch(["a", "b", "a"], **_columns([1, 10, 2], [False, False, False]))
+    buf.cut_episode("a")
+    buf.cut_episode("missing")  # not open: nothing to do
+    assert buf.open_episodes() == {"b": 1}
+    np.testing.assert_allclose(buf.mc_return[:3], [3, 0, 2])
+    assert buf.truncated[2] == 1 and buf.truncated[0] == 0
+
+
+def test_an_endless_episode_holds_no_more_than_the_ring():
+    buf = ReplayBuffer(8, 1, 1, discount=0.5)
+    for _ in range(50):
+        buf.add_batch(["a"] * 3, **_columns([1, 1, 1], [False] * 3))
+    assert sum(len(c) for c in buf._open["a"]) <= 8 + 3
+    buf.add_batch(["a"], **_columns([1], [True]))
+    np.testing.assert_allclose(sorted(buf.mc_return), sorted(_naive_returns([1] * 8, 0.5)))
+
+
+def test_a_batch_of_many_episodes_gets_the_returns_of_adding_them_row_by_row():
+    rng = np.random.default_rng(3)
+    n = 400
+    cuts = np.sort(rng.choice(np.arange(1, n), 99, replace=False))
+    keys = np.repeat([f"k{i}" for i in range(100)], np.diff(np.r_[0, cuts, n]))
+    last = np.r_[keys[1:] != keys[:-1], True]
+    ends = last & (rng.random(n) < 0.7)  # most episodes end at their last row, the rest stay open
+    columns = _columns(rng.standard_normal(n), ends)
+    whole, rows = ReplayBuffer(1000, 1, 1, 0.9), ReplayBuffer(1000, 1, 1, 0.9)
+    whole.add_batch(keys, **columns)
+    for i in range(n):
+        rows.add_batch(keys[i : i + 1], **{k: v[i : i + 1] for k, v in columns.items()})
+    np.testing.assert_allclose(whole.mc_return, rows.mc_return, rtol=1e-6, atol=1e-6)
+    assert whole.open_episodes() == rows.open_episodes()
+
+
+@pytest.mark.parametrize("discount", [0.9, 0.99, 1.0])
+def test_a_long_episode_settles_as_it_goes_and_ends_in_bounded_work(discount):
+    """Steps far behind the newest get their returns-to-go while the episode runs (what comes later
+    cannot change them at float32's resolution), so an open episode holds ~2 x horizon steps."""
+    rng = np.random.default_rng(0)
+    n, batch = 9000, 97
+    rewards = rng.standard_normal(n)
+    buf = ReplayBuffer(20000, 1, 1, discount)
+    held = []
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        buf.add_batch(["e"] * (hi - lo), **_columns(rewards[lo:hi], [False] * (hi - lo - 1) + [hi == n]))
+        held.append(sum(buf.open_episodes().values()))
+    want = np.asarray(_naive_returns(rewards.astype(np.float32).astype(np.float64), discount), np.float32)
+    np.testing.assert_allclose(buf.mc_return[:n], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert max(held) <= (n if buf.horizon is None else 2 * buf.horizon + batch)

@@ -23,6 +23,11 @@ ROBOT_MODULES = [
     "robot_wsrl.registry",
     "robot_wsrl.gate",
     "robot_wsrl.lifetime",
+    "robot_wsrl.durable",
+    "robot_wsrl.control",
+    "robot_wsrl.endpoints",
+    "robot_wsrl.console.client",
+    "robot_wsrl.operator",
 ]
 
 SCRIPT = f"""

@@ -374,7 +374,8 @@ def test_failing_safe_stop_on_pause_latches_a_driver_fault(paths: dict[str, Path
 def test_cli_runs_a_policy_on_the_null_driver(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = EnvSpec("any", 4, 2, (-1.0, -1.0), (1.0, 1.0), 0.001)
     path = _export(tmp_path, 0, 4, spec)
-    assert cli(["--policy", str(path), "--driver", "null", "--steps", "50"]) == 0
+    state = ["--state", str(tmp_path / "state")]
+    assert cli(["--policy", str(path), "--driver", "null", "--steps", "50", *state]) == 0
     out = capsys.readouterr().out
     assert "version 4 on null" in out and "steps                50" in out
-    assert cli(["--policy", str(tmp_path / "missing.onnx"), "--driver", "null", "--steps", "5"]) == 2
+    assert cli(["--policy", str(tmp_path / "missing.onnx"), "--driver", "null", "--steps", "5", *state]) == 2

@@ -216,7 +216,6 @@ def client(ctx: zmq.Context, endpoint: str, keydir: Path, name: str, server: str
         endpoint,
         keys.load_curve_keys(keydir, name),
         keys.load_public_key(keydir, server),
-        identity=name,
     )
 
 
@@ -282,6 +281,7 @@ def learner(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> Iterator[
         keys.load_signing_key(keydir, "learner"),
         LearnerOptions(gate=False),
         secure=True,
+        roles=keys.load_key_roles(keydir, ("runner", "console")),
     )
     stop = threading.Event()
     thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
@@ -432,7 +432,6 @@ def test_peer_with_an_unknown_key_gets_nothing_through(learner: Target, tmp_path
             endpoint,
             keys.load_curve_keys(tmp_path, "robot1"),
             keys.load_public_key(keydir, "learner"),
-            identity="robot1",
         )
         before, rejected = learner.state(), learner.rejected()
         transport.send_frames(stranger, encode(transitions("robot1", first_seq=3)), 0.5)
@@ -479,7 +478,7 @@ def robot() -> Iterator[Target]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    sock = transport.plain_client(ctx, zmq.DEALER, server.endpoint, identity="fuzzer")
+    sock = transport.plain_client(ctx, zmq.DEALER, server.endpoint)
     pings = itertools.count()
 
     def answers() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,7 +82,6 @@ def _client(ctx: zmq.Context, keydir: Path, endpoint: str, name: str) -> zmq.Soc
         endpoint,
         keys.load_curve_keys(keydir, name),
         keys.load_public_key(keydir, "learner"),
-        identity=name,
     )
 
 
@@ -89,7 +91,7 @@ def test_known_client_talks_to_server_and_is_named(ctx: zmq.Context, keydir: Pat
     assert transport.send_frames(client, encode(StatusRequest(sender="robot1")), WAIT_S)
     assert server.serve_one(WAIT_S)
     identity, user_id, msg = server.received[0]
-    assert identity == b"robot1" and user_id == "robot1" and isinstance(msg, StatusRequest)
+    assert identity != b"robot1" and user_id == "robot1" and isinstance(msg, StatusRequest)  # id: ROUTER's
     reply = transport.recv_frames(client, WAIT_S)
     assert reply is not None
     answer = decode(reply)
@@ -192,10 +194,10 @@ def test_loopback_endpoints_are_allowed(endpoint: str) -> None:
 
 def test_plain_loopback_round_trip(ctx: zmq.Context) -> None:
     server = transport.plain_server(ctx, zmq.ROUTER, "tcp://127.0.0.1:*")
-    client = transport.plain_client(ctx, zmq.DEALER, server.last_endpoint.decode(), identity="sim0")
+    client = transport.plain_client(ctx, zmq.DEALER, server.last_endpoint.decode())
     assert transport.send_frames(client, encode(StatusRequest(sender="sim0")), WAIT_S)
     frames = transport.recv_frames(server, WAIT_S)
-    assert frames is not None and frames[0].bytes == b"sim0"
+    assert frames is not None and frames[0].bytes != b"sim0"  # the ROUTER names connections itself
     assert isinstance(decode(frames[1:]), StatusRequest)
 
 
@@ -231,3 +233,80 @@ def test_heartbeat_deadline() -> None:
     assert hb.alive()
     with pytest.raises(ValueError):
         transport.Heartbeat(period_s=1.0, deadline_s=0.5)
+
+
+# A ROUTER that is busy (reads nothing) until told on stdin, then reads what is queued and reports it.
+# `mode` is plain or curve; with curve the client key robot1 is admitted.
+_BUSY_SERVER = r"""
+import sys, zmq
+from pathlib import Path
+from robot_wsrl import keys, transport
+mode, keydir = sys.argv[1], Path(sys.argv[2])
+ctx = zmq.Context()
+options = transport.SocketOptions(recv_hwm=10)
+if mode == "plain":
+    sock = transport.plain_server(ctx, zmq.ROUTER, "tcp://127.0.0.1:0", options)
+else:
+    allowed = {"robot1": keys.load_public_key(keydir, "robot1")}
+    server_keys = keys.load_curve_keys(keydir, "learner")
+    sock = transport.secure_server(ctx, zmq.ROUTER, "tcp://127.0.0.1:0", server_keys, allowed, options)
+print(transport.bound_endpoint(sock), flush=True)
+sys.stdin.readline()
+read = 0
+while transport.recv_frames(sock, 1.0) is not None:
+    read += 1
+print("read", read, flush=True)
+transport.shutdown(ctx)
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "curve"])
+def test_a_client_that_fills_its_queue_and_hangs_up_does_not_abort_the_server(
+    ctx: zmq.Context, keydir: Path, mode: str
+) -> None:
+    """The libzmq 4.3.5 abort (`!_io_error`, stream_engine_base.cpp:310): a peer fills its pipe on a busy
+    server (input stopped), hangs up (the engine is marked _io_error but kept), and a ZMTP heartbeat
+    timer then writes to it. With ZMTP heartbeats off the server lives and still reads what was queued."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", _BUSY_SERVER, mode, str(keydir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdin is not None
+        endpoint = server.stdout.readline().strip()
+        if mode == "plain":
+            client = transport.plain_client(ctx, zmq.DEALER, endpoint, transport.SocketOptions(send_hwm=0))
+        else:
+            client = _client(ctx, keydir, endpoint, "robot1")
+            client.sndhwm = 0
+        for _ in range(200):
+            client.send_multipart(encode(StatusRequest(sender="robot1")))
+        time.sleep(1.0)  # the server's queue is full and its input stopped
+        client.close()  # the hang-up
+        time.sleep(2.5)  # ZMTP heartbeats (1 s) would have fired on the stopped engine by now
+        assert server.poll() is None, "the server aborted"
+        server.stdin.write("read\n")
+        server.stdin.flush()
+        out, _ = server.communicate(timeout=60)
+        assert server.returncode == 0, out
+        assert int(out.split()[-1]) > 0  # what was queued before the hang-up is still delivered
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(30)
+
+
+def test_a_connection_that_never_handshakes_is_dropped(ctx: zmq.Context) -> None:
+    """HANDSHAKE_IVL: a raw TCP connection that sends nothing (half-open, or not ZMTP) is closed by the
+    server after `handshake_ivl_ms`, not held for libzmq's default 30 s."""
+    options = transport.SocketOptions(handshake_ivl_ms=300)
+    sock = transport.plain_server(ctx, zmq.ROUTER, "tcp://127.0.0.1:0", options)
+    host, port = transport.bound_endpoint(sock).removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=WAIT_S) as raw:
+        raw.settimeout(WAIT_S)
+        start = time.monotonic()
+        while raw.recv(64):  # the server's greeting, then end of file
+            pass
+    assert time.monotonic() - start < WAIT_S

@@ -18,8 +18,9 @@ BENCHMARKS: dict[str, str] = {
     "finetune": "robot_wsrl.bench.finetune:main",
     "estop": "robot_wsrl.bench.estop:run_estop_benchmark",
     "transport": "robot_wsrl.bench.transport:run_transport_benchmark",
+    "soak": "robot_wsrl.bench.soak:main",
 }
-CONFIGURABLE = {"finetune"}
+CONFIGURABLE = {"finetune", "soak"}
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -44,7 +45,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("name", choices=sorted(BENCHMARKS))
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides (configurable benchmarks)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `bench soak --json seconds=60` too
     if args.overrides and args.name not in CONFIGURABLE:
         parser.error(
             f"bench {args.name} takes no overrides (configurable: {', '.join(sorted(CONFIGURABLE))})"

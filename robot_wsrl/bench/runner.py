@@ -3,16 +3,22 @@
 Measures, in one process: the onnxruntime step of a 2x256 actor (obs 11, act 3, one thread, one sampled
 action per call, as the runner does it), the same step in eager torch for comparison (torch is imported
 here only, never by the robot-side modules), and the jitter and missed deadlines of the real Runner on
-the null driver at 500 Hz and 1 kHz, with normal scheduling and, where permitted, SCHED_FIFO. Loop
-timing depends on what else the machine runs: `load_average_1min` is reported next to it.
+the null driver at 500 Hz and 1 kHz, with normal scheduling and, where permitted, SCHED_FIFO, each once
+with nothing of ours beside it and once (`_busy` keys) beside a learner-like process (single-threaded
+torch matrix products, as the learner's update loop on a shared core). Loop timing depends on what else
+the machine runs: `load_average_1min` is reported next to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,14 @@ OBS_DIM, ACT_DIM, HIDDEN = 11, 3, (256, 256)
 RATES = {"500hz": 500, "1khz": 1000}
 FIFO_PRIORITY = 80
 TARGETS = {"policy_step_p99_us": 50.0, "loop_jitter_p99_us_1khz": 100.0, "missed_deadlines_500hz": 0}
+BUSY_LEARNER = (
+    "import torch\n"
+    "torch.set_num_threads(1)\n"
+    "a = torch.randn(256, 256)\n"
+    "while True:\n"
+    "    a = torch.tanh(a @ a)\n"
+)
+BUSY_WARMUP_S = 2.0  # the busy process imports torch before it is busy
 
 
 def _percentiles_us(samples: np.ndarray) -> tuple[float, float]:
@@ -61,6 +75,21 @@ def _export(actor: Any, out_dir: Path, period_s: float) -> OnnxPolicy:
 def _loop(policy: OnnxPolicy, hz: int, seconds: float, rt_priority: int | None) -> dict[str, Any]:
     driver = NullDriver(OBS_DIM, ACT_DIM, control_period_s=1.0 / hz)
     return Runner(driver, policy, seed=0, rt_priority=rt_priority).run(max_steps=int(seconds * hz))
+
+
+@contextlib.contextmanager
+def _beside(busy: bool) -> Iterator[None]:
+    """Run the body with a learner-like busy process beside it (or alone)."""
+    if not busy:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_LEARNER])
+    try:
+        time.sleep(BUSY_WARMUP_S)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _torch_step_us(actor: Any, observations: np.ndarray, calls: int, warmup: int) -> tuple[float, float]:
@@ -103,15 +132,18 @@ def run_runner_benchmark(
     result["torch_step_p50_us"], result["torch_step_p99_us"] = _torch_step_us(
         actor, observations, calls, warmup
     )
-    for label, hz in RATES.items():
-        for suffix, priority in (("", None), ("_fifo", rt_priority)):
-            status = _loop(policies[hz], hz, loop_seconds, priority)
-            if priority is not None and not status["sched_fifo"]:
-                continue
-            result[f"loop_jitter_p50_us_{label}{suffix}"] = status["jitter_p50_us"]
-            result[f"loop_jitter_p99_us_{label}{suffix}"] = status["jitter_p99_us"]
-            result[f"missed_deadlines_{label}{suffix}"] = status["overruns"]
-            result[f"loop_rate_hz_{label}{suffix}"] = status["loop_rate_hz"]
+    for busy in (False, True):
+        with _beside(busy):
+            for label, hz in RATES.items():
+                for suffix, priority in (("", None), ("_fifo", rt_priority)):
+                    status = _loop(policies[hz], hz, loop_seconds, priority)
+                    if priority is not None and not status["sched_fifo"]:
+                        continue
+                    key = f"{label}{suffix}{'_busy' if busy else ''}"
+                    result[f"loop_jitter_p50_us_{key}"] = status["jitter_p50_us"]
+                    result[f"loop_jitter_p99_us_{key}"] = status["jitter_p99_us"]
+                    result[f"missed_deadlines_{key}"] = status["overruns"]
+                    result[f"loop_rate_hz_{key}"] = status["loop_rate_hz"]
     result["targets_met"] = {key: result[key] <= target for key, target in TARGETS.items()}
     result.update(
         policy_calls=calls,

@@ -22,8 +22,10 @@ publishes pre-exported versions on a timer (exporting with torch takes longer th
 reported apart as `publish_export_ms_p50`); the clock starts when `publish()` is called (read + sign +
 send) and stops at the runner's first transition acted on by the new version. `swap_accepted_*` stops
 it instead when `Runner.offer_policy` accepted the verified, written, loaded policy. As in training,
-`publish()` saves the learner's state right after the push, so on one small machine that work competes
-with the runner's. There is no sim-first gate here (it would add a MuJoCo validation run, not the wire).
+`publish()` snapshots the learner's state right after the push (a CPU copy, in the loop) and a background
+thread writes `learner.pt`, so on one small machine that write competes with the runner's work but never
+holds the learner's loop; `publish_held_*` is how long each `publish()` call held the loop. There is no
+sim-first gate here (it would add a MuJoCo validation run, not the wire).
 """
 
 from __future__ import annotations
@@ -68,14 +70,13 @@ class Endpoint:
 
 def _connect(ctx: zmq.Context, endpoint: Endpoint, name: str) -> zmq.Socket:
     if not endpoint.secure:
-        return transport.plain_client(ctx, zmq.DEALER, endpoint.address, identity=name)
+        return transport.plain_client(ctx, zmq.DEALER, endpoint.address)
     return transport.secure_client(
         ctx,
         zmq.DEALER,
         endpoint.address,
         keys.load_curve_keys(endpoint.keydir, name),
         keys.load_public_key(endpoint.keydir, LEARNER),
-        identity=name,
     )
 
 
@@ -293,7 +294,9 @@ class _Bench:
         # No sim-first gate: every version goes straight to the runner (a gate adds a MuJoCo validation
         # run before a hardware runner gets it, which is not the wire).
         options = LearnerOptions(LEARNER, gate=False)
-        learner = cls(cfg, sock, out, keys.load_signing_key(self.keydir, LEARNER), options, secure=secure)
+        roles = keys.load_key_roles(self.keydir, ("runner",)) if secure else None  # what each key may do
+        signing = keys.load_signing_key(self.keydir, LEARNER)
+        learner = cls(cfg, sock, out, signing, options, secure=secure, roles=roles)
         return _Serving(learner, ctx, endpoint)
 
 
@@ -393,7 +396,8 @@ def _measure_ingest(
 
 def _publishing_learner(versions: int, interval_s: float) -> type:
     """The real learner, publishing `versions` already-exported versions one every `interval_s` once
-    `go` is set, instead of after SGD updates; `published[v]` is when `publish()` began for version v."""
+    `go` is set, instead of after SGD updates; `published[v]` is when `publish()` began for version v, and
+    `held` how long each call held the learner's loop."""
     from robot_wsrl.learner import Learner
 
     class PublishingLearner(Learner):
@@ -402,6 +406,7 @@ def _publishing_learner(versions: int, interval_s: float) -> type:
             self.go = threading.Event()
             self.done = threading.Event()
             self.published: dict[int, float] = {}
+            self.held: list[float] = []
             self.export_s: list[float] = []
             for version in range(1, versions + 1):  # what publish() would export, done before the clock
                 self.version = version
@@ -416,8 +421,9 @@ def _publishing_learner(versions: int, interval_s: float) -> type:
             return int(due)
 
         def update_once(self) -> None:
-            self.published[self.version + 1] = time.monotonic()
+            self.published[self.version + 1] = started = time.monotonic()
             self.publish()
+            self.held.append(time.monotonic() - started)
             if self.version == versions:
                 self.done.set()
 
@@ -461,6 +467,7 @@ def _measure_swap(bench: _Bench, secure: bool, publishes: int, interval_s: float
     return {
         "swap": np.percentile(np.array(swapped) * 1e3, [50, 99]),
         "accepted": np.percentile(np.array(accepted) * 1e3, [50, 99]),
+        "held": np.percentile(np.array(learner.held) * 1e3, [50, 99]),
         "missed": publishes - len(swapped),
         "export_ms": float(np.median(learner.export_s) * 1e3),
         "policy_bytes": len(learner.policy.onnx),
@@ -494,6 +501,7 @@ def run_transport_benchmark(
             result[f"swap_accepted_p50_ms{suffix}"], result[f"swap_accepted_p99_ms{suffix}"] = swap[
                 "accepted"
             ]
+            result[f"publish_held_p50_ms{suffix}"], result[f"publish_held_p99_ms{suffix}"] = swap["held"]
             result[f"swap_missed{suffix}"] = swap["missed"]
             result["publish_export_ms_p50"] = swap["export_ms"]
             result["policy_bytes"] = swap["policy_bytes"]

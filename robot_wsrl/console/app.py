@@ -3,8 +3,11 @@
 Everything it shows comes from the control client's latest snapshot, redrawn ten times a second; every
 action goes through the client's thread, which the UI wakes at once. Space (or the red button) e-stops
 every runner; the other keys act on the selected runner or the learner. Release opens a dialog that
-needs the runner's id typed in. With --deadman the console holds each runner's deadman: if it closes,
-is killed or loses the network, the runners e-stop within their deadline.
+needs the runner's id typed in. An e-stop not confirmed in time turns its runner's row and an alarm
+banner red until it is (the client keeps resending it). With --deadman the console asks each runner to
+hold its deadman: if the console closes, is killed or loses the network, those runners e-stop within
+their deadline; the banner says ARMED only for runners whose status lists this console, and NOT armed
+in red for the rest.
 """
 
 from __future__ import annotations
@@ -21,18 +24,36 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import Button, Footer, Header, RichLog, Static
 
-from robot_wsrl.console.client import BackgroundClient, ClientError, ClientOptions, ControlClient, Event
-from robot_wsrl.console.widgets import ReleaseScreen, ReturnPlot, RunnerTable, learner_text
+from robot_wsrl.console.client import (
+    BackgroundClient,
+    ClientError,
+    ClientOptions,
+    ControlClient,
+    Event,
+    tool_tag,
+)
+from robot_wsrl.console.widgets import (
+    ReleaseScreen,
+    ReturnPlot,
+    RunnerTable,
+    alarm_text,
+    deadman_text,
+    learner_text,
+)
 from robot_wsrl.endpoints import EndpointsError
 from robot_wsrl.operator import UsageError, add_connection_arguments, endpoints_from_args
 
 REFRESH_S = 0.1
+REPLY_TIMEOUT_S = 1.0  # an e-stop unconfirmed this long raises the alarm (and is still resent)
 SNAPSHOT_SIZE = (150, 44)  # columns, rows of a --snapshot
 EVENT_STYLES = {
     "stop": "bold red",
     "fault": "bold red",
     "stale": "red",
     "auth": "bold red",
+    "alarm": "bold white on red",
+    "failed": "bold red",
+    "confirmed": "green",
     "release": "yellow",
     "hold": "yellow",
     "promote": "green",
@@ -44,7 +65,8 @@ class ConsoleApp(App[None]):
 
     TITLE = "robot-wsrl console"
     CSS = """
-    #banner { height: 1; padding: 0 1; }
+    #banner { height: auto; padding: 0 1; }
+    #alarm { height: auto; padding: 0 1; background: red; display: none; }
     RunnerTable { height: auto; max-height: 14; }
     #middle { height: auto; min-height: 7; }
     #learner { width: 60; padding: 0 1; border: round $primary; }
@@ -64,7 +86,7 @@ class ConsoleApp(App[None]):
         Binding("p", "pause_learning", "pause learning"),
         Binding("u", "resume_learning", "resume learning"),
         Binding("ctrl+s", "save_svg", "screenshot"),
-        Binding("q", "quit", "quit"),
+        Binding("q", "leave", "quit"),
     ]
 
     def __init__(self, client: BackgroundClient, snapshot: Path | None = None, after_s: float = 5.0) -> None:
@@ -73,10 +95,13 @@ class ConsoleApp(App[None]):
         self.client = client
         self.snapshot, self.after_s = snapshot, after_s
         self._logged = 0
+        self._tool = tool_tag("console")
+        self._leave_warned = False
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="banner")
+        yield Static(id="alarm")
         yield RunnerTable()
         with Horizontal(id="middle"):
             yield Static(id="learner")
@@ -104,21 +129,20 @@ class ConsoleApp(App[None]):
 
     def refresh_view(self) -> None:
         snap = self.client.snapshot
-        banner = Text(f"console {snap.console}  ", style="bold")
-        if snap.supervising:
-            banner.append(
-                "DEADMAN ON: closing this console e-stops every runner with a deadman", style="bold yellow"
-            )
-        else:
-            banner.append("deadman off (watching only)", style="dim")
-        self.query_one("#banner", Static).update(banner)
-        self.query_one(RunnerTable).show(snap.runners)
+        self.query_one("#banner", Static).update(deadman_text(snap))
+        alarm = alarm_text(snap)
+        alarm_widget = self.query_one("#alarm", Static)
+        alarm_widget.display = alarm is not None
+        alarm_widget.update(alarm or "")
+        self.query_one(RunnerTable).show(snap)
         self.query_one("#learner", Static).update(learner_text(snap.learner))
         self.query_one(ReturnPlot).show(snap.returns)
         log = self.query_one(RichLog)
         new = min(snap.events_total - self._logged, len(snap.events))
         for event in snap.events[len(snap.events) - new :]:
             log.write(_event_text(event))
+            if event.kind in ("alarm", "failed"):
+                self.notify(f"{event.peer}: {event.text}", severity="error", timeout=10)
         self._logged = snap.events_total
 
     # ----- actions -----
@@ -130,11 +154,11 @@ class ConsoleApp(App[None]):
         return selected
 
     def action_estop_all(self) -> None:
-        self.client.request("estop", self.client.client.runner_names)
+        self.client.request("estop", self.client.client.runner_names, {"reason": f"{self._tool} [all]"})
 
     def action_estop_selected(self) -> None:
         if (runner := self._selected()) is not None:
-            self.client.request("estop", [runner])
+            self.client.request("estop", [runner], {"reason": f"{self._tool} [selected]"})
 
     def action_release_selected(self) -> None:
         runner = self._selected()
@@ -166,6 +190,20 @@ class ConsoleApp(App[None]):
     def action_resume_learning(self) -> None:
         self._learner("resume")
 
+    def action_leave(self) -> None:
+        """Quit; but while an e-stop is unconfirmed, only on a second press: quitting stops resending it."""
+        unconfirmed = [v.name for v in self.client.snapshot.runners if v.stop_unconfirmed_s is not None]
+        if unconfirmed and not self._leave_warned:
+            self._leave_warned = True
+            self.notify(
+                f"e-stop to {', '.join(unconfirmed)} NOT confirmed: quitting stops resending it. "
+                "Press q again to quit anyway.",
+                severity="error",
+                timeout=10,
+            )
+            return
+        self.exit()
+
     def action_save_svg(self) -> None:
         self.notify(f"saved {self.save_screenshot()}")
 
@@ -189,9 +227,15 @@ def _event_text(event: Event) -> Text:
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="robot-wsrl console", description=__doc__.split("\n\n")[0])
-    add_connection_arguments(parser)
+    add_connection_arguments(
+        parser,
+        timeout_s=REPLY_TIMEOUT_S,
+        timeout_help="seconds before an unconfirmed command is shown as failed (an e-stop is still resent)",
+    )
     parser.add_argument(
-        "--deadman", action="store_true", help="hold the runners' deadman: if this console goes, they e-stop"
+        "--deadman",
+        action="store_true",
+        help="ask every runner to hold a deadman on this console: if it goes, they e-stop",
     )
     parser.add_argument("--stale-s", type=float, default=2.0, help="a peer silent this long is STALE")
     parser.add_argument(

@@ -8,8 +8,14 @@ rollbacks, faults, state changes, a peer going stale). A peer whose last Status 
 is stale: the UI marks it STALE and never shows its last state as current.
 
 Commands go out only on a completed connection (ZMQ_IMMEDIATE), so a command to an unreachable runner,
-or one whose CURVE handshake refused this console's key, is never queued to arrive later: it fails at
-its deadline and says why (the socket monitor reports a refused key).
+or one whose CURVE handshake refused this console's key, is never queued to arrive later. An e-stop is
+never dropped: it is resent every RESEND_S on the open connection (and at once when a handshake
+completes) until the runner confirms it, by a Reply or by a Status that shows it stopped by a latch
+event at or after the press; the latch only records a repeat. Repeated presses to one runner share one
+resend stream (the newest press's), and its confirmation confirms them all. One not confirmed within
+`reply_timeout_s` raises a per-runner alarm that stays until it is confirmed. Every other command fails
+at its deadline and says why (the socket monitor reports a refused key). While an e-stop to a runner is
+unconfirmed, a release to it is refused here: a resent stop would re-latch the robot after it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import itertools
 import math
 import os
 import queue
+import socket
 import threading
 import time
 from collections import deque
@@ -47,6 +54,11 @@ from robot_wsrl.protocol import (
 
 EVENT_LOG = 500
 RETURN_HISTORY = 2000
+RESULTS_KEPT = 1000  # results nobody collected (a UI's commands): the oldest are dropped
+RESEND_S = 0.2  # an unconfirmed e-stop goes out again this often
+RETRIED = ("estop",)  # idempotent at the runner (its latch records a repeat): resent until confirmed
+STOP_EVENTS = ("enter", "repeat")  # latch events that show a stop reached the runner
+HARDWARE_ESTOP = "use the HARDWARE E-STOP"
 MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -55,6 +67,11 @@ MONITOR_EVENTS = (
     | zmq.EVENT_DISCONNECTED
 )
 STOPPED_STATES = ("estopped", "faulted")
+
+
+def tool_tag(tool: str) -> str:
+    """Which tool sent a command, for the runner's stop log: several tools may share one key name."""
+    return f"{tool}@{socket.gethostname()} pid {os.getpid()}"
 
 
 class ClientError(ValueError):
@@ -76,7 +93,8 @@ class Event:
 
     time: float
     peer: str
-    kind: str  # stop, release, swap, rollback, fault, state, stale, reachable, auth, command, publish
+    kind: str  # stop, release, swap, rollback, fault, state, stale, reachable, auth, command, failed,
+    # alarm (an e-stop not confirmed), confirmed (one confirmed after its alarm), publish, promote, hold
     text: str
 
 
@@ -103,6 +121,18 @@ class PeerView:
     stale: bool
     connected: bool
     auth_error: str | None
+    stop_unconfirmed_s: float | None = None  # an e-stop to it unconfirmed past its deadline, this long
+
+
+def armed_deadman(status: dict[str, Any] | None, console: str) -> float | None:
+    """The deadman deadline `status` (a runner's) says it holds for supervisor `console`, or None: a
+    console may claim the deadman only where the runner lists it as a supervisor with a deadline."""
+    control = (status or {}).get("control") or {}
+    deadline, supervisors = control.get("deadman_s"), control.get("supervisors")
+    if not isinstance(deadline, (int, float)) or not isinstance(supervisors, list):
+        return None
+    listed = any(isinstance(s, dict) and s.get("name") == console for s in supervisors)
+    return float(deadline) if listed else None
 
 
 @dataclass(frozen=True)
@@ -137,8 +167,17 @@ class _Peer:
 class _Pending:
     peer: str
     command: Command
-    created: float
-    sent: float | None = None
+    created: float  # clock
+    pressed: float  # wall clock: a runner's latch event at or after it confirms an e-stop
+    sent: float | None = None  # first send
+    last_sent: float | None = None
+    sends: int = 0
+    refused: str | None = None  # the runner's last refusal of a retried command
+    alarmed: bool = False
+
+    @property
+    def retried(self) -> bool:
+        return self.command.name in RETRIED
 
 
 @dataclass
@@ -151,7 +190,8 @@ class ControlClient:
     """Sockets and state of one console (use from one thread; `BackgroundClient` runs it in its own).
 
     `pump(timeout_s)` does the periodic sends and handles whatever arrives; `send` queues a command (sent
-    as soon as its peer is connected, failed at its deadline), `command` sends and waits for the replies.
+    as soon as its peer is connected; an e-stop resent until confirmed, any other failed at its deadline),
+    `command` sends and waits for the replies.
     """
 
     def __init__(
@@ -195,12 +235,10 @@ class ControlClient:
         self, name: str, role: str, endpoint: str, keydir: Path | None, own: keys.CurveKeys | None
     ) -> _Peer:
         if own is None:
-            sock = transport.plain_client(self.ctx, zmq.DEALER, endpoint, identity=self.name)
+            sock = transport.plain_client(self.ctx, zmq.DEALER, endpoint)
         else:
             server_key = keys.load_public_key(keydir, name)  # type: ignore[arg-type]
-            sock = transport.secure_client(
-                self.ctx, zmq.DEALER, endpoint, own, server_key, identity=self.name
-            )
+            sock = transport.secure_client(self.ctx, zmq.DEALER, endpoint, own, server_key)
         # Queue only to a completed connection: a stop or release must never wait in a queue for a
         # runner that comes back later. The option applies to connections made after it is set.
         sock.disconnect(endpoint)
@@ -224,52 +262,152 @@ class ControlClient:
             if peer not in self.peers:
                 raise ClientError(f"unknown peer {peer!r} (known: {', '.join(self.peers)})")
             ref = next(self._refs)
-            pending = _Pending(peer, Command(self.name, name, dict(args or {}), ref), self._clock())
+            command = Command(self.name, name, dict(args or {}), ref)
+            pending = _Pending(peer, command, self._clock(), time.time())
             self._pending[ref] = pending
-            self._try_send(pending)
             refs.append(ref)
+            stop_age = self._stop_pending_s(peer)
+            if name == "release" and stop_age is not None:
+                why = f"refused here: the e-stop sent {stop_age:.1f} s ago is not confirmed yet"
+                self._finish(ref, False, why)
+            else:
+                self._try_send(pending)
         return refs
 
     def command(
-        self, name: str, peers: Iterable[str], args: dict[str, Any] | None = None
+        self,
+        name: str,
+        peers: Iterable[str],
+        args: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
     ) -> list[CommandResult]:
-        """Send and wait for every reply (or its deadline); results in the order of `peers`."""
-        return self.collect(self.send(name, peers, args))
+        """Send and wait for every reply (or the deadline); results in the order of `peers`."""
+        return self.collect(self.send(name, peers, args), timeout_s)
 
-    def collect(self, refs: list[int]) -> list[CommandResult]:
-        """Pump until the commands `refs` are confirmed or failed; their results, in order."""
-        while any(ref in self._pending for ref in refs):
-            self.pump(self.options.reply_timeout_s / 20)
-        return [self.results.pop(ref) for ref in refs]
+    def collect(self, refs: list[int], timeout_s: float | None = None) -> list[CommandResult]:
+        """Pump until the commands `refs` are confirmed or failed; their results, in order. An e-stop not
+        confirmed within `timeout_s` (default: the reply timeout) is reported as failed here and stays
+        pending: it is resent for as long as this client is pumped."""
+        deadline = self._clock() + (self.options.reply_timeout_s if timeout_s is None else timeout_s)
+        while self._waiting(refs, deadline):
+            self.pump(min(RESEND_S / 4, max(0.0, deadline - self._clock())))
+        return [
+            self.results.pop(ref) if ref in self.results else self._unconfirmed(self._pending[ref])
+            for ref in refs
+        ]
+
+    def _waiting(self, refs: list[int], deadline: float) -> bool:
+        """Some of `refs` are pending, and the deadline has not passed or one of them will still fail at
+        its own deadline (only an e-stop is left pending)."""
+        pending = [self._pending[ref] for ref in refs if ref in self._pending]
+        return bool(pending) and (self._clock() < deadline or not all(p.retried for p in pending))
+
+    def _unconfirmed(self, pending: _Pending) -> CommandResult:
+        return CommandResult(pending.peer, pending.command.name, False, self._why(pending), None)
 
     def _try_send(self, pending: _Pending) -> None:
         peer = self.peers[pending.peer]
         if transport.send_frames(peer.sock, encode(pending.command), 0.0):
-            pending.sent = self._clock()
+            pending.last_sent = self._clock()
+            pending.sent = pending.last_sent if pending.sent is None else pending.sent
+            pending.sends += 1
+
+    def _stop_pending_s(self, peer: str) -> float | None:
+        """How long the oldest e-stop sent to `peer` and not confirmed has waited (None: none). One never
+        sent cannot arrive after a release: on a new connection it goes out first, in order."""
+        created = [
+            p.created for p in self._pending.values() if p.peer == peer and p.retried and p.sent is not None
+        ]
+        return None if not created else self._clock() - min(created)
+
+    def _unconfirmed_stop_s(self, peer: str) -> float | None:
+        """Like `_stop_pending_s`, for the e-stops already past their deadline (the alarm)."""
+        created = [p.created for p in self._pending.values() if p.peer == peer and p.alarmed]
+        return None if not created else self._clock() - min(created)
 
     def _finish(self, ref: int, ok: bool, error: str | None) -> None:
         pending = self._pending.pop(ref)
-        latency = None if pending.sent is None or not ok else self._clock() - pending.sent
-        result = CommandResult(pending.peer, pending.command.name, ok, error, latency)
-        self.results[ref] = result
-        shown = f"confirmed in {latency * 1e3:.1f} ms" if latency is not None else f"FAILED: {error}"
-        self.log_event(pending.peer, "command", f"{pending.command.name}: {shown}")
+        now, name = self._clock(), pending.command.name
+        latency = None if pending.sent is None or not ok else now - pending.sent
+        self.results[ref] = CommandResult(pending.peer, name, ok, error, latency)
+        while len(self.results) > RESULTS_KEPT:
+            del self.results[next(iter(self.results))]
+        if not ok:
+            self.log_event(pending.peer, "failed", f"{name}: FAILED: {error}")
+        elif pending.alarmed:
+            waited = f"{now - pending.created:.1f} s after it was sent ({pending.sends} sends)"
+            self.log_event(pending.peer, "confirmed", f"{name} confirmed at last, {waited}")
+        else:
+            shown = "" if latency is None else f" in {latency * 1e3:.1f} ms"
+            self.log_event(pending.peer, "command", f"{name}: confirmed{shown}")
 
-    def _expire(self) -> None:
-        now = self._clock()
+    def _why(self, pending: _Pending) -> str:
+        """Why `pending` is not confirmed (yet)."""
+        peer, waited = self.peers[pending.peer], self._clock() - pending.created
+        if pending.refused is not None:
+            return f"refused by {peer.name}: {pending.refused}"
+        if pending.sent is not None:
+            sends = f" ({pending.sends} sends)" if pending.retried else ""
+            return f"no reply within {waited:.1f} s{sends}"
+        if peer.auth_error:
+            return f"not sent: {peer.auth_error}"
+        return f"not sent: not connected to {peer.endpoint} within {waited:.1f} s"
+
+    def _service_pending(self) -> None:
+        """Send what is unsent, resend e-stops, raise the alarm for an e-stop past its deadline and fail
+        any other command at its deadline."""
+        now, carriers = self._clock(), self._carriers()
         for ref, pending in list(self._pending.items()):
+            late = now - pending.created >= self.options.reply_timeout_s
+            if pending.retried:
+                due = pending.last_sent is None or now - pending.last_sent >= RESEND_S
+                if due and carriers[pending.peer] == ref:
+                    self._try_send(pending)
+                if late and not pending.alarmed:
+                    pending.alarmed = True
+                    why = f"{self._why(pending)}; still resending: {HARDWARE_ESTOP}"
+                    self.log_event(pending.peer, "alarm", f"{pending.command.name} NOT CONFIRMED: {why}")
+                continue
             if pending.sent is None:
                 self._try_send(pending)
-            if now - pending.created < self.options.reply_timeout_s:
-                continue
-            peer = self.peers[pending.peer]
-            if pending.sent is not None:
-                why = f"no reply within {self.options.reply_timeout_s} s"
-            elif peer.auth_error:
-                why = f"not sent: {peer.auth_error}"
-            else:
-                why = f"not sent: not connected to {peer.endpoint} within {self.options.reply_timeout_s} s"
-            self._finish(ref, False, why)
+            if late:
+                self._finish(ref, False, self._why(pending))
+
+    def _carriers(self) -> dict[str, int]:
+        """Per peer, the newest pending e-stop: the one (re)sent. Its confirmation (a stop at or after the
+        latest press) confirms the older ones too, so repeated presses make one stream, not many."""
+        return {p.peer: ref for ref, p in self._pending.items() if p.retried}  # refs only grow
+
+    def _reply(self, peer: _Peer, reply: Reply) -> None:
+        pending = self._pending.get(reply.ref)
+        if pending is None or pending.peer != peer.name:
+            return
+        if reply.ok and pending.retried:
+            for ref, older in list(self._pending.items()):
+                if older.peer == peer.name and older.retried and ref <= reply.ref:
+                    self._finish(ref, True, None)
+        elif reply.ok or not pending.retried:
+            self._finish(reply.ref, reply.ok, reply.error)
+        elif pending.refused != reply.error:  # an e-stop refused (no runner attached yet): resend it
+            pending.refused = reply.error
+            self.log_event(peer.name, "failed", f"{pending.command.name} refused: {reply.error}; resending")
+
+    def _confirm_by_status(self, peer: _Peer, status: dict[str, Any]) -> None:
+        """A runner that reports itself stopped by a latch event at or after an e-stop was pressed has
+        stopped after the press, whichever message did it: that confirms the e-stop."""
+        if status.get("state") not in STOPPED_STATES:
+            return
+        stops = (status.get("control") or {}).get("stops") or []
+        times = [
+            e["time"]
+            for e in stops
+            if isinstance(e, dict) and e.get("kind") in STOP_EVENTS and isinstance(e.get("time"), float)
+        ]
+        if not times:
+            return
+        for ref, pending in list(self._pending.items()):
+            if pending.peer == peer.name and pending.retried and max(times) >= pending.pressed:
+                self._finish(ref, True, None)
 
     # ----- the periodic part -----
 
@@ -294,6 +432,8 @@ class ControlClient:
         if wake_fd is not None:
             poller.register(wake_fd, zmq.POLLIN)
         wait = min(timeout_s, max(0.0, min(self._due.heartbeat, self._due.status) - now))
+        if any(p.retried for p in self._pending.values()):
+            wait = min(wait, RESEND_S)
         ready = dict(poller.poll(math.ceil(wait * 1000)))
         for peer in self.peers.values():
             if peer.monitor in ready:
@@ -303,7 +443,7 @@ class ControlClient:
                 while frames is not None:
                     self._handle(peer, frames)
                     frames = transport.recv_frames(peer.sock, 0.0)
-        self._expire()
+        self._service_pending()
         self._check_stale()
         return wake_fd is not None and wake_fd in ready
 
@@ -313,6 +453,11 @@ class ControlClient:
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 peer.connected, peer.auth_error = True, None
+                carrier = self._carriers().get(peer.name)
+                for ref, pending in list(self._pending.items()):  # a stop goes out the moment it can
+                    unsent = not pending.retried and pending.sent is None
+                    if pending.peer == peer.name and (ref == carrier or unsent):
+                        self._try_send(pending)
             elif kind == zmq.EVENT_DISCONNECTED:
                 peer.connected = False
             else:
@@ -334,13 +479,12 @@ class ControlClient:
             self.rejects.add("identity")
             return
         if isinstance(msg, Reply):
-            pending = self._pending.get(msg.ref)
-            if pending is not None and pending.peer == peer.name:
-                self._finish(msg.ref, msg.ok, msg.error)
+            self._reply(peer, msg)
         elif isinstance(msg, Status):
             previous = peer.status
             peer.status, peer.status_at = msg.status, self._clock()
             if peer.role == "runner":
+                self._confirm_by_status(peer, msg.status)
                 self._runner_events(peer, previous, msg.status)
             else:
                 self._learner_events(peer, previous, msg.status)
@@ -374,8 +518,9 @@ class ControlClient:
                 continue  # history from before this console started: only a standing stop matters
             if stop["kind"] == "release":
                 self.log_event(peer.name, "release", f"released by {stop['operator']}", stop["time"])
-            else:
-                self.log_event(peer.name, "stop", f"{stop['cause']}: {stop['detail']}", stop["time"])
+            else:  # the detail names the key (and the tool) that sent an operator's stop
+                again = "again (already stopped): " if stop["kind"] == "repeat" else ""
+                self.log_event(peer.name, "stop", f"{again}{stop['cause']}: {stop['detail']}", stop["time"])
         if stops:
             peer.last_stop_time = max(stop["time"] for stop in stops)
         finished = new.get("episodes_done", 0) > (old or {}).get("episodes_done", 0)
@@ -424,6 +569,7 @@ class ControlClient:
             stale=self._stale(peer, now),
             connected=peer.connected,
             auth_error=peer.auth_error,
+            stop_unconfirmed_s=self._unconfirmed_stop_s(name),
         )
 
     def snapshot(self) -> Snapshot:

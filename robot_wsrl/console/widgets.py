@@ -1,7 +1,9 @@
 """The console's widgets: each renders one part of a client `Snapshot` and holds no state of its own.
 
 A stale peer is never drawn as fine: its state cell reads STALE in red with how long it has been silent,
-and its last known values are dimmed.
+and its last known values are dimmed. A runner whose e-stop is not confirmed reads STOP NOT CONFIRMED
+over everything else, and the deadman is claimed for a runner only where its own status lists this
+console as a supervisor with a deadline.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from robot_wsrl.console.client import PeerView
+from robot_wsrl.console.client import HARDWARE_ESTOP, PeerView, Snapshot, armed_deadman
 
 BARS = "▁▂▃▄▅▆▇█"
+UNCONFIRMED = "STOP NOT CONFIRMED — use the hardware e-stop"
+ALARM_STYLE = "bold white on red"
 CAUSE_WIDTH = 56  # characters of the last stop's cause in the table (the event log has all of it)
 STATE_STYLES = {
     "fine_tuning": "bold green",
@@ -44,11 +48,31 @@ def _num(value: Any, fmt: str) -> str:
     return "-" if not isinstance(value, (int, float)) or not math.isfinite(value) else format(value, fmt)
 
 
-def runner_cells(view: PeerView) -> dict[str, Text | str]:
-    """The table row of one runner (column key -> cell)."""
+def _armed(view: PeerView, console: str) -> float | None:
+    """The deadline `view`'s runner holds for `console`, from a current status only."""
+    return None if view.stale else armed_deadman(view.status, console)
+
+
+def deadman_cell(view: PeerView, console: str, supervising: bool) -> Text | str:
+    """ARMED only where the runner lists `console` as a supervisor; a supervising console that is not
+    listed says NOT armed in red. A watching console shows the runner's deadline and supervisor count."""
+    if supervising:
+        armed = _armed(view, console)
+        if armed is None:
+            return Text("NOT armed", style="bold red")
+        return Text(f"ARMED ({armed!r} s)", style="bold green")
+    control = (view.status or {}).get("control") or {}
+    deadline, supervisors = control.get("deadman_s"), control.get("supervisors") or []
+    return "off" if deadline is None else f"{deadline:g} s, {len(supervisors)} console(s)"
+
+
+def runner_cells(view: PeerView, console: str, supervising: bool) -> dict[str, Text | str]:
+    """The table row of one runner (column key -> cell), as console `console` sees it."""
     s = view.status or {}
     age = "never" if view.age_s is None else f"{view.age_s:.1f} s"
-    if view.stale:
+    if view.stop_unconfirmed_s is not None:
+        state, age_cell = Text(UNCONFIRMED, style=ALARM_STYLE), Text(age, style="bold red")
+    elif view.stale:
         last = s.get("state")
         state = Text("STALE" + (f" (was {last})" if last else ""), style="bold red")
         age_cell: Text | str = Text(age, style="bold red")
@@ -63,8 +87,6 @@ def runner_cells(view: PeerView) -> dict[str, Text | str]:
         cause = f"{cause} | {s['last_fault']}"
     if len(cause) > CAUSE_WIDTH:
         cause = cause[: CAUSE_WIDTH - 1] + "…"
-    deadman = s.get("control", {}).get("deadman_s")
-    supervisors = s.get("control", {}).get("supervisors", {})
     cells: dict[str, Text | str] = {
         "runner": view.name,
         "state": state,
@@ -74,12 +96,40 @@ def runner_cells(view: PeerView) -> dict[str, Text | str]:
         "jitter": _num(s.get("jitter_p99_us"), ".0f"),
         "return": _num(s.get("episode_return"), ".1f"),
         "age": age_cell,
-        "deadman": "off" if deadman is None else f"{deadman:g} s, {len(supervisors)} console(s)",
+        "deadman": deadman_cell(view, console, supervising),
     }
     if view.stale:
-        for key in ("cause", "policy", "rate", "jitter", "return", "deadman"):
+        for key in ("cause", "policy", "rate", "jitter", "return"):
             cells[key] = Text(str(cells[key]), style="dim")
     return cells
+
+
+def deadman_text(snap: Snapshot) -> Text:
+    """The banner's deadman line: per runner ARMED with its deadline, or NOT armed in red (never a claim
+    the runner's status does not back)."""
+    text = Text(f"console {snap.console}  ", style="bold")
+    if not snap.supervising:
+        return text.append("deadman off (watching only)", style="dim")
+    for view in snap.runners:
+        armed = _armed(view, snap.console)
+        if armed is None:
+            text.append(f"deadman NOT armed on {view.name}", style="bold white on red")
+        else:
+            text.append(f"{view.name}: deadman ARMED ({armed!r} s)", style="bold yellow")
+        text.append("  ")
+    return text
+
+
+def alarm_text(snap: Snapshot) -> Text | None:
+    """What the operator must act on now: e-stops not confirmed, runners that refused this console's key;
+    None when there is nothing."""
+    lines = [
+        f"{v.name}: E-STOP NOT CONFIRMED for {v.stop_unconfirmed_s:.1f} s (still resending): {HARDWARE_ESTOP}"
+        for v in snap.runners
+        if v.stop_unconfirmed_s is not None
+    ]
+    lines += [f"{v.name}: this console cannot stop it: {v.auth_error}" for v in snap.runners if v.auth_error]
+    return Text("\n".join(lines), style=ALARM_STYLE) if lines else None
 
 
 class RunnerTable(DataTable):
@@ -90,9 +140,9 @@ class RunnerTable(DataTable):
         for key, label in COLUMNS:
             self.add_column(label, key=key)
 
-    def show(self, runners: list[PeerView]) -> None:
-        for view in runners:
-            cells = runner_cells(view)
+    def show(self, snap: Snapshot) -> None:
+        for view in snap.runners:
+            cells = runner_cells(view, snap.console, snap.supervising)
             if view.name not in self.rows:
                 self.add_row(*(cells[key] for key, _ in COLUMNS), key=view.name)
                 continue
