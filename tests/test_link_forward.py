@@ -8,15 +8,16 @@ new link on the same state folder holds to it. Every wait has a deadline.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 import zmq
+from helpers import free_port
 
 from drivers.null import NullDriver
 from robot_wsrl import keys, signing, transport
@@ -43,20 +44,8 @@ PERIOD_S = 0.01
 SPEC = NullDriver(3, 1, control_period_s=PERIOD_S).spec
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(condition: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+    return helpers.wait_for(condition, timeout_s, what)
 
 
 def signed_policy(keydir: Path, out: Path, version: int, run_id: str | None) -> PolicyMessage:

@@ -56,6 +56,13 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def _link_runner(learner: str, keydir: Path, control: str, state: Path) -> list[str]:
+    """A plain link-runner on the null driver, free-running (no lockstep), with its state in `state`."""
+    args = ["link-runner", "--learner", learner, "--keys", str(keydir), "--plain", "--name", "robot1"]
+    args += ["--driver", "null", "--steps", "100000000", "--state", str(state)]
+    return [*args, "--control", control, "--no-lockstep"]
+
+
 def test_a_full_spool_disk_holds_the_robot_and_recovers_by_itself(small_disk: Path, tmp_path: Path) -> None:
     keydir = tmp_path / "keys"
     keys.new_identity(keydir, "learner", "learner")
@@ -64,18 +71,7 @@ def test_a_full_spool_disk_holds_the_robot_and_recovers_by_itself(small_disk: Pa
     learner.send(signed_policy(keydir, tmp_path / "out", 1, "run-a"))
     learner.acking.clear()
     console = Console(control)
-    args = [
-        "link-runner",
-        "--learner",
-        learner_endpoint,
-        "--keys",
-        str(keydir),
-        "--plain",
-        "--name",
-        "robot1",
-    ]
-    args += ["--driver", "null", "--steps", "100000000", "--state", str(small_disk / "state")]
-    args += ["--control", control, "--no-lockstep"]
+    args = _link_runner(learner_endpoint, keydir, control, small_disk / "state")
     proc = Proc(args, tmp_path / "link.log")
     try:
 
@@ -187,18 +183,7 @@ def test_sigterm_while_the_link_is_in_error_ends_cleanly(tmp_path: Path) -> None
     learner = FakeLearner(learner_endpoint)
     learner.send(signed_policy(keydir, tmp_path / "out", 1, "run-a"))
     console = Console(control)
-    args = [
-        "link-runner",
-        "--learner",
-        learner_endpoint,
-        "--keys",
-        str(keydir),
-        "--plain",
-        "--name",
-        "robot1",
-    ]
-    args += ["--driver", "null", "--steps", "100000000", "--state", str(tmp_path / "state")]
-    args += ["--control", control, "--no-lockstep"]
+    args = _link_runner(learner_endpoint, keydir, control, tmp_path / "state")
     proc = Proc(args, tmp_path / "link.log")
     try:
         wait_for(lambda: (s := console.status(1.0)) and s.get("state") == "fine_tuning", what="running")

@@ -167,10 +167,12 @@ def _swap_runner(endpoint: Endpoint, state: str, stop: Any, results: Any) -> Non
     """Runner process of the swap half: the real link and runner; reports when each version was accepted
     by `offer_policy` and first acted on."""
     from drivers.null import NullDriver
+    from robot_wsrl.control import reserve_process_resources
     from robot_wsrl.link import LearnerLink
     from robot_wsrl.policy import OnnxPolicy
     from robot_wsrl.runner import OfferResult, Runner, Transition
 
+    reserve_process_resources()  # as `link-runner` does: short GIL hand-offs beside the spinning loop
     accepted: dict[str, float] = {}  # policy file -> when offer_policy accepted it
     swapped: dict[int, float] = {}  # version -> its first transition
 
