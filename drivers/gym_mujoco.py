@@ -39,7 +39,10 @@ class GymMujocoDriver:
         kwargs: dict[str, Any] = (
             {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
         )
-        self.env = gym.make(env_id, **kwargs)
+        try:
+            self.env = gym.make(env_id, **kwargs)
+        except gym.error.Error as exc:  # unknown id or version: one line with gymnasium's "did you mean"
+            raise ValueError(f"gym:{env_id}: {exc}") from None
         try:
             self.spec = self._build_spec(env_id)
             self.shift = shift if shift is not None else DynamicsShift()

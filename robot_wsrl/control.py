@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import logging
 import os
 import resource
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from robot_wsrl import keys, transport
-from robot_wsrl.durable import DurableRecord
+from robot_wsrl.durable import DurableRecord, RecordError
 from robot_wsrl.protocol import (
     Command,
     HeartbeatMessage,
@@ -71,6 +72,8 @@ CONTROL_RT_PRIORITY = 10  # SCHED_FIFO priority of the control thread, where per
 CONTROL_NICE = -10  # its nice value otherwise, where permitted
 SWITCH_INTERVAL_S = 2e-4  # GIL hand-off in a runner process: the control thread waits at most this long
 LATCH_FILE = "latch.state"
+LOCK_FILE = "runner.lock"  # held (flock) by the one runner using the folder
+_HELD_STATE_DIRS: list[int] = []  # their descriptors, open for the life of the process
 
 Hold = Callable[[bool], None]
 
@@ -347,9 +350,37 @@ def reserve_process_resources() -> None:
 
 
 def open_latch(state_dir: Path) -> EStopLatch:
-    """The runner's e-stop latch, recorded in `state_dir` (restored latched if it was). RecordError if the
-    record cannot be made or read."""
-    return EStopLatch(store=DurableRecord(state_dir / LATCH_FILE))
+    """The runner's e-stop latch, recorded in `state_dir` (restored latched if it was), which this process
+    then holds alone. RecordError if the record cannot be made or read, or another runner holds the folder:
+    two runners sharing one latch record would release each other's e-stops."""
+    _hold_state_dir(state_dir)
+    latch = EStopLatch(store=DurableRecord(state_dir / LATCH_FILE))
+    log.warning(
+        "e-stop latch recorded in %s (%s)", state_dir.resolve(), "LATCHED" if latch.latched else "clear"
+    )
+    return latch
+
+
+def _hold_state_dir(state_dir: Path) -> None:
+    """An exclusive lock on `state_dir` for the rest of this process (the kernel drops it when the process
+    ends, however it ends), with our pid in the lock file for the error another runner gets."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise RecordError(f"state folder {state_dir}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RecordError(
+            f"state folder {state_dir} is in use by another runner (pid {holder}): each runner needs its "
+            "own --state"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_STATE_DIRS.append(fd)
 
 
 # ----- starting one from a command line (runner and link-runner) -----

@@ -128,6 +128,8 @@ def load_public_key(keydir: str | Path, name: str) -> bytes:
     """NAME's z85 CURVE public key, from NAME.key (what a client needs to know about its server)."""
     _check_name(name)
     path = Path(keydir) / f"{name}{PUBLIC}"
+    if not path.is_file():
+        raise KeyFileError(f"{path}: not found: copy {name}'s public key ({name}{PUBLIC}) into {keydir}")
     try:
         return zmq.auth.load_certificate(path)[0]
     except (OSError, ValueError) as exc:

@@ -99,6 +99,8 @@ def _run(prog: str, parser: argparse.ArgumentParser, argv: list[str], body: Any)
         client = _client(args, endpoints)
     except (EndpointsError, UsageError, ClientError) as exc:
         print(f"robot-wsrl {prog}: {exc}", file=sys.stderr)
+        if prog == "stop":  # nothing was sent: the operator must not read this as a stop
+            print(f"robot-wsrl stop: NOTHING STOPPED: {HARDWARE_ESTOP}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(body(args, client))

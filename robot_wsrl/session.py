@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -111,13 +112,6 @@ def _stop_child(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> in
             proc.kill()
             proc.wait(10.0)
     return proc.returncode
-
-
-def _private_dir(path: Path) -> Path:
-    """A folder only this user can enter (mode 0700)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
-    return path
 
 
 def make_session_keys(keydir: Path) -> None:
@@ -305,6 +299,7 @@ class Session:
         self.children: dict[str, subprocess.Popen] = {}
         self.children_lock = threading.Lock()  # a runner restart is not a runner crash
         self.robot: Any = None
+        self._robot_dir: Path | None = None  # the private folder of the emulated robot's socket
         self.logs: list[Any] = []
         self.last_status: dict[str, Any] | None = None  # the learner's, kept when the session fails
         self.robot_status: dict[str, Any] | None = None  # the runner's last answer on its control channel
@@ -359,7 +354,9 @@ class Session:
         with _sigint_ignored():
             # The robot has no CURVE: an ipc socket in the session's private folder keeps other local
             # users from stepping or stopping it behind the runner's back (plain mode keeps tcp loopback).
-            robot_at = None if a.plain else f"ipc://{_private_dir(self.out / 'robot').resolve()}/robot.sock"
+            # (in a short temporary folder: a socket path may not exceed 107 bytes).
+            self._robot_dir = None if a.plain else Path(tempfile.mkdtemp(prefix="robot-wsrl-"))  # mode 0700
+            robot_at = None if self._robot_dir is None else f"ipc://{self._robot_dir}/robot.sock"
             self.robot, robot_endpoint = spawn_emulated_robot(
                 a.env_id, preset=a.preset, seed=a.seed, realtime=a.realtime, endpoint=robot_at
             )
@@ -447,6 +444,8 @@ class Session:
                 codes[name] = _stop_child(self.children[name])
         if self.robot is not None:
             codes["robot"] = self.robot.stop()
+        if self._robot_dir is not None:
+            shutil.rmtree(self._robot_dir, ignore_errors=True)
         for log in self.logs:
             log.close()
         return codes
@@ -591,6 +590,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"{args.policy_dir / 'checkpoint.pt'} not found")
     if args.steps <= args.warmup:
         parser.error("--steps counts the warmup too: it must be larger than --warmup")
+    if args.out is not None and args.out.is_dir() and any(args.out.iterdir()):
+        # Its keys, ready files and learner state belong to another session: mixing them in would point
+        # the runner at a dead learner and fail its policies' signatures.
+        parser.error(f"--out {args.out} is not empty (another session's folder?): give a new folder")
     return args
 
 

@@ -56,7 +56,7 @@ from robot_wsrl.keys import CurveKeys
 from robot_wsrl.protocol import DEFAULT_LIMITS, Message, RejectCounter, try_decode
 
 
-class TransportError(RuntimeError):
+class TransportError(ValueError):
     """A socket cannot be set up as asked (e.g. plain mode on a non-loopback endpoint)."""
 
 

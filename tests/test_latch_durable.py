@@ -5,6 +5,9 @@ control channel before any runner exists."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -154,3 +157,15 @@ def test_the_control_channel_takes_stops_before_a_runner_exists(tmp_path: Path) 
         assert driver.total_steps == 0 and driver.safe_stop_count == 1  # held once, at the start
     finally:
         transport.shutdown(ctx)
+
+
+def test_a_state_folder_belongs_to_one_runner(tmp_path: Path) -> None:
+    """Two runners on one latch record would release each other's stops: the second is refused, from
+    another process as from this one, until the holder ends."""
+    state = tmp_path / "state"
+    open_latch(state)
+    with pytest.raises(RecordError, match="in use by another runner"):
+        open_latch(state)
+    code = f"import pathlib, robot_wsrl.control as c; c.open_latch(pathlib.Path({str(state)!r}))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0 and f"(pid {os.getpid()})" in other.stderr

@@ -219,3 +219,10 @@ def test_bad_presets_give_clear_errors() -> None:
         normalise_preset({"latency": 1})
     with pytest.raises(ValueError, match="drop_prob"):
         normalise_preset({"drop_prob": 1.5})
+
+
+def test_an_unknown_env_id_is_one_clear_error() -> None:
+    from drivers import make_driver
+
+    with pytest.raises(ValueError, match=r"gym:Hoper-v5: .*Did you mean: `Hopper`"):
+        make_driver("gym:Hoper-v5")
