@@ -73,7 +73,7 @@ CONTROL_NICE = -10  # its nice value otherwise, where permitted
 SWITCH_INTERVAL_S = 2e-4  # GIL hand-off in a runner process: the control thread waits at most this long
 LATCH_FILE = "latch.state"
 LOCK_FILE = "runner.lock"  # held (flock) by the one runner using the folder
-_HELD_STATE_DIRS: list[int] = []  # their descriptors, open for the life of the process
+_STATE_LOCKS: dict[int, int] = {}  # id(latch) -> the descriptor holding its folder's lock
 
 Hold = Callable[[bool], None]
 
@@ -353,17 +353,30 @@ def open_latch(state_dir: Path) -> EStopLatch:
     """The runner's e-stop latch, recorded in `state_dir` (restored latched if it was), which this process
     then holds alone. RecordError if the record cannot be made or read, or another runner holds the folder:
     two runners sharing one latch record would release each other's e-stops."""
-    _hold_state_dir(state_dir)
-    latch = EStopLatch(store=DurableRecord(state_dir / LATCH_FILE))
+    lock = _hold_state_dir(state_dir)
+    try:
+        latch = EStopLatch(store=DurableRecord(state_dir / LATCH_FILE))
+    except BaseException:
+        os.close(lock)
+        raise
+    _STATE_LOCKS[id(latch)] = lock
     log.warning(
         "e-stop latch recorded in %s (%s)", state_dir.resolve(), "LATCHED" if latch.latched else "clear"
     )
     return latch
 
 
-def _hold_state_dir(state_dir: Path) -> None:
-    """An exclusive lock on `state_dir` for the rest of this process (the kernel drops it when the process
-    ends, however it ends), with our pid in the lock file for the error another runner gets."""
+def close_latch(latch: EStopLatch) -> None:
+    """Close the latch's record and give its state folder up (a latch from `open_latch`)."""
+    latch.close()
+    lock = _STATE_LOCKS.pop(id(latch), None)
+    if lock is not None:
+        os.close(lock)
+
+
+def _hold_state_dir(state_dir: Path) -> int:
+    """An exclusive lock on `state_dir` until `close_latch` (the kernel drops it when the process ends,
+    however it ends), with our pid in the lock file for the error another runner gets; its descriptor."""
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -380,7 +393,7 @@ def _hold_state_dir(state_dir: Path) -> None:
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _HELD_STATE_DIRS.append(fd)
+    return fd
 
 
 # ----- starting one from a command line (runner and link-runner) -----

@@ -630,10 +630,13 @@ def _close_link_runner(
         server.close()
     if link is not None:
         link.close()
-    for part in (driver, spool, latch):
-        if part is not None:
-            try:
-                part.close()
-            except Exception as exc:  # reported, and the rest is still closed
-                log.error("closing %s: %s: %s", type(part).__name__, type(exc).__name__, exc)
+    parts = (("driver", driver), ("spool", spool))
+    closers = [(name, part.close) for name, part in parts if part is not None]
+    if latch is not None:
+        closers.append(("latch", lambda: control.close_latch(latch)))
+    for name, close in closers:
+        try:
+            close()
+        except Exception as exc:  # reported, and the rest is still closed
+            log.error("closing the %s: %s: %s", name, type(exc).__name__, exc)
     transport.shutdown(ctx)

@@ -624,13 +624,15 @@ def _supervise(runner: Runner, stop: threading.Event, done: threading.Event, rel
 
 def _close_all(server: Any, driver: Driver | None, latch: EStopLatch, handlers: dict[int, Any]) -> None:
     """Tear down what `cli` set up, in reverse order."""
+    from robot_wsrl import control  # the command line's part, as in `cli`
+
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
     if server is not None:
         server.close()
     if driver is not None:
         driver.close()
-    latch.close()
+    control.close_latch(latch)
 
 
 def cli(argv: list[str]) -> int:
