@@ -58,7 +58,9 @@ while not pathlib.Path(stop).exists():
     client.pump(0.05)
 (result,) = client.command("estop", ["robot1"], {"reason": "second console"}, 30)
 events = [[e.kind, e.text] for e in client.events]
-pathlib.Path(out).write_text(json.dumps({"ok": result.ok, "error": result.error, "events": events}))
+tmp = pathlib.Path(out + ".tmp")  # written whole, then renamed: the test never reads half a report
+tmp.write_text(json.dumps({"ok": result.ok, "error": result.error, "events": events}))
+tmp.replace(out)
 client.close()
 """
 
