@@ -25,7 +25,6 @@ import math
 import os
 import re
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from robot_wsrl.export import ONNX_NAME, SIDECAR_NAME, export_policy
 from robot_wsrl.files import write_atomic
 from robot_wsrl.gate import ValidationWorker, Verdict
 from robot_wsrl.ingest_log import IngestLog
+from robot_wsrl.lifetime import stop_on_signals
 from robot_wsrl.protocol import (
     Ack,
     BatchRules,
@@ -814,8 +814,7 @@ def cli(argv: list[str]) -> int:
         print(f"robot-wsrl learner: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals([stop])
     if args.max_seconds is not None:
         timer = threading.Timer(args.max_seconds, stop.set)
         timer.daemon = True

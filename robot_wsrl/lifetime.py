@@ -16,7 +16,9 @@ import contextlib
 import ctypes
 import os
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -36,3 +38,29 @@ def die_with_parent(nice: int = 0) -> Callable[[], None]:
                 os.nice(nice)
 
     return arrange
+
+
+def stop_on_signals(
+    events: Sequence[threading.Event], signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)
+) -> dict[int, Any]:
+    """Set `events` when one of `signals` arrives; returns the handlers it replaced.
+
+    The handler never calls `Event.set` itself: a handler runs between two bytecodes of the main thread,
+    which may be inside that very event's lock (a second SIGTERM during the first `set`, or a `wait`
+    returning), and the process would deadlock there for good (seen: a learner left running an hour after
+    its session was killed). The handler only writes a byte to a pipe; a thread sets the events.
+    """
+    read_fd, write_fd = os.pipe()
+
+    def relay() -> None:
+        while os.read(read_fd, 64):
+            for event in events:
+                event.set()
+
+    threading.Thread(target=relay, name="signal-stop", daemon=True).start()
+
+    def handler(signum: int, frame: Any) -> None:
+        with contextlib.suppress(OSError):  # a full pipe already holds a request
+            os.write(write_fd, b"!")
+
+    return {sig: signal.signal(sig, handler) for sig in signals}

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from robot_wsrl import control, keys, transport
 from robot_wsrl.driver import DriverFault
 from robot_wsrl.durable import DurableRecord
 from robot_wsrl.files import write_atomic
+from robot_wsrl.lifetime import stop_on_signals
 from robot_wsrl.policy import OnnxPolicy, PolicyError
 from robot_wsrl.protocol import (
     RUNNER_TAGS,
@@ -499,13 +499,7 @@ def cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = args.state or Path("runs/link") / args.name
     stop, signalled = threading.Event(), threading.Event()
-
-    def on_signal(*_: object) -> None:  # stop between ticks, then drain briefly: the spool keeps the rest
-        signalled.set()
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    stop_on_signals([signalled, stop])  # stop between ticks, then drain briefly: the spool keeps the rest
     control.reserve_process_resources()
     handed = 0
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from drivers import make_driver
 from robot_wsrl.driver import Driver, DriverFault
+from robot_wsrl.lifetime import stop_on_signals
 from robot_wsrl.policy import OnnxPolicy, PolicyError
 from robot_wsrl.safety import (
     EStopCause,
@@ -685,7 +686,7 @@ def cli(argv: list[str]) -> int:
         return 2
     server = None
     stop, done = threading.Event(), threading.Event()
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = stop_on_signals([stop])
     driver = None
     try:
         if args.control is not None:

@@ -41,7 +41,7 @@ import zmq
 
 from robot_wsrl import keys, transport
 from robot_wsrl.endpoints import Endpoints, save_endpoints
-from robot_wsrl.lifetime import die_with_parent
+from robot_wsrl.lifetime import die_with_parent, stop_on_signals
 from robot_wsrl.link import WAIT_HOLDS
 from robot_wsrl.protocol import Status, StatusRequest, decode, encode
 
@@ -600,8 +600,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def cli(argv: list[str]) -> int:
     args = parse_args(argv)
     session = Session(args)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: session.stop.set())
+    stop_on_signals([session.stop], (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     summary = session.run()
     print(json.dumps({k: summary.get(k) for k in ("steps", "updates", "versions", "wall_s", "error")}))
     if summary["error"]:
