@@ -67,7 +67,6 @@ RUN python /usr/local/bin/pyproject-requirements "${RUNNER_EXTRAS}" > /tmp/requi
     && rm /tmp/requirements.txt
 COPY README.md ./
 COPY robot_wsrl ./robot_wsrl
-COPY drivers ./drivers
 COPY configs ./configs
 COPY --from=runner-policies /policies ./policies
 # The onboard image must never carry torch (DESIGN §3): fail the build if anything pulled it in. Then the
@@ -106,7 +105,6 @@ RUN python /usr/local/bin/pyproject-requirements learner,sim > /tmp/requirements
 RUN python -c "import torch; f = torch.compile(lambda x: x * 2 + 1); assert f(torch.ones(4)).sum() == 12"
 COPY README.md ./
 COPY robot_wsrl ./robot_wsrl
-COPY drivers ./drivers
 COPY configs ./configs
 COPY policies ./policies
 RUN pip install --no-deps --no-build-isolation -e . \

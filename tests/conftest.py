@@ -31,6 +31,6 @@ def small_overrides(tmp_path) -> list[str]:
 @pytest.fixture
 def pendulum_dataset(tmp_path):
     """A small InvertedPendulum dataset from a noisy controller (short episodes, falls and time-outs)."""
-    from robot_wsrl.collect import record_pendulum_controller_dataset
+    from robot_wsrl.learn.collect import record_pendulum_controller_dataset
 
     return record_pendulum_controller_dataset(tmp_path / "pendulum.npz", 600, seed=0, max_episode_steps=100)

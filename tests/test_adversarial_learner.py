@@ -24,9 +24,10 @@ import pytest
 import zmq
 from conftest import SMALL_AGENT
 
-from robot_wsrl import keys, transport
-from robot_wsrl.cli import main
-from robot_wsrl.protocol import (
+from robot_wsrl.apps.cli import main
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.protocol import (
     Ack,
     Command,
     Credit,
@@ -41,7 +42,6 @@ from robot_wsrl.protocol import (
     decode,
     encode,
 )
-from robot_wsrl.spec import EnvSpec
 
 START_S = 180.0  # torch import and a policy export on a loaded 2-core machine
 WAIT_S = 20.0
@@ -132,7 +132,7 @@ class LiveLearner:
         self.starts += 1
         ready = self.root / f"ready{self.starts}.json"
         self.log_path = self.root / f"learner{self.starts}.log"
-        command = [sys.executable, "-m", "robot_wsrl.cli", "learner", "--bind", "tcp://127.0.0.1:0"]
+        command = [sys.executable, "-m", "robot_wsrl.apps.cli", "learner", "--bind", "tcp://127.0.0.1:0"]
         command += ["--ready-file", str(ready), "--keys", str(self.keydir), "--no-gate"]
         command += [*SMALL_AGENT, BIG_ACTOR, f"run.checkpoint={self.root / 'checkpoint.pt'}"]
         command += [f"out_dir={self.out}", "run.warmup_steps=1000000", "device=cpu", "threads=1"]
@@ -185,9 +185,9 @@ class LiveLearner:
 
 @pytest.fixture(scope="module")
 def learner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLearner]:
-    from robot_wsrl.agent import Agent
-    from robot_wsrl.config import compose_config
-    from robot_wsrl.training import save_training_checkpoint
+    from robot_wsrl.learn.agent import Agent
+    from robot_wsrl.learn.config import compose_config
+    from robot_wsrl.learn.training import save_training_checkpoint
 
     root = tmp_path_factory.mktemp("adversarial")
     keydir = root / "keys"
@@ -324,7 +324,7 @@ def test_sparse_sequence_numbers_are_bounded_bookkeeping(learner: LiveLearner) -
 def test_a_restart_resumes_and_skips_a_logged_entry_it_cannot_take(learner: LiveLearner) -> None:
     """The same out_dir after the attacks: the learner comes back with what it had; an entry in the
     ingest log that fails the checks (a log from before them) is skipped and counted, never fatal."""
-    from robot_wsrl.ingest_log import IngestLog
+    from robot_wsrl.learn.ingest_log import IngestLog
 
     status = learner.status()
     assert learner.stop() == 0
@@ -355,10 +355,10 @@ def measure(repeats: int = 20) -> dict[str, Any]:
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from robot_wsrl.agent import Agent
-    from robot_wsrl.config import compose_config
-    from robot_wsrl.learner import Learner, LearnerOptions
-    from robot_wsrl.training import save_training_checkpoint
+    from robot_wsrl.learn.agent import Agent
+    from robot_wsrl.learn.config import compose_config
+    from robot_wsrl.learn.learner import Learner, LearnerOptions
+    from robot_wsrl.learn.training import save_training_checkpoint
 
     spec = EnvSpec("measure", 17, 6, (-1.0,) * 6, (1.0,) * 6, 0.01)
     root = Path(tempfile.mkdtemp(prefix="handle-"))

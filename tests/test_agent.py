@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from robot_wsrl.agent import Agent
-from robot_wsrl.config import AgentConfig
+from robot_wsrl.learn.agent import Agent
+from robot_wsrl.learn.config import AgentConfig
 
 
 def _cfg(**kw) -> AgentConfig:

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch._inductor.config
 
-from robot_wsrl.agent import Agent
 from robot_wsrl.bench.learner import NaiveWSRL, round_flops
-from robot_wsrl.config import AgentConfig
-from robot_wsrl.networks import ObsNormalizer, QEnsemble, reduce_ensemble
+from robot_wsrl.learn.agent import Agent
+from robot_wsrl.learn.config import AgentConfig
+from robot_wsrl.learn.networks import ObsNormalizer, QEnsemble, reduce_ensemble
 
 
 def _ensemble(layer_norm: bool, hidden: list[int], size: int) -> QEnsemble:

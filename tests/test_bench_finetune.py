@@ -13,8 +13,8 @@ from conftest import SMALL_AGENT
 
 from robot_wsrl.bench import cli as bench_cli
 from robot_wsrl.bench.finetune import load_config, run_finetune_benchmark
-from robot_wsrl.config import compose_config
-from robot_wsrl.pretrain import pretrain
+from robot_wsrl.learn.config import compose_config
+from robot_wsrl.learn.pretrain import pretrain
 
 SEEDS, STEPS, WARMUP, LOG_EVERY, EVAL_EVERY = (0, 1), 100, 40, 10, 50
 VARIANTS = ("wsrl", "retain_offline", "frozen", "guarded")

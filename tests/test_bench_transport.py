@@ -10,7 +10,7 @@ import math
 
 from robot_wsrl.bench import BENCHMARKS
 from robot_wsrl.bench.transport import run_transport_benchmark
-from robot_wsrl.link import LinkOptions
+from robot_wsrl.robot.link import LinkOptions
 
 TRANSITIONS, WARMUP, PUBLISHES = 1024, 256, 3
 RUNNER_COUNTS = (1, 8)

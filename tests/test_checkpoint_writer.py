@@ -13,12 +13,12 @@ import zmq
 from conftest import SMALL_AGENT
 from test_learner_link import checkpoint, keydir  # noqa: F401
 
-from robot_wsrl import checkpoint as checkpoint_module
-from robot_wsrl import keys, transport
-from robot_wsrl.checkpoint import CheckpointWriter
-from robot_wsrl.config import compose_config, prepare_out_dir
-from robot_wsrl.export import SIDECAR_NAME
-from robot_wsrl.learner import STATE_FILE, Learner, LearnerOptions
+from robot_wsrl.learn import checkpoint as checkpoint_module
+from robot_wsrl.learn.checkpoint import CheckpointWriter
+from robot_wsrl.learn.config import compose_config, prepare_out_dir
+from robot_wsrl.learn.export import SIDECAR_NAME
+from robot_wsrl.learn.learner import STATE_FILE, Learner, LearnerOptions
+from robot_wsrl.wire import keys, transport
 
 WAIT_S = 30.0
 

@@ -7,7 +7,7 @@ import sys
 
 BLOCK_AND_RUN = (
     "import sys; sys.modules[{blocked!r}] = None\n"  # import of it now raises ModuleNotFoundError
-    "from robot_wsrl.cli import main; sys.exit(main({argv!r}))"
+    "from robot_wsrl.apps.cli import main; sys.exit(main({argv!r}))"
 )
 
 
@@ -33,7 +33,7 @@ def test_debug_shows_the_traceback() -> None:
 
 
 def test_unknown_command_suggests_the_close_one(capsys) -> None:
-    from robot_wsrl.cli import main
+    from robot_wsrl.apps.cli import main
 
     assert main(["stat"]) == 2
     assert "did you mean 'status'?" in capsys.readouterr().err

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robot_wsrl.collect import cli as collect_cli
-from robot_wsrl.collect import collect, dataset_entry, fetch, file_sha256, pick_medium_snapshot
-from robot_wsrl.datasets import load_dataset
+from robot_wsrl.learn.collect import cli as collect_cli
+from robot_wsrl.learn.collect import collect, dataset_entry, fetch, file_sha256, pick_medium_snapshot
+from robot_wsrl.learn.datasets import load_dataset
 
 
 def test_pick_medium_snapshot_closest_to_fraction_of_best():

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from robot_wsrl.config import compose_config, config_hash, prepare_out_dir
+from robot_wsrl.learn.config import compose_config, config_hash, prepare_out_dir
 
 
 def test_commands_pick_their_default_agent():

@@ -21,13 +21,13 @@ from test_control import PERIOD_S, free_port, make_keys, wait_for
 from textual.pilot import Pilot
 from textual.widgets import Button, Input
 
-from drivers.null import NullDriver
-from robot_wsrl import keys
 from robot_wsrl.bench.estop import write_policy
 from robot_wsrl.console.app import ConsoleApp
 from robot_wsrl.console.client import BackgroundClient, ClientOptions, ControlClient, armed_deadman
 from robot_wsrl.console.widgets import ReleaseScreen, RunnerTable
-from robot_wsrl.endpoints import Endpoints
+from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.wire import keys
+from robot_wsrl.wire.endpoints import Endpoints
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "policies" / "hopper" / "checkpoint.pt"
@@ -38,7 +38,7 @@ SIZE = (150, 44)
 
 def spawn_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "robot_wsrl.cli", *args], stdout=out, stderr=out)
+        return subprocess.Popen([sys.executable, "-m", "robot_wsrl.apps.cli", *args], stdout=out, stderr=out)
 
 
 def end_process(proc: subprocess.Popen[bytes]) -> None:
@@ -215,7 +215,7 @@ def test_the_learner_panel_and_event_log_say_why_a_version_was_held_back() -> No
     version held back with its reason (once), or promoted."""
     from robot_wsrl.console.client import ControlClient, PeerView
     from robot_wsrl.console.widgets import learner_text
-    from robot_wsrl.endpoints import Endpoints
+    from robot_wsrl.wire.endpoints import Endpoints
 
     failed = {"version": 3, "status": "failed", "reasons": ["paired[real]: mean difference -40.00"]}
     gate = {

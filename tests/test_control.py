@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 import zmq
 
-from drivers.null import NullDriver
-from robot_wsrl import keys, transport
 from robot_wsrl.bench.estop import write_policy
 from robot_wsrl.console.client import ClientOptions, ControlClient
-from robot_wsrl.control import MIN_DEADMAN_S, ControlServer, bind
-from robot_wsrl.endpoints import Endpoints
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.protocol import Command, Reply, decode, encode
-from robot_wsrl.runner import Runner
-from robot_wsrl.safety import EStopCause
+from robot_wsrl.robot.control import MIN_DEADMAN_S, ControlServer, bind
+from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.runner import Runner
+from robot_wsrl.robot.safety import EStopCause
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.endpoints import Endpoints
+from robot_wsrl.wire.protocol import Command, Reply, decode, encode
 
 PERIOD_S = 0.01
 WAIT_S = 10.0
@@ -263,7 +263,7 @@ def test_binding_needs_console_keys(tmp_path: Path) -> None:
 
 
 def test_runner_cli_checks_its_control_options(policy: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from robot_wsrl.runner import cli
+    from robot_wsrl.robot.runner import cli
 
     base = ["--policy", str(policy), "--driver", "null", "--steps", "5"]
     for extra, message in (

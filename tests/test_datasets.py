@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robot_wsrl.datasets import (
+from robot_wsrl.learn.datasets import (
     DatasetError,
     OfflineDataset,
     _from_raw,

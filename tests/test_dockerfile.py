@@ -150,7 +150,7 @@ def test_dockerignore_leaves_secrets_and_local_state_out(path):
 @pytest.mark.parametrize(
     "path",
     [
-        "robot_wsrl/keys.py",
+        "robot_wsrl/wire/keys.py",
         "policies/hopper/policy.onnx",
         "policies/hopper/policy.json",
         "policies/hopper/checkpoint.pt",
@@ -158,7 +158,7 @@ def test_dockerignore_leaves_secrets_and_local_state_out(path):
         "constraints.txt",
         "README.md",
         "configs/config.yaml",
-        "drivers/null.py",
+        "robot_wsrl/robot/drivers/null.py",
     ],
 )
 def test_dockerignore_keeps_what_the_images_need(path):

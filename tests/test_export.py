@@ -11,11 +11,11 @@ import onnx
 import pytest
 import torch
 
-from robot_wsrl.checkpoint import build_actor, save_checkpoint
-from robot_wsrl.export import IR_VERSION, OPSET, cli, export_policy
-from robot_wsrl.networks import TanhGaussianActor
-from robot_wsrl.policy import METADATA_KEYS, OnnxPolicy, PolicyError
-from robot_wsrl.spec import EnvSpec
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.learn.checkpoint import build_actor, save_checkpoint
+from robot_wsrl.learn.export import IR_VERSION, OPSET, cli, export_policy
+from robot_wsrl.learn.networks import TanhGaussianActor
+from robot_wsrl.robot.policy import METADATA_KEYS, OnnxPolicy, PolicyError
 
 SPEC = EnvSpec("hopper-test", 11, 3, (-1.0, -2.0, -0.5), (1.0, 2.0, 1.5), 0.008)
 
@@ -178,7 +178,7 @@ def test_run_id_goes_into_the_signed_sidecar(
 ) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from robot_wsrl import signing
+    from robot_wsrl.wire import signing
 
     actor, plain = exported
     assert "run_id" not in json.loads(plain.with_suffix(".json").read_text())

@@ -6,11 +6,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from robot_wsrl import finetune as finetune_module
-from robot_wsrl.agent import Agent
-from robot_wsrl.config import compose_config
-from robot_wsrl.finetune import finetune
-from robot_wsrl.replay import ReplayBuffer
+from robot_wsrl.learn import finetune as finetune_module
+from robot_wsrl.learn.agent import Agent
+from robot_wsrl.learn.config import compose_config
+from robot_wsrl.learn.finetune import finetune
+from robot_wsrl.learn.replay import ReplayBuffer
 
 
 def _rows(path):
@@ -54,7 +54,7 @@ def test_wsrl_never_loads_offline_data(small_overrides, monkeypatch):
         raise AssertionError("WSRL must not load the offline dataset")
 
     monkeypatch.setattr(finetune_module, "load_offline_buffer", forbidden)
-    monkeypatch.setattr("robot_wsrl.datasets.load_dataset", forbidden)
+    monkeypatch.setattr("robot_wsrl.learn.datasets.load_dataset", forbidden)
     summary = finetune(
         _cfg(small_overrides, "run.steps=30", "run.warmup_steps=20", "run.dataset=ignored.npz")
     )

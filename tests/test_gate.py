@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_validate import BALANCES, FALLS, FAST, write_linear_policy
 
-from robot_wsrl.gate import ValidationWorker
-from robot_wsrl.registry import validation_state
+from robot_wsrl.gate.registry import validation_state
+from robot_wsrl.gate.worker import ValidationWorker
 
 FAST_GATE = [*(o for o in FAST if not o.startswith("variants")), "variants=[nominal]"]
 # Enough episodes to keep a validation busy for minutes: for the timeout and shutdown tests.

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robot_wsrl import ingest_log
-from robot_wsrl.ingest_log import IngestLog
-from robot_wsrl.protocol import StatusRequest, Transitions, encode
-from robot_wsrl.spool import DedupLog
+from robot_wsrl.learn import ingest_log
+from robot_wsrl.learn.ingest_log import IngestLog
+from robot_wsrl.wire.protocol import StatusRequest, Transitions, encode
+from robot_wsrl.wire.spool import DedupLog
 
 CAPACITY = 20  # the replay ring
 SEGMENT = 5  # transitions per segment

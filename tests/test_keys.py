@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
-from robot_wsrl import keys, signing
-from robot_wsrl.cli import main
+from robot_wsrl.apps.cli import main
+from robot_wsrl.wire import keys, signing
 
 
 def _mode(path: Path) -> int:

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import zmq
 
-from drivers.null import NullDriver
-from robot_wsrl import transport
 from robot_wsrl.bench.estop import write_policy
-from robot_wsrl.control import ControlServer, apply_command, open_latch
-from robot_wsrl.driver import StepResult
-from robot_wsrl.durable import SLOT_BYTES, DurableRecord, RecordError
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.protocol import Command
-from robot_wsrl.runner import Runner
-from robot_wsrl.safety import EStopCause, EStopLatch, RunnerState
+from robot_wsrl.core.driver import StepResult
+from robot_wsrl.core.durable import SLOT_BYTES, DurableRecord, RecordError
+from robot_wsrl.robot.control import ControlServer, apply_command, open_latch
+from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.runner import Runner
+from robot_wsrl.robot.safety import EStopCause, EStopLatch, RunnerState
+from robot_wsrl.wire import transport
+from robot_wsrl.wire.protocol import Command
 
 WAIT_S = 10.0
 
@@ -166,6 +166,6 @@ def test_a_state_folder_belongs_to_one_runner(tmp_path: Path) -> None:
     open_latch(state)
     with pytest.raises(RecordError, match="in use by another runner"):
         open_latch(state)
-    code = f"import pathlib, robot_wsrl.control as c; c.open_latch(pathlib.Path({str(state)!r}))"
+    code = f"import pathlib, robot_wsrl.robot.control as c; c.open_latch(pathlib.Path({str(state)!r}))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert other.returncode != 0 and f"(pid {os.getpid()})" in other.stderr

@@ -5,7 +5,7 @@ learner and a legitimate runner must stay up throughout, and the runner's transi
 acknowledged in every part of the window.
 
 This is the regression test of the libzmq 4.3.5 abort `Assertion failed: !_io_error
-(src/stream_engine_base.cpp:310)` (see `robot_wsrl.transport`): with ZMTP heartbeats on, the flood and
+(src/stream_engine_base.cpp:310)` (see `robot_wsrl.wire.transport`): with ZMTP heartbeats on, the flood and
 hang-up cycles abort the learner within seconds.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import zmq
 from test_learner_link import LearnerProcess, _free_port, _start_runner, checkpoint, keydir  # noqa: F401
 
-from robot_wsrl import keys, transport
-from robot_wsrl.protocol import Command, Reply, Status, StatusRequest, decode, encode
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.protocol import Command, Reply, Status, StatusRequest, decode, encode
 
 HAMMER_S = 30.0
 WINDOWS = 3  # the runner must be acknowledged in each third of the hammering

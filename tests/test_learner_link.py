@@ -23,14 +23,14 @@ import pytest
 import zmq
 from conftest import SMALL_AGENT
 
-from drivers import make_driver
-from robot_wsrl import keys, transport
-from robot_wsrl.ingest_log import IngestLog
-from robot_wsrl.link import LearnerLink, LinkOptions
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.protocol import PolicyMessage, Status, StatusRequest, decode, encode
-from robot_wsrl.runner import Runner
-from robot_wsrl.spool import TransitionSpool
+from robot_wsrl.learn.ingest_log import IngestLog
+from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.robot.link import LearnerLink, LinkOptions
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.runner import Runner
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.protocol import PolicyMessage, Status, StatusRequest, decode, encode
+from robot_wsrl.wire.spool import TransitionSpool
 
 WAIT_S = 120.0  # generous: a shared 2-core machine, torch import and ONNX exports in the learner
 WARMUP = 60
@@ -58,10 +58,10 @@ def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained 'pre-trained' agent: the wire, not the learning, is under test here."""
-    from robot_wsrl.agent import Agent
-    from robot_wsrl.config import compose_config
-    from robot_wsrl.envs import make_env
-    from robot_wsrl.training import save_training_checkpoint
+    from robot_wsrl.learn.agent import Agent
+    from robot_wsrl.learn.config import compose_config
+    from robot_wsrl.learn.envs import make_env
+    from robot_wsrl.learn.training import save_training_checkpoint
 
     cfg = compose_config("finetune", ["env=inverted_pendulum", *SMALL_AGENT])
     env = make_env(cfg.env)
@@ -90,7 +90,7 @@ class LearnerProcess:
         self.command = [
             sys.executable,
             "-m",
-            "robot_wsrl.cli",
+            "robot_wsrl.apps.cli",
             "learner",
             "--bind",
             endpoint,
@@ -359,7 +359,7 @@ def test_learner_killed_and_restarted_loses_and_duplicates_nothing(session) -> N
 
 def test_console_pauses_and_resumes_learning(session) -> None:
     """Pause stops the updates (lockstep runners then wait for credit); resume carries on where it was."""
-    from robot_wsrl.protocol import Command, Reply
+    from robot_wsrl.wire.protocol import Command, Reply
 
     learner, _ = session
     learner.wait_status("fine-tuning", lambda s: s["updates"] > 0)
@@ -441,8 +441,8 @@ def test_hardware_runner_runs_only_versions_that_passed_validation(session) -> N
 
 def test_unsigned_or_altered_policy_is_refused(tmp_path: Path, keydir: Path, checkpoint: Path) -> None:
     """The test plays the learner: only the genuine, signed policy reaches disk and the runner."""
-    from robot_wsrl.export import export_policy
-    from robot_wsrl.signing import signed_policy_message
+    from robot_wsrl.learn.export import export_policy
+    from robot_wsrl.wire.signing import signed_policy_message
 
     onnx_path = export_policy(checkpoint, tmp_path / "export")
     onnx, sidecar = onnx_path.read_bytes(), onnx_path.with_suffix(".json").read_text()

@@ -16,8 +16,9 @@ from conftest import SMALL_AGENT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robot_wsrl import transport
-from robot_wsrl.protocol import (
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.wire import transport
+from robot_wsrl.wire.protocol import (
     BatchRules,
     Command,
     HeartbeatMessage,
@@ -28,8 +29,7 @@ from robot_wsrl.protocol import (
     Transitions,
     encode,
 )
-from robot_wsrl.spec import EnvSpec
-from robot_wsrl.spool import DedupLog
+from robot_wsrl.wire.spool import DedupLog
 
 SPEC = EnvSpec("security", 4, 2, (-1.0, -1.0), (1.0, 1.0), 0.01)
 
@@ -136,10 +136,10 @@ def test_dedup_refuses_a_batch_that_needs_more_ranges_and_records_nothing() -> N
 def learner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from robot_wsrl.agent import Agent
-    from robot_wsrl.config import compose_config
-    from robot_wsrl.learner import Learner, LearnerOptions
-    from robot_wsrl.training import save_training_checkpoint
+    from robot_wsrl.learn.agent import Agent
+    from robot_wsrl.learn.config import compose_config
+    from robot_wsrl.learn.learner import Learner, LearnerOptions
+    from robot_wsrl.learn.training import save_training_checkpoint
 
     root = tmp_path_factory.mktemp("learner")
     cfg = compose_config("finetune", SMALL_AGENT)
@@ -179,7 +179,7 @@ def test_plain_mode_fixes_a_connections_name_and_role_at_its_first_message(learn
 
 
 def test_a_runner_keeps_at_most_a_few_episodes_open(learner: Any) -> None:
-    from robot_wsrl.learner import MAX_OPEN_EPISODES
+    from robot_wsrl.learn.learner import MAX_OPEN_EPISODES
 
     for k in range(30):  # each batch opens 30 episodes none of which ever ends
         assert deliver(learner, b"e1", batch("ep", 60 * k, 60, episodes=30 * k + np.arange(60) // 2)) == {}
@@ -208,7 +208,7 @@ def test_episode_returns_add_up_across_batches_and_cut_episodes_report_none(lear
 
 
 def test_connections_per_name_are_bounded(learner: Any) -> None:
-    from robot_wsrl.learner import MAX_CONNECTIONS
+    from robot_wsrl.learn.learner import MAX_CONNECTIONS
 
     limit = MAX_CONNECTIONS["runner"]
     for i in range(limit):
@@ -219,7 +219,7 @@ def test_connections_per_name_are_bounded(learner: Any) -> None:
 
 
 def test_a_peer_gets_a_policy_again_only_after_a_backoff_and_a_few_times(learner: Any) -> None:
-    from robot_wsrl.learner import MAX_UNCONFIRMED
+    from robot_wsrl.learn.learner import MAX_UNCONFIRMED
 
     sent: list[int] = []
 

@@ -10,7 +10,7 @@ import sys
 # deadlocked the process (a learner was left running an hour after its session was killed).
 SCRIPT = """
 import os, signal, sys, threading
-from robot_wsrl.lifetime import stop_on_signals
+from robot_wsrl.core.lifetime import stop_on_signals
 stop = threading.Event()
 previous = stop_on_signals([stop])
 assert set(previous) == {signal.SIGINT, signal.SIGTERM}

@@ -19,13 +19,14 @@ import pytest
 import zmq
 from helpers import free_port
 
-from drivers.null import NullDriver
-from robot_wsrl import keys, signing, transport
 from robot_wsrl.bench.estop import write_policy
-from robot_wsrl.durable import DurableRecord
-from robot_wsrl.link import POLICY_RECORD, LearnerLink, LinkOptions
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.protocol import (
+from robot_wsrl.core.durable import DurableRecord
+from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.robot.link import POLICY_RECORD, LearnerLink, LinkOptions
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.runner import Runner
+from robot_wsrl.wire import keys, signing, transport
+from robot_wsrl.wire.protocol import (
     Ack,
     Command,
     Credit,
@@ -36,8 +37,7 @@ from robot_wsrl.protocol import (
     decode,
     encode,
 )
-from robot_wsrl.runner import Runner
-from robot_wsrl.spool import TransitionSpool
+from robot_wsrl.wire.spool import TransitionSpool
 
 WAIT_S = 30.0
 PERIOD_S = 0.01

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from robot_wsrl.losses import (
+from robot_wsrl.learn.losses import (
     CQLSettings,
     actor_loss,
     cql_alpha_loss,
@@ -15,7 +15,7 @@ from robot_wsrl.losses import (
     td_target,
     temperature_loss,
 )
-from robot_wsrl.networks import ObsNormalizer, QEnsemble, TanhGaussianActor
+from robot_wsrl.learn.networks import ObsNormalizer, QEnsemble, TanhGaussianActor
 
 
 def test_td_target_by_hand():

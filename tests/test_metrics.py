@@ -2,7 +2,7 @@
 
 import csv
 
-from robot_wsrl.metrics import MetricsLogger
+from robot_wsrl.learn.metrics import MetricsLogger
 
 
 def test_new_keys_add_columns_and_keep_earlier_rows(tmp_path):

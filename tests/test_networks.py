@@ -3,7 +3,7 @@ import math
 import torch
 from torch import nn
 
-from robot_wsrl.networks import EnsembleLinear, ObsNormalizer, QEnsemble, TanhGaussianActor
+from robot_wsrl.learn.networks import EnsembleLinear, ObsNormalizer, QEnsemble, TanhGaussianActor
 
 
 def test_ensemble_linear_equals_separate_linear_layers():

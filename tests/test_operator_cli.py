@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from test_control import PERIOD_S, WAIT_S, RunnerRig, free_port, make_keys, stranger_keys, wait_for
 
-from drivers.null import NullDriver
 from robot_wsrl.bench.estop import write_policy
-from robot_wsrl.endpoints import Endpoints, EndpointsError, load_endpoints, save_endpoints
-from robot_wsrl.operator import release_cli, status_cli, stop_cli
+from robot_wsrl.console.operator import release_cli, status_cli, stop_cli
+from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.wire.endpoints import Endpoints, EndpointsError, load_endpoints, save_endpoints
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_endpoints_file_errors_name_the_file(tmp_path: Path, capsys) -> None:
 
 def test_operator_tools_do_not_import_torch_or_onnxruntime() -> None:
     script = (
-        "import sys, robot_wsrl.operator, robot_wsrl.console.app\n"
+        "import sys, robot_wsrl.console.operator, robot_wsrl.console.app\n"
         "bad = [m for m in ('torch', 'onnxruntime') if m in sys.modules]\n"
         "sys.exit(f'imported {bad}' if bad else 0)\n"
     )
@@ -162,7 +162,7 @@ def test_operator_tools_do_not_import_torch_or_onnxruntime() -> None:
 
 
 def _robot_wsrl(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "robot_wsrl.cli", *args]
+    command = [sys.executable, "-m", "robot_wsrl.apps.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
 
 
@@ -174,7 +174,7 @@ def test_runner_process_with_control_stop_status_release_by_script(
     control = ["--control", endpoint, "--keys", str(keydir), "--name", "robot1", "--state", str(tmp_path)]
     with open(tmp_path / "runner.log", "wb") as log:
         runner = subprocess.Popen(
-            [sys.executable, "-m", "robot_wsrl.cli", *command, *control],
+            [sys.executable, "-m", "robot_wsrl.apps.cli", *command, *control],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,

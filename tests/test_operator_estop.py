@@ -23,7 +23,6 @@ import pytest
 import zmq
 from test_control import WAIT_S, pump_until
 
-from robot_wsrl import transport
 from robot_wsrl.console.app import ConsoleApp
 from robot_wsrl.console.client import (
     HARDWARE_ESTOP,
@@ -34,10 +33,11 @@ from robot_wsrl.console.client import (
     Snapshot,
     armed_deadman,
 )
+from robot_wsrl.console.operator import finite, status_cli, stop_cli
 from robot_wsrl.console.widgets import UNCONFIRMED, RunnerTable, alarm_text, deadman_text, runner_cells
-from robot_wsrl.endpoints import Endpoints
-from robot_wsrl.operator import finite, status_cli, stop_cli
-from robot_wsrl.protocol import Command, RejectCounter, Reply, Status, StatusRequest, encode
+from robot_wsrl.wire import transport
+from robot_wsrl.wire.endpoints import Endpoints
+from robot_wsrl.wire.protocol import Command, RejectCounter, Reply, Status, StatusRequest, encode
 
 REPLY_TIMEOUT_S = 0.5  # the alarm threshold under test; liveness waits use WAIT_S
 

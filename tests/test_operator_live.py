@@ -21,12 +21,12 @@ import pytest
 from test_console import end_process, spawn_cli
 from test_control import PERIOD_S, free_port, make_keys, pump_until, wait_for
 
-from drivers.null import NullDriver
-from robot_wsrl import keys
 from robot_wsrl.bench.estop import write_policy
 from robot_wsrl.console.client import ClientOptions, ControlClient, armed_deadman
-from robot_wsrl.control import DEFAULT_DEADMAN_S
-from robot_wsrl.endpoints import Endpoints
+from robot_wsrl.robot.control import DEFAULT_DEADMAN_S
+from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.wire import keys
+from robot_wsrl.wire.endpoints import Endpoints
 
 START_S = 120.0  # process start-up (imports, CURVE handshakes) on a loaded 2-core machine
 COMMAND_S = 10.0  # a command's deadline: liveness, not speed
@@ -36,7 +36,7 @@ POLLS = 10  # status calls the poller must have made while the cycles ran
 # A `robot-wsrl status` loop in one process: a fresh client (connection) per call, as a script's would be.
 POLLER = """
 import contextlib, io, json, pathlib, sys
-from robot_wsrl.operator import status_cli
+from robot_wsrl.console.operator import status_cli
 argv, stop, out = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 codes = []
 while not stop.exists():
@@ -49,7 +49,7 @@ while not stop.exists():
 CONSOLE = """
 import json, pathlib, sys
 from robot_wsrl.console.client import ClientOptions, ControlClient
-from robot_wsrl.endpoints import Endpoints
+from robot_wsrl.wire.endpoints import Endpoints
 endpoint, keydir, stop, out = sys.argv[1:5]
 endpoints = Endpoints({"robot1": endpoint}, keys=pathlib.Path(keydir))
 client = ControlClient(endpoints, "console", ClientOptions(stale_s=5.0))  # slack for a loaded machine

@@ -11,10 +11,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from robot_wsrl.checkpoint import build_actor
-from robot_wsrl.export import export_policy
-from robot_wsrl.policy import OnnxPolicy, PolicyError, PolicyMetadata, sha256_bytes, spec_mismatches
-from robot_wsrl.spec import EnvSpec
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.learn.checkpoint import build_actor
+from robot_wsrl.learn.export import export_policy
+from robot_wsrl.robot.policy import OnnxPolicy, PolicyError, PolicyMetadata, sha256_bytes, spec_mismatches
 
 SPEC = EnvSpec("arm", 6, 2, (-2.0, 0.0), (2.0, 1.0), 0.01)
 

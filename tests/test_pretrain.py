@@ -2,10 +2,10 @@
 
 import pytest
 
-from robot_wsrl.checkpoint import CheckpointError, load_actor, load_checkpoint
-from robot_wsrl.config import compose_config
-from robot_wsrl.finetune import finetune
-from robot_wsrl.pretrain import pretrain
+from robot_wsrl.learn.checkpoint import CheckpointError, load_actor, load_checkpoint
+from robot_wsrl.learn.config import compose_config
+from robot_wsrl.learn.finetune import finetune
+from robot_wsrl.learn.pretrain import pretrain
 
 
 @pytest.mark.parametrize("agent", ["cql", "calql"])

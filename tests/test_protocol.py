@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from robot_wsrl.protocol import (
+from robot_wsrl.wire.protocol import (
     PROTOCOL_VERSION,
     Ack,
     Command,
@@ -111,7 +111,7 @@ def test_transitions_round_trip_zero_copy_arrays() -> None:
 
 
 def test_transitions_from_runner_steps() -> None:
-    from robot_wsrl.runner import Transition
+    from robot_wsrl.robot.runner import Transition
 
     steps = [
         Transition(

@@ -14,15 +14,16 @@ import pytest
 import zmq
 from test_validate import BALANCES, FAST, write_linear_policy
 
-from drivers import make_driver
-from robot_wsrl import keys, transport
-from robot_wsrl.control import ControlServer, bind
-from robot_wsrl.export import cli as export_cli
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.registry import cli as policies_cli
-from robot_wsrl.registry import previous_validated, rollback_cli, shipped
-from robot_wsrl.runner import Runner
-from robot_wsrl.signing import (
+from robot_wsrl.gate.registry import cli as policies_cli
+from robot_wsrl.gate.registry import previous_validated, rollback_cli, shipped
+from robot_wsrl.gate.validate import load_config, validate
+from robot_wsrl.learn.export import cli as export_cli
+from robot_wsrl.robot.control import ControlServer, bind
+from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.runner import Runner
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.signing import (
     SignatureError,
     key_id,
     read_signature,
@@ -30,7 +31,6 @@ from robot_wsrl.signing import (
     verify_signature_file,
     write_signature,
 )
-from robot_wsrl.validate import load_config, validate
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def _flip_last_byte(path: Path) -> None:
 
 
 def _verdict(directory: Path, status: str, sha256: str | None = None) -> None:
-    """A gate verdict as robot_wsrl.gate writes it (the fields the registry reads)."""
+    """A gate verdict as robot_wsrl.gate.worker writes it (the fields the registry reads)."""
     sha = sha256 or json.loads((directory / "policy.json").read_text())["sha256"]
     (directory / "validation").mkdir(exist_ok=True)
     (directory / "validation" / "verdict.json").write_text(json.dumps({"sha256": sha, "status": status}))
@@ -212,9 +212,9 @@ def test_previous_validated_is_the_rollback_target(run: Path) -> None:
 
 
 def test_ship_signs_when_given_keys(small_overrides, pendulum_dataset, keydir: Path, tmp_path: Path) -> None:
-    from robot_wsrl.config import compose_config
-    from robot_wsrl.pretrain import pretrain
-    from robot_wsrl.ship import ship
+    from robot_wsrl.learn.config import compose_config
+    from robot_wsrl.learn.pretrain import pretrain
+    from robot_wsrl.learn.ship import ship
 
     overrides = ["env=inverted_pendulum", *small_overrides, f"run.dataset={pendulum_dataset}", "run.steps=2"]
     pretrain(compose_config("pretrain", [*overrides, "run.eval_every=0"]))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from robot_wsrl.replay import MixedSampler, ReplayBuffer, discounted_returns
+from robot_wsrl.learn.replay import MixedSampler, ReplayBuffer, discounted_returns
 
 
 def _fill(buf: ReplayBuffer, rewards, ends, truncs=None):

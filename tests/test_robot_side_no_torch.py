@@ -6,34 +6,34 @@ import subprocess
 import sys
 
 ROBOT_MODULES = [
-    "robot_wsrl.cli",
-    "robot_wsrl.spec",
-    "robot_wsrl.driver",
-    "robot_wsrl.policy",
-    "robot_wsrl.safety",
-    "robot_wsrl.runner",
-    "robot_wsrl.protocol",
-    "robot_wsrl.signing",
-    "robot_wsrl.keys",
-    "robot_wsrl.transport",
-    "robot_wsrl.spool",
-    "robot_wsrl.link",
-    "robot_wsrl.ingest_log",
-    "robot_wsrl.validate",
-    "robot_wsrl.registry",
-    "robot_wsrl.gate",
-    "robot_wsrl.lifetime",
-    "robot_wsrl.durable",
-    "robot_wsrl.control",
-    "robot_wsrl.endpoints",
+    "robot_wsrl.apps.cli",
+    "robot_wsrl.core.spec",
+    "robot_wsrl.core.driver",
+    "robot_wsrl.robot.policy",
+    "robot_wsrl.robot.safety",
+    "robot_wsrl.robot.runner",
+    "robot_wsrl.wire.protocol",
+    "robot_wsrl.wire.signing",
+    "robot_wsrl.wire.keys",
+    "robot_wsrl.wire.transport",
+    "robot_wsrl.wire.spool",
+    "robot_wsrl.robot.link",
+    "robot_wsrl.learn.ingest_log",
+    "robot_wsrl.gate.validate",
+    "robot_wsrl.gate.registry",
+    "robot_wsrl.gate.worker",
+    "robot_wsrl.core.lifetime",
+    "robot_wsrl.core.durable",
+    "robot_wsrl.robot.control",
+    "robot_wsrl.wire.endpoints",
     "robot_wsrl.console.client",
-    "robot_wsrl.operator",
+    "robot_wsrl.console.operator",
 ]
 
 SCRIPT = f"""
 import importlib, pkgutil, sys
-import drivers
-modules = {ROBOT_MODULES!r} + sorted("drivers." + m.name for m in pkgutil.walk_packages(drivers.__path__))
+import robot_wsrl.robot.drivers as drivers
+modules = {ROBOT_MODULES!r} + sorted(drivers.__name__ + "." + m.name for m in pkgutil.walk_packages(drivers.__path__))
 for name in modules:
     importlib.import_module(name)
     if "torch" in sys.modules:

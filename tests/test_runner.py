@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from drivers import make_driver
-from robot_wsrl.checkpoint import build_actor
-from robot_wsrl.driver import DriverFault, StepResult
-from robot_wsrl.export import export_policy
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.runner import Runner, Transition, cli, realtime_priority
-from robot_wsrl.safety import RunnerState, SafetyConfig
-from robot_wsrl.spec import EnvSpec
+from robot_wsrl.core.driver import DriverFault, StepResult
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.learn.checkpoint import build_actor
+from robot_wsrl.learn.export import export_policy
+from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.runner import Runner, Transition, cli, realtime_priority
+from robot_wsrl.robot.safety import RunnerState, SafetyConfig
 
 SPEC = EnvSpec("fake", 4, 2, (-2.0, -1.0), (2.0, 3.0), 0.002)
 
@@ -317,7 +317,7 @@ def test_offer_from_another_thread_while_running(paths: dict[str, Path]) -> None
 
 
 def test_runner_refuses_a_policy_for_another_robot(paths: dict[str, Path]) -> None:
-    from robot_wsrl.policy import PolicyError
+    from robot_wsrl.robot.policy import PolicyError
 
     with pytest.raises(PolicyError, match="obs_dim"):
         Runner(FakeDriver(), OnnxPolicy.load(paths["wrong_obs"]))

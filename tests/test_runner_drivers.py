@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from drivers import make_driver
-from drivers.emulated_robot import EmulatedRobotProcess, spawn_emulated_robot
-from drivers.gym_mujoco import GymMujocoDriver
-from robot_wsrl.checkpoint import build_actor
-from robot_wsrl.driver import Driver, StepResult
-from robot_wsrl.export import export_policy
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.runner import Runner, cli
-from robot_wsrl.safety import RunnerState
-from robot_wsrl.spec import EnvSpec
+from robot_wsrl.core.driver import Driver, StepResult
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.learn.checkpoint import build_actor
+from robot_wsrl.learn.export import export_policy
+from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.robot.drivers.emulated_robot import EmulatedRobotProcess, spawn_emulated_robot
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.runner import Runner, cli
+from robot_wsrl.robot.safety import RunnerState
+from robot_wsrl.sim.gym_mujoco import GymMujocoDriver
 
 CLI_STEPS = 100  # ticks per CLI run: long enough (about a second) for the live status line to redraw
 DEADLINE_MARGIN_S = 1.0  # scheduling slack on a loaded 2-core CI machine (busy loops beside the test)
@@ -166,7 +166,7 @@ def test_a_robot_clock_paces_the_loop_and_reports_the_missed_deadlines(
 ) -> None:
     """Runner and robot clocks in lock-step would make every reply look late and halve the rate; the runner
     follows the robot (on a virtual clock: exact, and blind to the machine's load)."""
-    import robot_wsrl.runner as runner_module
+    import robot_wsrl.robot.runner as runner_module
 
     clock = VirtualClock()
     monkeypatch.setattr(runner_module, "time", clock)

@@ -26,10 +26,10 @@ import pytest
 import zmq
 from helpers import free_port
 
-from drivers.null import NullDriver
-from robot_wsrl import keys, transport
 from robot_wsrl.bench.estop import write_policy
-from robot_wsrl.protocol import Command, Reply, Status, StatusRequest, decode, encode
+from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.protocol import Command, Reply, Status, StatusRequest, decode, encode
 
 WAIT_S = 60.0  # generous: a loaded 2-core machine starting onnxruntime in each process
 PERIOD_S = 0.01
@@ -83,7 +83,7 @@ class Proc:
         self.log = log
         with open(log, "wb") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "robot_wsrl.cli", *args],
+                [sys.executable, "-m", "robot_wsrl.apps.cli", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=os.environ | {"MUJOCO_GL": "disable"},
@@ -225,7 +225,7 @@ def test_sigterm_ends_the_runner_cli_with_a_safe_stop(
 ) -> None:
     """In this process (so the driver can be inspected): SIGTERM ends the loop, the robot is safe-stopped,
     the driver closed, the exit clean."""
-    import robot_wsrl.runner as runner_module
+    import robot_wsrl.robot.runner as runner_module
 
     driver = NullDriver(3, 1, control_period_s=PERIOD_S)
     monkeypatch.setattr(runner_module, "make_driver", lambda *_, **__: driver)
@@ -250,7 +250,7 @@ def _supervising_console(endpoint: str) -> subprocess.Popen[bytes]:
     code = (
         "import sys, time, zmq\n"
         "from robot_wsrl import transport\n"
-        "from robot_wsrl.protocol import HeartbeatMessage, encode\n"
+        "from robot_wsrl.wire.protocol import HeartbeatMessage, encode\n"
         "sock = transport.plain_client(zmq.Context(), zmq.DEALER, sys.argv[1])\n"
         "while True:\n"
         "    transport.send_frames(sock, encode(HeartbeatMessage('console', 'console', time.time(),"
@@ -263,7 +263,7 @@ def _supervising_console(endpoint: str) -> subprocess.Popen[bytes]:
 def test_a_supervising_console_arms_the_default_deadman_and_its_death_stops_the_robot(
     tmp_path: Path, policy: Path, procs: list[Proc], consoles: list[Console]
 ) -> None:
-    from robot_wsrl.control import DEFAULT_DEADMAN_S
+    from robot_wsrl.robot.control import DEFAULT_DEADMAN_S
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     console = Console(endpoint)  # watching: also named "console", a separate connection

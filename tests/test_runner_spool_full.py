@@ -21,9 +21,9 @@ import pytest
 from test_link_forward import FakeLearner, signed_policy
 from test_runner_live import Console, Proc, free_port, wait_for
 
-from robot_wsrl import keys
-from robot_wsrl.durable import DurableRecord
-from robot_wsrl.protocol import Ack
+from robot_wsrl.core.durable import DurableRecord
+from robot_wsrl.wire import keys
+from robot_wsrl.wire.protocol import Ack
 
 DISK_BYTES = 8 << 20
 
@@ -117,7 +117,7 @@ def _get(status: dict[str, object], key: str) -> object:
 
 SPOOL_UNDER_EMFILE = r"""
 import json, os, resource, sys
-from robot_wsrl.spool import SpoolFull, TransitionSpool
+from robot_wsrl.wire.spool import SpoolFull, TransitionSpool
 import numpy as np
 
 def batch():

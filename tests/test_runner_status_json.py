@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from drivers.null import NullDriver
 from robot_wsrl.bench.estop import write_policy
-from robot_wsrl.driver import StepResult
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.runner import Runner, _status_line
+from robot_wsrl.core.driver import StepResult
+from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.runner import Runner, _status_line
 
 
 class NanRewardDriver(NullDriver):

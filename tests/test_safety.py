@@ -7,14 +7,14 @@ import logging
 import numpy as np
 import pytest
 
-from robot_wsrl.safety import (
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.robot.safety import (
     EStopCause,
     EStopLatch,
     FaultKind,
     SafetyConfig,
     SafetyEnvelope,
 )
-from robot_wsrl.spec import EnvSpec
 
 SPEC = EnvSpec("arm", 3, 2, (-1.0, 0.5), (1.0, 2.5), 0.01)
 
@@ -115,7 +115,7 @@ class StopCounter:
 def test_estop_by_command_latches_and_needs_release(caplog: pytest.LogCaptureFixture) -> None:
     stop = StopCounter()
     latch = EStopLatch(stop)
-    with caplog.at_level(logging.ERROR, logger="robot_wsrl.safety"):
+    with caplog.at_level(logging.ERROR, logger="robot_wsrl.robot.safety"):
         assert latch.command("console button") is True
     assert latch.latched and stop.calls == 1 and latch.cause is EStopCause.COMMAND
     assert "E-STOP (command)" in caplog.text and "console button" in caplog.text
@@ -163,6 +163,6 @@ def test_latch_holds_even_if_safe_stop_fails(caplog: pytest.LogCaptureFixture) -
         raise RuntimeError("bus error")
 
     latch = EStopLatch(broken)
-    with caplog.at_level(logging.ERROR, logger="robot_wsrl.safety"):
+    with caplog.at_level(logging.ERROR, logger="robot_wsrl.robot.safety"):
         assert latch.trigger(EStopCause.LIMIT_VIOLATION, "joint 3 past its limit")
     assert latch.latched and latch.safe_stop_errors == 1 and "safe_stop failed" in caplog.text

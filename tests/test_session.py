@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_AGENT
 
-from robot_wsrl import keys
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.session import LEARNER_NICE, POLL_S, Progress, robot_state
+from robot_wsrl.apps.session import LEARNER_NICE, POLL_S, Progress, robot_state
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.wire import keys
 
 STEPS, WARMUP = 200, 60
 TIMEOUT_S = 150.0  # generous: a shared 2-core machine; the session itself takes well under a minute
@@ -26,10 +26,10 @@ TIMEOUT_S = 150.0  # generous: a shared 2-core machine; the session itself takes
 
 def tiny_policy_dir(directory: Path) -> Path:
     """A tiny untrained 'pre-trained' agent in a policy folder (no manifest: the env comes from it)."""
-    from robot_wsrl.agent import Agent
-    from robot_wsrl.config import compose_config
-    from robot_wsrl.envs import make_env
-    from robot_wsrl.training import save_training_checkpoint
+    from robot_wsrl.learn.agent import Agent
+    from robot_wsrl.learn.config import compose_config
+    from robot_wsrl.learn.envs import make_env
+    from robot_wsrl.learn.training import save_training_checkpoint
 
     cfg = compose_config("finetune", ["env=inverted_pendulum", *SMALL_AGENT])
     env = make_env(cfg.env)
@@ -53,7 +53,7 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _session(policy_dir: Path, out: Path, steps: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "robot_wsrl.cli", "session", "--policy-dir", str(policy_dir)]
+    command = [sys.executable, "-m", "robot_wsrl.apps.cli", "session", "--policy-dir", str(policy_dir)]
     command += ["--out", str(out), "--steps", str(steps), *TINY_SESSION, *TINY_LEARNER]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -204,7 +204,7 @@ def _foreign_keys(session: Path, tmp_path: Path) -> Path:
 
 def _operator(command: str, session: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "robot_wsrl.cli", command, "--session", str(session), *args],
+        [sys.executable, "-m", "robot_wsrl.apps.cli", command, "--session", str(session), *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,12 +2,12 @@
 
 import json
 
-from drivers.shift import preset_names
-from robot_wsrl.config import compose_config
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.pretrain import pretrain
-from robot_wsrl.ship import cli as ship_cli
-from robot_wsrl.ship import ship
+from robot_wsrl.learn.config import compose_config
+from robot_wsrl.learn.pretrain import pretrain
+from robot_wsrl.learn.ship import cli as ship_cli
+from robot_wsrl.learn.ship import ship
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.sim.shift import preset_names
 
 
 def test_ship_writes_checkpoint_policy_and_manifest(small_overrides, pendulum_dataset, tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from robot_wsrl.protocol import PolicyMessage, decode, encode
-from robot_wsrl.signing import (
+from robot_wsrl.wire.protocol import PolicyMessage, decode, encode
+from robot_wsrl.wire.signing import (
     SignatureError,
     canonical_json,
     key_id,
@@ -129,8 +129,8 @@ def test_signed_policy_loads_on_the_runner_side(
     pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from robot_wsrl.policy import OnnxPolicy, PolicyMetadata, sha256_bytes
-    from robot_wsrl.spec import EnvSpec
+    from robot_wsrl.core.spec import EnvSpec
+    from robot_wsrl.robot.policy import OnnxPolicy, PolicyMetadata, sha256_bytes
 
     spec = EnvSpec("toy", 2, 2, (-1.0, -1.0), (1.0, 1.0), 0.01)
     graph = helper.make_graph(

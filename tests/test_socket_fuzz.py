@@ -26,11 +26,12 @@ from conftest import SMALL_AGENT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.emulated_robot import MESSAGE_TYPES as ROBOT_TYPES
-from drivers.emulated_robot import EmulatedRobotServer
-from drivers.emulated_robot import encode as robot_encode
-from robot_wsrl import keys, transport
-from robot_wsrl.protocol import (
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.robot.drivers.emulated_robot import MESSAGE_TYPES as ROBOT_TYPES
+from robot_wsrl.robot.drivers.emulated_robot import EmulatedRobotServer
+from robot_wsrl.robot.drivers.emulated_robot import encode as robot_encode
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.protocol import (
     MESSAGE_TYPES,
     Ack,
     Command,
@@ -43,7 +44,6 @@ from robot_wsrl.protocol import (
     decode,
     encode,
 )
-from robot_wsrl.spec import EnvSpec
 
 WAIT_S = 10.0
 EXAMPLES = 60
@@ -155,7 +155,7 @@ def mutate(valid: list[bytes], wire: Wire, data: st.DataObject) -> list[bytes]:
     return valid[:-1]  # missing_frame
 
 
-# The project's protocol (robot_wsrl.protocol): the learner and the control channel speak it.
+# The project's protocol (robot_wsrl.wire.protocol): the learner and the control channel speak it.
 PROTOCOL_WIRE = Wire(
     header_keys={
         "v": st.one_of(INT64.filter(lambda v: v != 1), NOT_INT),
@@ -244,10 +244,10 @@ def fuzz_one(target: Target, frames: list[bytes], before: Any, timeout_s: float 
 @pytest.fixture(scope="module")
 def learner(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> Iterator[Target]:
     """A real Learner (no update: warmup never ends) serving its CURVE ROUTER on a thread."""
-    from robot_wsrl.agent import Agent
-    from robot_wsrl.config import compose_config
-    from robot_wsrl.learner import Learner, LearnerOptions
-    from robot_wsrl.training import save_training_checkpoint
+    from robot_wsrl.learn.agent import Agent
+    from robot_wsrl.learn.config import compose_config
+    from robot_wsrl.learn.learner import Learner, LearnerOptions
+    from robot_wsrl.learn.training import save_training_checkpoint
 
     root = tmp_path_factory.mktemp("learner")
     cfg = compose_config("finetune", SMALL_AGENT)
@@ -321,12 +321,12 @@ def learner(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> Iterator[
 @pytest.fixture(scope="module")
 def control(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> Iterator[Target]:
     """The runner's control channel (CURVE, console keys only) with an idle Runner attached."""
-    from drivers.null import NullDriver
-    from robot_wsrl.checkpoint import build_actor
-    from robot_wsrl.control import ControlServer, bind
-    from robot_wsrl.export import export_policy
-    from robot_wsrl.policy import OnnxPolicy
-    from robot_wsrl.runner import Runner
+    from robot_wsrl.learn.checkpoint import build_actor
+    from robot_wsrl.learn.export import export_policy
+    from robot_wsrl.robot.control import ControlServer, bind
+    from robot_wsrl.robot.drivers.null import NullDriver
+    from robot_wsrl.robot.policy import OnnxPolicy
+    from robot_wsrl.robot.runner import Runner
 
     path = export_policy(build_actor(SPEC, [8, 8]), tmp_path_factory.mktemp("policy"), spec=SPEC)
     driver = NullDriver(SPEC.obs_dim, SPEC.act_dim, SPEC.control_period_s)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robot_wsrl.protocol import Transitions
-from robot_wsrl.spool import DedupLog, SpoolError, SpoolFull, TransitionSpool
+from robot_wsrl.wire.protocol import Transitions
+from robot_wsrl.wire.spool import DedupLog, SpoolError, SpoolFull, TransitionSpool
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def test_killed_process_loses_nothing(tmp_path: Path) -> None:
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_spool import steps
-        from robot_wsrl.spool import TransitionSpool
+        from robot_wsrl.wire.spool import TransitionSpool
         spool = TransitionSpool({str(tmp_path)!r}, "robot1", segment_bytes=3000)
         for k in range(10):
             spool.append(steps(3, 3 * k))

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from robot_wsrl import keys, transport
-from robot_wsrl.protocol import (
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.protocol import (
     Ack,
     Message,
     RejectCounter,
@@ -240,7 +240,7 @@ def test_heartbeat_deadline() -> None:
 _BUSY_SERVER = r"""
 import sys, zmq
 from pathlib import Path
-from robot_wsrl import keys, transport
+from robot_wsrl.wire import keys, transport
 mode, keydir = sys.argv[1], Path(sys.argv[2])
 ctx = zmq.Context()
 options = transport.SocketOptions(recv_hwm=10)

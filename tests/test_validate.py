@@ -13,11 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from drivers import make_driver
-from robot_wsrl.driver import DriverFault, StepResult
-from robot_wsrl.policy import PolicyMetadata, sha256_bytes
-from robot_wsrl.spec import EnvSpec
-from robot_wsrl.validate import (
+from robot_wsrl.core.driver import DriverFault, StepResult
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.gate.validate import (
     Setup,
     TimedPolicy,
     ValidateConfig,
@@ -26,6 +24,8 @@ from robot_wsrl.validate import (
     paired_lower_bound,
     run_episode,
 )
+from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.robot.policy import PolicyMetadata, sha256_bytes
 
 PENDULUM = EnvSpec("InvertedPendulum-v5", 4, 1, (-3.0,), (3.0,), 0.04)
 BALANCES = [0.3, 3.0, 0.3, 0.5]  # action = 3 tanh(obs . w): a PD controller that holds the pole up

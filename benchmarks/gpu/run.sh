@@ -30,7 +30,7 @@ while (($#)); do
 done
 
 PY="${PYTHON:-python3}"
-RW=("$PY" -c 'import sys; from robot_wsrl.cli import main; sys.exit(main())')
+RW=("$PY" -c 'import sys; from robot_wsrl.apps.cli import main; sys.exit(main())')
 CONSTRAINTS="${CONSTRAINTS-constraints.txt}"
 read -r -a PIP_EXTRA <<< "${PIP_ARGS:-}"
 
@@ -75,7 +75,7 @@ install() {
         step install_torch 240 "$PY" -m pip install "torch==${TORCH_VERSION:-2.13.0}" \
             ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "${PIP_EXTRA[@]}"
     fi
-    if ! importable "robot_wsrl.cli, hydra, mujoco, gymnasium, pytest"; then
+    if ! importable "robot_wsrl.apps.cli, hydra, mujoco, gymnasium, pytest"; then
         step install_project 180 "$PY" -m pip install "${constraint[@]}" -e ".[learner,sim,dev]" "${PIP_EXTRA[@]}"
     fi
 }
@@ -94,8 +94,8 @@ open(sys.argv[1], "w").write(json.dumps(r, sort_keys=True))' "$OUT/bench_learner
 train() {
     step dataset 60 "$PY" -c 'import sys
 import numpy as np
-from drivers import make_driver
-from robot_wsrl.collect import record_dataset
+from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.learn.collect import record_dataset
 driver = make_driver("gym:Hopper-v5", seed=0, max_episode_steps=1000)
 rng = np.random.default_rng(0)
 low, high = np.array(driver.spec.action_low), np.array(driver.spec.action_high)

@@ -38,14 +38,15 @@ import numpy as np
 import zmq
 from onnx import TensorProto, helper
 
-from robot_wsrl import keys, session, transport
+from robot_wsrl.apps import session
 from robot_wsrl.bench.machine import cpu_description
 from robot_wsrl.console.client import ClientOptions, ControlClient
-from robot_wsrl.endpoints import FILE_NAME, Endpoints, load_endpoints
-from robot_wsrl.lifetime import die_with_parent
-from robot_wsrl.policy import PolicyMetadata, sha256_bytes
-from robot_wsrl.protocol import HeartbeatMessage, encode
-from robot_wsrl.spec import EnvSpec
+from robot_wsrl.core.lifetime import die_with_parent
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.robot.policy import PolicyMetadata, sha256_bytes
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.endpoints import FILE_NAME, Endpoints, load_endpoints
+from robot_wsrl.wire.protocol import HeartbeatMessage, encode
 
 OBS_DIM, ACT_DIM = 11, 3
 TARGET_P99_MS = 5.0
@@ -104,7 +105,7 @@ class _StampingDriver:
     """A null driver that writes `stop <perf_counter>` to stdout the moment safe_stop is called."""
 
     def __init__(self, period_s: float) -> None:
-        from drivers.null import NullDriver
+        from robot_wsrl.robot.drivers.null import NullDriver
 
         self._driver = NullDriver(OBS_DIM, ACT_DIM, control_period_s=period_s)
         self.spec = self._driver.spec
@@ -126,9 +127,9 @@ class _StampingDriver:
 
 def worker(argv: Sequence[str]) -> None:
     """NAME ENDPOINT KEYDIR POLICY HZ DEADMAN_S: serve one runner until stdin closes."""
-    from robot_wsrl.control import ControlServer, bind
-    from robot_wsrl.policy import OnnxPolicy
-    from robot_wsrl.runner import Runner
+    from robot_wsrl.robot.control import ControlServer, bind
+    from robot_wsrl.robot.policy import OnnxPolicy
+    from robot_wsrl.robot.runner import Runner
 
     name, endpoint, keydir, policy_path, hz, deadman = argv
     driver = _StampingDriver(1.0 / float(hz))
@@ -260,7 +261,7 @@ class _LoadSession:
 
     def __init__(self, directory: Path, args: Sequence[str]) -> None:
         self.dir = directory
-        command = [sys.executable, "-m", "robot_wsrl.cli", "session", "--out", str(directory)]
+        command = [sys.executable, "-m", "robot_wsrl.apps.cli", "session", "--out", str(directory)]
         command += ["--steps", str(10**12), *args]
         directory.mkdir(parents=True)
         with open(directory.parent / "load-session.log", "wb") as log:

@@ -27,10 +27,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from robot_wsrl.bench.deployed import compare as compare_deployed
-from robot_wsrl.config import CONFIG_DIR, Config, compose_config
+from robot_wsrl.core.paths import REPO_ROOT
+from robot_wsrl.learn.config import CONFIG_DIR, Config, compose_config
 
 BENCH_CONFIG = CONFIG_DIR / "bench" / "finetune.yaml"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 RUN_RECORD = "bench-run.json"  # a finished run's overrides and outcome: an identical run is not repeated
@@ -236,7 +236,7 @@ def _run_all(runs: list[Run], jobs: int, timeout_s: float) -> None:
             run = pending.pop(0)
             shutil.rmtree(run.out_dir, ignore_errors=True)  # a run repeated starts clean: no rows appended
             run.out_dir.mkdir(parents=True)
-            command = [sys.executable, "-m", "robot_wsrl.cli", "finetune", *run.overrides]
+            command = [sys.executable, "-m", "robot_wsrl.apps.cli", "finetune", *run.overrides]
             with (run.out_dir / "process.log").open("w") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-S", "-c", _LAUNCHER, str(run.out_dir / "peak_rss_kib"), *command],
@@ -312,7 +312,7 @@ def _memory_sweep(cfg: DictConfig, out: Path) -> list[Run]:
 
 
 def _env_spec(composed: Config):
-    from robot_wsrl.envs import make_env
+    from robot_wsrl.learn.envs import make_env
 
     env = make_env(composed.env, seed=0)
     try:
@@ -323,7 +323,7 @@ def _env_spec(composed: Config):
 
 def _synthetic_dataset(spec, size: int, path: Path, seed: int) -> Path:
     """Random transitions shaped like the env's (actions inside its limits), 1,000-step episodes."""
-    from robot_wsrl.datasets import OfflineDataset, save_dataset
+    from robot_wsrl.learn.datasets import OfflineDataset, save_dataset
 
     rng = np.random.default_rng(seed)
     chain = rng.standard_normal((size + 1, spec.obs_dim), dtype=np.float32)
@@ -395,8 +395,8 @@ def _growth(sweep: list[Run]) -> dict[str, float]:
 
 
 def _device_label(device: str) -> str:
-    from robot_wsrl.agent import resolve_device
     from robot_wsrl.bench.machine import cpu_description
+    from robot_wsrl.learn.agent import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robot_wsrl.agent import Agent, resolve_device
-from robot_wsrl.config import AgentConfig
+from robot_wsrl.learn.agent import Agent, resolve_device
+from robot_wsrl.learn.config import AgentConfig
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
 MATMUL_SIZE = 2048

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from drivers.null import NullDriver
 from robot_wsrl.bench.machine import cpu_description
-from robot_wsrl.policy import OnnxPolicy
-from robot_wsrl.runner import Runner
-from robot_wsrl.spec import EnvSpec
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.runner import Runner
 
 OBS_DIM, ACT_DIM, HIDDEN = 11, 3, (256, 256)
 RATES = {"500hz": 500, "1khz": 1000}
@@ -66,7 +66,7 @@ def _time_calls(step: Any, observations: np.ndarray, calls: int, warmup: int) ->
 
 
 def _export(actor: Any, out_dir: Path, period_s: float) -> OnnxPolicy:
-    from robot_wsrl.export import export_policy
+    from robot_wsrl.learn.export import export_policy
 
     spec = EnvSpec("bench-null", OBS_DIM, ACT_DIM, (-1.0,) * ACT_DIM, (1.0,) * ACT_DIM, period_s)
     return OnnxPolicy.load(export_policy(actor, out_dir, spec=spec))
@@ -116,7 +116,7 @@ def run_runner_benchmark(
     the runner's opt-in SCHED_FIFO (present only where the process may use it)."""
     import torch
 
-    from robot_wsrl.checkpoint import build_actor
+    from robot_wsrl.learn.checkpoint import build_actor
 
     torch.manual_seed(0)
     spec = EnvSpec("bench-null", OBS_DIM, ACT_DIM, (-1.0,) * ACT_DIM, (1.0,) * ACT_DIM, 1e-3)

@@ -32,11 +32,11 @@ from typing import Any, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
-from robot_wsrl import session
+from robot_wsrl.apps import session
 from robot_wsrl.bench.machine import cpu_description
-from robot_wsrl.endpoints import FILE_NAME, load_endpoints
+from robot_wsrl.core.paths import REPO_ROOT
+from robot_wsrl.wire.endpoints import FILE_NAME, load_endpoints
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_CONFIG = REPO_ROOT / "configs" / "bench" / "soak.yaml"
 BUDGET = 10**12  # the session's step budget: the soak's clock ends it, never the budget
 CLI_TIMEOUT_S = 120.0  # one operator command as a process, on a loaded 2-core host
@@ -103,7 +103,8 @@ class Operators:
         self.cycle_lock = threading.Lock()  # the mid-run restart and the cycler take turns
 
     def _cli(self, *argv: str) -> subprocess.CompletedProcess[str] | None:
-        command = [sys.executable, "-m", "robot_wsrl.cli", argv[0], "--session", str(self.dir), *argv[1:]]
+        command = [sys.executable, "-m", "robot_wsrl.apps.cli", argv[0], "--session", str(self.dir)]
+        command += argv[1:]
         command += ["--timeout", str(self.cfg.command_timeout_s)]
         try:
             return subprocess.run(

@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from robot_wsrl import keys, transport
 from robot_wsrl.bench.machine import cpu_description
-from robot_wsrl.link import LinkOptions
-from robot_wsrl.protocol import Ack, RejectCounter, encode, try_decode
-from robot_wsrl.spool import TransitionSpool
+from robot_wsrl.robot.link import LinkOptions
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.protocol import Ack, RejectCounter, encode, try_decode
+from robot_wsrl.wire.spool import TransitionSpool
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
 CONTROL_PERIOD_S = 1e-3  # the swap runner's null driver: a swap lands at the next tick
@@ -166,11 +166,11 @@ def _ingest_runner(
 def _swap_runner(endpoint: Endpoint, state: str, stop: Any, results: Any) -> None:
     """Runner process of the swap half: the real link and runner; reports when each version was accepted
     by `offer_policy` and first acted on."""
-    from drivers.null import NullDriver
-    from robot_wsrl.control import reserve_process_resources
-    from robot_wsrl.link import LearnerLink
-    from robot_wsrl.policy import OnnxPolicy
-    from robot_wsrl.runner import OfferResult, Runner, Transition
+    from robot_wsrl.robot.control import reserve_process_resources
+    from robot_wsrl.robot.drivers.null import NullDriver
+    from robot_wsrl.robot.link import LearnerLink
+    from robot_wsrl.robot.policy import OnnxPolicy
+    from robot_wsrl.robot.runner import OfferResult, Runner, Transition
 
     reserve_process_resources()  # as `link-runner` does: short GIL hand-offs beside the spinning loop
     accepted: dict[str, float] = {}  # policy file -> when offer_policy accepted it
@@ -248,10 +248,10 @@ class _Bench:
     """Keys, a tiny checkpoint with the 2x256 actor, and starting a learner for each measurement."""
 
     def __init__(self, root: Path) -> None:
-        from robot_wsrl.agent import Agent
-        from robot_wsrl.config import compose_config
-        from robot_wsrl.spec import EnvSpec
-        from robot_wsrl.training import save_training_checkpoint
+        from robot_wsrl.core.spec import EnvSpec
+        from robot_wsrl.learn.agent import Agent
+        from robot_wsrl.learn.config import compose_config
+        from robot_wsrl.learn.training import save_training_checkpoint
 
         self.root = root
         self.keydir = root / "keys"
@@ -267,8 +267,8 @@ class _Bench:
         self.runs = 0
 
     def learner(self, secure: bool, capacity: int, learner_class: type | None = None) -> _Serving:
-        from robot_wsrl.config import compose_config
-        from robot_wsrl.learner import Learner, LearnerOptions
+        from robot_wsrl.learn.config import compose_config
+        from robot_wsrl.learn.learner import Learner, LearnerOptions
 
         self.runs += 1
         out = self.root / f"learner{self.runs}"
@@ -330,7 +330,7 @@ class _Serving:
 
 
 def _logged_seqs(log_path: Path) -> dict[str, np.ndarray]:
-    from robot_wsrl.ingest_log import IngestLog
+    from robot_wsrl.learn.ingest_log import IngestLog
 
     log = IngestLog(log_path)
     try:
@@ -400,7 +400,7 @@ def _publishing_learner(versions: int, interval_s: float) -> type:
     """The real learner, publishing `versions` already-exported versions one every `interval_s` once
     `go` is set, instead of after SGD updates; `published[v]` is when `publish()` began for version v, and
     `held` how long each call held the learner's loop."""
-    from robot_wsrl.learner import Learner
+    from robot_wsrl.learn.learner import Learner
 
     class PublishingLearner(Learner):
         def __init__(self, *args: Any, **kwargs: Any) -> None:

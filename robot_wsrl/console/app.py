@@ -32,6 +32,7 @@ from robot_wsrl.console.client import (
     Event,
     tool_tag,
 )
+from robot_wsrl.console.operator import UsageError, add_connection_arguments, endpoints_from_args
 from robot_wsrl.console.widgets import (
     ReleaseScreen,
     ReturnPlot,
@@ -40,8 +41,7 @@ from robot_wsrl.console.widgets import (
     deadman_text,
     learner_text,
 )
-from robot_wsrl.endpoints import EndpointsError
-from robot_wsrl.operator import UsageError, add_connection_arguments, endpoints_from_args
+from robot_wsrl.wire.endpoints import EndpointsError
 
 REFRESH_S = 0.1
 REPLY_TIMEOUT_S = 1.0  # an e-stop unconfirmed this long raises the alarm (and is still resent)

@@ -37,10 +37,10 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from robot_wsrl import keys, transport
-from robot_wsrl.control import SUPERVISING, WATCHING
-from robot_wsrl.endpoints import Endpoints
-from robot_wsrl.protocol import (
+from robot_wsrl.robot.control import SUPERVISING, WATCHING
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.endpoints import Endpoints
+from robot_wsrl.wire.protocol import (
     Command,
     HeartbeatMessage,
     Message,

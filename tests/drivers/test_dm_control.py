@@ -12,8 +12,8 @@ import dm_env
 import numpy as np
 import pytest
 
-from drivers.dm_control_suite import DmControlDriver, classify_last_step
-from robot_wsrl.driver import Driver
+from robot_wsrl.core.driver import Driver
+from robot_wsrl.sim.dm_control_suite import DmControlDriver, classify_last_step
 
 
 @pytest.fixture

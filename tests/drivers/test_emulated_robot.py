@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import zmq
 
-from drivers.emulated_robot import (
+from robot_wsrl.core.driver import Driver, DriverFault
+from robot_wsrl.robot.drivers.emulated_robot import (
     EmulatedRobotDriver,
     EmulatedRobotProcess,
     EmulatedRobotServer,
@@ -26,8 +27,7 @@ from drivers.emulated_robot import (
     encode,
     spawn_emulated_robot,
 )
-from drivers.gym_mujoco import GymMujocoDriver
-from robot_wsrl.driver import Driver, DriverFault
+from robot_wsrl.sim.gym_mujoco import GymMujocoDriver
 
 ACTIONS = (np.random.default_rng(5).uniform(-1.5, 1.5, size=(30, 3))).astype(np.float32)
 

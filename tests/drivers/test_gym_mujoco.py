@@ -9,8 +9,9 @@ import mujoco
 import numpy as np
 import pytest
 
-from drivers.gym_mujoco import GymMujocoDriver
-from drivers.shift import (
+from robot_wsrl.core.driver import Driver
+from robot_wsrl.sim.gym_mujoco import GymMujocoDriver
+from robot_wsrl.sim.shift import (
     SHIFT_DIR,
     DynamicsShift,
     load_shift_preset,
@@ -18,7 +19,6 @@ from drivers.shift import (
     parse_simple_yaml,
     preset_names,
 )
-from robot_wsrl.driver import Driver
 
 ACTIONS = np.random.default_rng(123).uniform(-1, 1, size=(25, 3)).astype(np.float32)
 
@@ -222,7 +222,7 @@ def test_bad_presets_give_clear_errors() -> None:
 
 
 def test_an_unknown_env_id_is_one_clear_error() -> None:
-    from drivers import make_driver
+    from robot_wsrl.robot.drivers import make_driver
 
     with pytest.raises(ValueError, match=r"gym:Hoper-v5: .*Did you mean: `Hopper`"):
         make_driver("gym:Hoper-v5")

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from drivers.null import NullDriver
-from robot_wsrl.driver import Driver
+from robot_wsrl.core.driver import Driver
+from robot_wsrl.robot.drivers.null import NullDriver
 
 
 def test_spec_defaults() -> None:

@@ -1,0 +1,1 @@
+"""One thin module per `robot-wsrl` command, and the dispatcher."""

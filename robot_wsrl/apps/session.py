@@ -1,0 +1,610 @@
+"""`robot-wsrl session`: the emulated robot, a learner and a runner linked to it, on this machine, in one
+command, with one live progress line.
+
+Each part runs as it would across machines (its own process, the ZeroMQ link, signed policies), so the
+session exercises the real stack. The learner and the runner run in their own process groups so that a
+Ctrl-C reaches only this process, which then stops them in order: the runner first (it drains its spool
+to the learner), then the learner, then the robot. At the end it copies the learner's latest published
+policy to SESSION/policy/ and writes the episode returns (CSV + PNG, read from the learner's durable
+transition log, so they are exact) and summary.json.
+
+Safe on a shared machine: every socket is CURVE by default, with throwaway keys the session makes in
+SESSION/keys (mode 0700, every file 0600): the learner's, the runner's, `console` for the operator's tools
+(`robot-wsrl console/status/stop --session SESSION`) and `session` for the session's own status client.
+No other local user can read them, so none can steer, stop or feed the robot; `--plain` (loopback only)
+is for when that does not matter. The robot comes first on the CPU too: the learner (and through it each
+validation worker) runs at nice +10, the runner at a higher priority where the system allows it.
+
+The progress line and summary.json show the robot's own state (e-stopped, faulted, paused, holding and
+why) from the runner's control channel, beside the learner's phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import zmq
+
+from robot_wsrl.core.lifetime import die_with_parent, stop_on_signals
+from robot_wsrl.core.paths import REPO_ROOT
+from robot_wsrl.robot.link import WAIT_HOLDS
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.endpoints import Endpoints, save_endpoints
+from robot_wsrl.wire.protocol import Status, StatusRequest, decode, encode
+
+POLL_S = 0.5
+STOP_TIMEOUT_S = 30.0  # a child asked to stop that is still up after this is killed
+START_TIMEOUT_S = 180.0  # the learner imports torch and exports version 0 before the runner can start
+FINISH_TIMEOUT_S = 120.0  # after the runner's last transition: the owed updates, then the end
+STALL_S = 60.0  # no new step and no update this long: something is stuck (an e-stopped robot, say)
+# Off real time nothing waits for the robot's clock, but a loaded 2-core host can hold a reply back longer
+# than the driver's default deadline; and with one resend, the `real` preset's 1% packet loss drops a
+# request twice (an e-stop: link lost) about once in 10,000 steps. Off real time both are relaxed.
+FAST_DRIVER_LINK = ["--driver-timeout", "1.0", "--driver-retries", "4"]
+RUNNER = "robot1"
+OPERATOR_KEY = "console"  # the operator tools' default key name: `robot-wsrl console --session DIR` needs it
+SESSION_KEY = "session"  # the session's own status client, a console key of its own
+# On a shared host the robot and its e-stop path come first: a busy learner or validation must not delay
+# them. A raise of the runner's priority needs CAP_SYS_NICE; without it the runner keeps nice 0.
+LEARNER_NICE, RUNNER_NICE = 10, -5
+STOPPED_STATES = ("estopped", "faulted", "paused")  # the robot waits for an operator: not a stall
+# The emulated robot stands for hardware: each version is validated before it may run there, in the
+# shifted simulations that model it (not nominal: fine-tuning on the shifted robot is meant to trade
+# nominal return for return on the robot). Five paired episodes per variant keep a validation within a
+# minute on a busy 2-core machine.
+DEFAULT_VALIDATION = ["episodes=5", "variants=[real_mild,real]"]
+
+
+def _wait_ready(path: Path, proc: subprocess.Popen, timeout_s: float) -> dict[str, Any]:
+    """The JSON a child writes once it serves (its bound endpoint); an error if it exits or is late."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{path.stem} exited with code {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path.stem} not ready within {timeout_s:.0f} s")
+        time.sleep(0.1)
+    return dict(json.loads(path.read_text()))
+
+
+def _env_of(policy_dir: Path) -> dict[str, Any]:
+    """The env config the policy was made for: from its manifest if shipped, else from its checkpoint."""
+    manifest = policy_dir / "manifest.json"
+    if manifest.exists():
+        return dict(json.loads(manifest.read_text())["env"])
+    from robot_wsrl.learn.checkpoint import load_checkpoint  # torch: only for a folder with no manifest
+
+    return dict(load_checkpoint(policy_dir / "checkpoint.pt")["config"]["env"])
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """A Python child started meanwhile inherits SIGINT ignored (no KeyboardInterrupt): a terminal's
+    Ctrl-C then reaches the robot only through this process, which stops it after the runner."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_child(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait, then SIGKILL: a child never outlives the session."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10.0)
+    return proc.returncode
+
+
+def make_session_keys(keydir: Path) -> None:
+    """Fresh keys for the learner, the runner and two consoles; only this user can read any of them."""
+    for name, role in (("learner", "learner"), (RUNNER, "runner"), (OPERATOR_KEY, "console")):
+        keys.new_identity(keydir, name, role, force=True)
+    keys.new_identity(keydir, SESSION_KEY, "console", force=True)
+    keydir.chmod(0o700)
+    for path in keydir.iterdir():
+        path.chmod(0o600)
+
+
+class StatusClient:
+    """The session's own operator connections, kept open: one DEALER to each peer (the learner, the
+    runner's control channel), CURVE with console key `own` unless plain; `status(name)` is None while
+    that peer does not answer."""
+
+    def __init__(self, peers: dict[str, str], keydir: Path, plain: bool, own: str = SESSION_KEY) -> None:
+        self.ctx, self.own = zmq.Context(), own
+        self.socks = {name: self._connect(name, endpoint, keydir, plain) for name, endpoint in peers.items()}
+
+    def _connect(self, name: str, endpoint: str, keydir: Path, plain: bool) -> zmq.Socket:
+        if plain:
+            return transport.plain_client(self.ctx, zmq.DEALER, endpoint)
+        own = keys.load_curve_keys(keydir, self.own)
+        return transport.secure_client(
+            self.ctx, zmq.DEALER, endpoint, own, keys.load_public_key(keydir, name)
+        )
+
+    def status(self, name: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        sock = self.socks[name]
+        if not transport.send_frames(sock, encode(StatusRequest(self.own)), timeout_s):
+            return None
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            frames = transport.recv_frames(sock, left)
+            if frames is not None and isinstance(msg := decode(frames), Status):
+                return msg.status
+        return None
+
+    def close(self) -> None:
+        transport.shutdown(self.ctx)
+
+
+def robot_state(status: dict[str, Any] | None) -> str:
+    """What the robot is doing, from its runner's control-channel status: `estopped`/`faulted`,
+    `holding (why)` (the link holds it: learner lost, spool full ...), `paused`, `running` (its policy
+    moves it, whatever the learner's phase), `unknown` while the runner does not answer."""
+    if status is None:
+        return "unknown"
+    if not status.get("attached", True) or "state" not in status:
+        return "starting"
+    state = str(status["state"])
+    holds = set(status.get("link", {}).get("holds", ())) - WAIT_HOLDS
+    if state in ("estopped", "faulted"):
+        return state
+    if held := sorted(holds - {"operator"}):
+        return f"holding ({', '.join(held)})"
+    if "operator" in holds:
+        return "paused"
+    return "running" if state in ("warmup", "fine_tuning") else state
+
+
+def robot_summary(status: dict[str, Any] | None) -> dict[str, Any]:
+    """The robot's last state for summary.json, with the cause of its last stop."""
+    state = robot_state(status)
+    if status is None or "state" not in status:
+        return {"state": state}
+    return {
+        "state": state,
+        "runner_state": status["state"],
+        "holds": status.get("link", {}).get("holds", []),
+        "last_stop_cause": status.get("last_stop_cause"),
+        "last_stop_detail": status.get("last_stop_detail"),
+        "policy_version": status.get("policy_version"),
+    }
+
+
+@dataclass
+class Progress:
+    """One line, redrawn in place on a terminal (a line every few seconds in a log)."""
+
+    stream: TextIO = sys.stdout
+    every_s: float = 5.0
+    _last: float = 0.0
+    _shown: bool = False
+
+    def show(
+        self, elapsed_s: float, budget: int, status: dict[str, Any], robot: dict[str, Any] | None
+    ) -> None:
+        returns = [r for runner in status["runners"].values() for r in runner["recent_returns"]]
+        recent = f"{sum(returns) / len(returns):8.1f}" if returns else "       -"
+        state = robot_state(robot)
+        if state in ("estopped", "faulted") and robot is not None:
+            state = f"{state.upper()} ({robot.get('last_stop_detail') or robot.get('last_stop_cause')})"
+        line = (
+            f"[{elapsed_s:6.0f} s] robot {state:<11} learner {status['phase']:<11} "
+            f"steps {status['step']:>7}/{budget} updates {status['updates']:>7}  recent return {recent}  "
+            f"policy v{status['policy_version']} (robot runs v{status['gate']['deployed_version']})"
+        )
+        if self.stream.isatty():
+            print(f"\r{line}\033[K", end="", flush=True, file=self.stream)
+            self._shown = True
+        elif time.monotonic() - self._last >= self.every_s:
+            print(line, flush=True, file=self.stream)
+            self._last = time.monotonic()
+
+    def end(self) -> None:
+        if self._shown:
+            print(flush=True, file=self.stream)
+
+
+def episode_returns(log_path: Path) -> list[dict[str, Any]]:
+    """Each finished episode (in arrival order at the learner): the step it ended at, return, length and
+    the policy version that ended it."""
+    from robot_wsrl.learn.ingest_log import IngestLog
+
+    rows: list[dict[str, Any]] = []
+    running: dict[tuple[str, int], list[float]] = {}
+    step = 0
+    log = IngestLog(log_path)
+    try:
+        for batch in log.replay():
+            for i in range(batch.count):
+                step += 1
+                key = (batch.runner_id, int(batch.episode_id[i]))
+                acc = running.setdefault(key, [0.0, 0])
+                acc[0] += float(batch.reward[i])
+                acc[1] += 1
+                if batch.terminated[i] or batch.truncated[i]:
+                    ret, length = running.pop(key)
+                    rows.append(
+                        {
+                            "step": step,
+                            "runner": batch.runner_id,
+                            "return": ret,
+                            "length": int(length),
+                            "policy_version": int(batch.policy_version[i]),
+                        }
+                    )
+    finally:
+        log.close()
+    return rows
+
+
+def gate_summary(policies: Path) -> dict[str, Any]:
+    """Which versions the validation gate promoted to the robot and which it held back, and why."""
+    promoted, held_back = [], []
+    for path in sorted(policies.glob("v*/validation/verdict.json")):
+        verdict = json.loads(path.read_text())
+        if verdict["status"] == "passed":
+            promoted.append(verdict["version"])
+        else:
+            held_back.append({k: verdict[k] for k in ("version", "status", "reasons")})
+    return {"promoted": promoted, "held_back": held_back}
+
+
+def validated_versions(policies: Path, preset: str, warmup: int) -> list[tuple[int, float, bool]]:
+    """Each judged version of the learner as (environment step it was made at, its validation return on the
+    robot's preset, or the mean over the variants validated, promoted?): the learner's side of the plot."""
+    points = []
+    for verdict_path in sorted(policies.glob("v*/validation/verdict.json")):
+        verdict = json.loads(verdict_path.read_text())
+        report_path = verdict_path.with_name("report.json")
+        if verdict["status"] not in ("passed", "failed") or not report_path.exists():
+            continue
+        variants = json.loads(report_path.read_text())["candidate"]["variants"]
+        chosen = [variants[preset]] if preset in variants else list(variants.values())
+        updates = int(json.loads((verdict_path.parents[1] / "policy.json").read_text()).get("step") or 0)
+        step = warmup + updates - 1 if updates else 0  # lockstep: one update per step after warmup
+        points.append(
+            (step, sum(v["return_mean"] for v in chosen) / len(chosen), verdict["status"] == "passed")
+        )
+    return points
+
+
+class Session:
+    """The three processes and what the session makes of them; `run` returns the summary."""
+
+    def __init__(self, args: argparse.Namespace, stream: TextIO = sys.stdout) -> None:
+        self.args = args
+        self.out: Path = args.out or Path("runs/session") / time.strftime("%Y%m%d-%H%M%S")
+        self.stream = stream  # progress and where-to-find lines
+        self.stop = threading.Event()
+        self.children: dict[str, subprocess.Popen] = {}
+        self.children_lock = threading.Lock()  # a runner restart is not a runner crash
+        self.robot: Any = None
+        self._robot_dir: Path | None = None  # the private folder of the emulated robot's socket
+        self.logs: list[Any] = []
+        self.last_status: dict[str, Any] | None = None  # the learner's, kept when the session fails
+        self.robot_status: dict[str, Any] | None = None  # the runner's last answer on its control channel
+        self._runner_argv: list[str] = []
+        self._control = "tcp://127.0.0.1:0"  # the runner's control endpoint, once it has bound one
+
+    def _spawn(self, name: str, argv: list[str], nice: int = 0) -> subprocess.Popen:
+        log = open(self.out / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - closed in _shutdown
+        self.logs.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "robot_wsrl.apps.cli", *argv],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only the session, which stops children in order
+            preexec_fn=die_with_parent(nice),  # even a kill -9 of the session takes its children with it
+        )
+        self.children[name] = proc
+        return proc
+
+    def _start_runner(self) -> None:
+        """Start the runner and wait until its control channel serves. The first start binds a free port;
+        a restart binds the same one, where the consoles look for it."""
+        ready = self.out / "logs" / "runner.ready.json"
+        ready.unlink(missing_ok=True)
+        proc = self._spawn("runner", [*self._runner_argv, "--control", self._control], RUNNER_NICE)
+        self._control = str(_wait_ready(ready, proc, START_TIMEOUT_S)["control"])
+
+    def restart_runner(self, sig: int = signal.SIGKILL) -> int:
+        """Stop the runner with `sig` (SIGKILL: a crash) and start it again on the same state folder and
+        control endpoint, as a robot computer's service manager would; the new runner's pid. A runner
+        e-stopped before comes back e-stopped (its latch is durable)."""
+        with self.children_lock:
+            proc = self.children["runner"]
+            proc.send_signal(sig)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10.0)
+            self._start_runner()
+            return self.children["runner"].pid
+
+    def _start(self, env: dict[str, Any]) -> Endpoints:
+        """Robot, learner (on a port it picks when it binds), then the runner; where they serve."""
+        from robot_wsrl.robot.drivers.emulated_robot import spawn_emulated_robot
+
+        a = self.args
+        keydir = self.out / "keys"
+        make_session_keys(keydir)
+        with _sigint_ignored():
+            # The robot has no CURVE: an ipc socket in the session's private folder keeps other local
+            # users from stepping or stopping it behind the runner's back (plain mode keeps tcp loopback).
+            # (in a short temporary folder: a socket path may not exceed 107 bytes).
+            self._robot_dir = None if a.plain else Path(tempfile.mkdtemp(prefix="robot-wsrl-"))  # mode 0700
+            robot_at = None if self._robot_dir is None else f"ipc://{self._robot_dir}/robot.sock"
+            self.robot, robot_endpoint = spawn_emulated_robot(
+                a.env_id, preset=a.preset, seed=a.seed, realtime=a.realtime, endpoint=robot_at
+            )
+        overrides = [
+            f"env={env['name']}",
+            f"run.checkpoint={(a.policy_dir / 'checkpoint.pt').resolve()}",
+            f"run.warmup_steps={a.warmup}",
+            f"agent.utd={a.utd}",
+            f"seed={a.seed}",
+            f"out_dir={(self.out / 'learner').resolve()}",
+            "threads=1",  # the robot and the runner share this machine: two torch threads would thrash
+            *a.overrides,
+        ]
+        key_args = ["--keys", str(keydir.resolve()), *(["--plain"] if a.plain else [])]
+        ready = self.out / "logs" / "learner.ready.json"
+        learner = ["learner", *key_args, "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready.resolve())]
+        learner += ["--publish-every", str(a.publish_every), "--credit", str(a.credit)]
+        learner += ["--pacing", "realtime" if a.realtime else "lockstep"]
+        learner += [f"--validate-arg={arg}" for arg in a.validate_arg]
+        proc = self._spawn("learner", [*learner, *overrides], LEARNER_NICE)
+        endpoint = str(_wait_ready(ready, proc, START_TIMEOUT_S)["endpoint"])
+        runner = ["link-runner", *key_args, "--learner", endpoint, "--name", RUNNER]
+        runner += ["--driver", f"emulated:{robot_endpoint}", "--transitions", str(a.steps)]
+        runner += ["--state", str((self.out / "runner").resolve()), "--seed", str(a.seed)]
+        runner += ["--wait-policy", str(START_TIMEOUT_S)]
+        runner += ["--realtime"] if a.realtime else ["--no-realtime", *FAST_DRIVER_LINK]
+        runner += ["--ready-file", str((self.out / "logs" / "runner.ready.json").resolve())]
+        self._runner_argv = runner
+        self._start_runner()
+        # Where a console finds this session: `robot-wsrl console --session SESSION`.
+        endpoints = Endpoints(
+            {RUNNER: self._control}, ("learner", endpoint), plain=a.plain, keys=Path("keys")
+        )
+        save_endpoints(self.out, endpoints)
+        return endpoints
+
+    def _check_children(self) -> bool:
+        """Any child gone is an error, except a runner that spent its budget (exit 0): whether it did."""
+        with self.children_lock:
+            for name, proc in self.children.items():
+                code = proc.poll()
+                if code is not None and not (name == "runner" and code == 0):
+                    raise RuntimeError(f"{name} exited with code {code}; see {self.out / 'logs' / name}.log")
+            if self.robot is not None and not self.robot.alive():
+                raise RuntimeError("the emulated robot exited")
+            return self.children["runner"].poll() == 0
+
+    def _loop(self, client: StatusClient, started: float) -> None:
+        """Poll and show progress until the budget is in and trained on, or a stop. A robot that waits for
+        an operator (e-stopped, faulted, paused) is shown as such and is not a stall."""
+        progress = Progress(self.stream)
+        finish_by: float | None = None
+        moved_at, position = time.monotonic(), (0, 0)
+        try:
+            while not self.stop.wait(POLL_S):
+                runner_done = self._check_children()
+                status = client.status("learner")
+                robot = self.robot_status if runner_done else client.status(RUNNER)  # None: no answer
+                self.robot_status = robot or self.robot_status  # summary.json: how the robot was left
+                if status is None:
+                    if time.monotonic() - started > START_TIMEOUT_S and self.last_status is None:
+                        raise RuntimeError("the learner does not answer status requests")
+                    continue
+                self.last_status = status
+                progress.show(time.monotonic() - started, self.args.steps, status, robot)
+                waiting = robot_state(robot) in STOPPED_STATES
+                if (status["step"], status["updates"]) != position or waiting:
+                    moved_at, position = time.monotonic(), (status["step"], status["updates"])
+                elif position[0] and time.monotonic() - moved_at > STALL_S:
+                    raise RuntimeError(f"no progress for {STALL_S:.0f} s (see the runner's log)")
+                if runner_done:
+                    finish_by = finish_by or time.monotonic() + FINISH_TIMEOUT_S
+                    if status["step"] >= self.args.steps and status["owed_updates"] == 0:
+                        break
+                    if time.monotonic() > finish_by:
+                        raise RuntimeError(f"the learner did not finish the owed updates: {status}")
+        finally:
+            progress.end()
+
+    def _shutdown(self) -> dict[str, int | None]:
+        """Runner, learner, robot, in this order; every one is waited for (killed if it must be)."""
+        codes: dict[str, int | None] = {}
+        for name in ("runner", "learner"):
+            if name in self.children:
+                codes[name] = _stop_child(self.children[name])
+        if self.robot is not None:
+            codes["robot"] = self.robot.stop()
+        if self._robot_dir is not None:
+            shutil.rmtree(self._robot_dir, ignore_errors=True)
+        for log in self.logs:
+            log.close()
+        return codes
+
+    def _export(self) -> tuple[int, Path] | None:
+        """The learner's latest published version (read once it has stopped) -> SESSION/policy/."""
+        published = sorted((self.out / "learner" / "policies").glob("v*/policy.json"))
+        if not published:
+            return None
+        source = published[-1].parent
+        target = self.out / "policy"
+        target.mkdir(exist_ok=True)
+        for name in ("policy.onnx", "policy.json"):
+            shutil.copy2(source / name, target / name)
+        return int(source.name[1:]), target
+
+    def _returns(self) -> list[dict[str, Any]]:
+        from robot_wsrl.learn.plots import plot_episode_returns
+
+        rows = episode_returns(self.out / "learner" / "transitions.log")
+        csv_path = self.out / "returns.csv"
+        with csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "runner", "return", "length", "policy_version"])
+            writer.writeheader()
+            writer.writerows(rows)
+        title = f"robot-wsrl session: {self.args.env_id} ({self.args.preset}), {self.args.policy_dir}"
+        versions = validated_versions(self.out / "learner" / "policies", self.args.preset, self.args.warmup)
+        plot_episode_returns(csv_path, self.out / "returns.png", self.args.warmup, title, versions)
+        return rows
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        env = _env_of(a.policy_dir)
+        a.env_id = a.env_id or env["driver"].partition(":")[2]
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        client: StatusClient | None = None
+        error = None
+        try:
+            endpoints = self._start(env)
+            assert endpoints.learner is not None
+            client = StatusClient(
+                {"learner": endpoints.learner[1], **endpoints.runners}, self.out / "keys", a.plain
+            )
+            security = "plain (loopback, unauthenticated)" if a.plain else "CURVE (keys in SESSION/keys)"
+            print(f"session in {self.out}: {a.env_id} ({a.preset}), {security}", file=self.stream)
+            print(f"operator console: robot-wsrl console --session {self.out}", file=self.stream, flush=True)
+            self._loop(client, started)
+        except (RuntimeError, OSError, ValueError) as exc:  # ValueError: bad keys, a robot refusing a preset
+            error = str(exc)
+        finally:
+            if client is not None:
+                client.close()
+            codes = self._shutdown()
+        summary: dict[str, Any] = {
+            "out": str(self.out),
+            "env_id": a.env_id,
+            "preset": a.preset,
+            "policy_dir": str(a.policy_dir),
+            "budget_steps": a.steps,
+            "warmup_steps": a.warmup,
+            "utd": a.utd,
+            "interrupted": self.stop.is_set(),
+            "error": error,
+            "wall_s": round(time.monotonic() - started, 1),
+            "pids": {name: p.pid for name, p in self.children.items()}
+            | ({"robot": self.robot.pid} if self.robot is not None else {}),
+            "exit_codes": codes,
+        }
+        status = self.last_status
+        if status is not None:
+            summary |= {
+                "steps": status["step"],
+                "updates": status["updates"],
+                "effective_utd": status["effective_utd"],
+            }
+        summary["robot"] = robot_summary(self.robot_status)
+        summary["gate"] = gate_summary(self.out / "learner" / "policies")
+        exported = self._export()
+        if exported is not None:
+            summary["versions"], summary["policy"] = exported[0], str(exported[1])
+        if (self.out / "learner" / "transitions.log").exists():
+            rows = self._returns()
+            summary["episodes"] = len(rows)
+            for label, part in (("first", rows[:5]), ("last", rows[-5:])):
+                if part:
+                    summary[f"return_{label}5_mean"] = sum(r["return"] for r in part) / len(part)
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robot-wsrl session",
+        description="Emulated robot + learner + linked runner on this machine: warmup, fine-tuning, then "
+        "the latest policy, a return plot and summary.json. Extra key=value args go to the learner "
+        "(Hydra overrides, e.g. agent.batch_size=128 threads=1).",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the learner")
+    parser.add_argument("--policy-dir", type=Path, default=Path("policies/hopper"), help="has checkpoint.pt")
+    parser.add_argument("--env-id", default=None, help="gymnasium id (default: the policy's env)")
+    parser.add_argument("--preset", default="real", help="robot shift preset, configs/shift/NAME.yaml")
+    parser.add_argument("--steps", type=int, default=6000, help="environment steps in all, warmup included")
+    parser.add_argument("--warmup", type=int, default=1000, help="steps before the first update")
+    parser.add_argument("--utd", type=int, default=1, help="critic updates per environment step")
+    parser.add_argument("--publish-every", type=int, default=500, help="updates between policy versions")
+    parser.add_argument(
+        "--credit", type=int, default=100, help="steps the robot may run ahead of the updates it is owed"
+    )
+    parser.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="as on hardware: the robot keeps its own clock and the learner paces in real time (the robot "
+        "never waits; status reports the effective UTD). Default: lockstep sim, exact UTD, reproducible",
+    )
+    parser.add_argument(
+        "--validate-arg",
+        action="append",
+        default=None,
+        metavar="ARG",
+        help="override for the sim-first validation of each new version before the robot may run it "
+        f"(repeat; default: {' '.join(DEFAULT_VALIDATION)})",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="no CURVE: any local user could then stop, release or feed the robot (default: CURVE with keys "
+        "made in SESSION/keys, readable only by you)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="session folder (default runs/session/TIME)")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """`robot-wsrl session`'s arguments, checked (the soak benchmark runs a session from them too)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.validate_arg = DEFAULT_VALIDATION if args.validate_arg is None else args.validate_arg
+    if not (args.policy_dir / "checkpoint.pt").is_file():
+        parser.error(f"{args.policy_dir / 'checkpoint.pt'} not found")
+    if args.steps <= args.warmup:
+        parser.error("--steps counts the warmup too: it must be larger than --warmup")
+    if args.out is not None and args.out.is_dir() and any(args.out.iterdir()):
+        # Its keys, ready files and learner state belong to another session: mixing them in would point
+        # the runner at a dead learner and fail its policies' signatures.
+        parser.error(f"--out {args.out} is not empty (another session's folder?): give a new folder")
+    return args
+
+
+def cli(argv: list[str]) -> int:
+    args = parse_args(argv)
+    session = Session(args)
+    stop_on_signals([session.stop], (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+    summary = session.run()
+    print(json.dumps({k: summary.get(k) for k in ("steps", "updates", "versions", "wall_s", "error")}))
+    if summary["error"]:
+        print(f"robot-wsrl session: {summary['error']}", file=sys.stderr)
+        return 1
+    print(f"latest policy: {summary.get('policy')}; plot: {session.out / 'returns.png'}")
+    return 130 if summary["interrupted"] else 0

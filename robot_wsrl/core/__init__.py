@@ -1,0 +1,1 @@
+"""Shared by every side: specs, files, durable records, process lifetime, the driver protocol."""

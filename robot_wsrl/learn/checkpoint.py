@@ -1,0 +1,142 @@
+"""Checkpoints: one file with everything the learner needs to resume, loaded without unpickling code.
+
+Layout (a dict of tensors and plain values, read back with `torch.load(weights_only=True)`):
+  format, spec (EnvSpec dict), agent_config, config (resolved run config), config_hash, step,
+  actor (the actor's state: the only part a robot ever needs), agent (critics, targets, temperature,
+  optimisers), extra (loop counters and anything a run needs for an exact resume).
+Writes are atomic and durable (temp file + fsync + rename + fsync of the folder), so a crash mid-save
+never leaves a truncated checkpoint. `CheckpointWriter` makes them in a background thread, so a service
+loop (the learner) snapshots its state and goes on while the file is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.learn.networks import ObsNormalizer, TanhGaussianActor
+
+FORMAT = "robot-wsrl-checkpoint/1"
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt or not one of ours."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class CheckpointWriter:
+    """Saves `snapshot()`s to `path` in a background thread: at most one write in flight, and a newer
+    snapshot replaces one still waiting (only the newest state matters). `close()` saves a final one.
+
+    `snapshot` runs in the caller's thread and must return a payload that no later training step changes
+    (a copy of the tensors), so the write never races the loop that goes on training.
+    """
+
+    def __init__(self, path: Path, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.path, self._snapshot = path, snapshot
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a write a kill cut short
+            stale.unlink()
+        self.written = 0
+        self.failed = 0
+        self._waiting: dict[str, Any] | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def save(self) -> None:
+        """Snapshot now, write soon (never waits for a write)."""
+        payload = self._snapshot()
+        with self._cond:
+            self._waiting = payload
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._waiting is None and not self._closed:
+                    self._cond.wait()
+                if self._waiting is None:
+                    return
+                payload, self._waiting = self._waiting, None
+            try:
+                save_checkpoint(self.path, payload)
+                self.written += 1
+            except Exception:  # a full disk must not kill the service: logged, counted, retried next time
+                self.failed += 1
+                log.exception("could not save %s", self.path)
+
+    def close(self, timeout_s: float = 120.0) -> None:
+        """Save the state as it is now, write whatever waits, and stop."""
+        self.save()
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a robot-wsrl checkpoint (expected format {FORMAT!r})")
+    for key in ("spec", "agent_config", "actor", "step", "config_hash"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint lacks the field {key!r}")
+    return payload
+
+
+def build_actor(spec: EnvSpec, actor_hidden: list[int]) -> TanhGaussianActor:
+    return TanhGaussianActor(spec.obs_dim, spec.act_dim, actor_hidden, ObsNormalizer(spec.obs_dim))
+
+
+def load_actor(path: str | Path) -> tuple[TanhGaussianActor, EnvSpec, dict[str, Any]]:
+    """The actor alone (CPU, eval mode), its spec and the metadata export needs."""
+    payload = load_checkpoint(path)
+    spec = EnvSpec.from_dict(payload["spec"])
+    actor = build_actor(spec, list(payload["agent_config"]["actor_hidden"]))
+    actor.load_state_dict(payload["actor"])
+    actor.eval()
+    meta = {
+        "step": int(payload["step"]),
+        "config_hash": str(payload["config_hash"]),
+        "agent_config": payload["agent_config"],
+        "extra": payload.get("extra", {}),
+    }
+    return actor, spec, meta

@@ -1,0 +1,43 @@
+"""The learner's view of a simulated robot: a driver built from the env config, and evaluation on it.
+
+Training talks to the same Driver protocol as the onboard runner: the agent's [-1, 1] action is mapped to
+the robot's limits with `EnvSpec.to_robot_action`, and the action the driver reports as executed is mapped
+back and stored, so in-process runs and robot runs record data the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from robot_wsrl.core.driver import Driver, StepResult
+from robot_wsrl.learn.config import EnvConfig
+from robot_wsrl.robot.drivers import make_driver
+
+
+def make_env(env_cfg: EnvConfig, seed: int | None = None) -> Driver:
+    return make_driver(
+        env_cfg.driver, seed=seed, max_episode_steps=env_cfg.max_episode_steps, shift_preset=env_cfg.shift
+    )
+
+
+def step_normalised(driver: Driver, action: np.ndarray) -> tuple[StepResult, np.ndarray]:
+    """Command a [-1, 1] action; returns the step and the executed action, normalised again."""
+    result = driver.step(driver.spec.to_robot_action(action))
+    return result, driver.spec.to_normalised(result.executed_action)
+
+
+def evaluate(
+    policy: Callable[[np.ndarray], np.ndarray], driver: Driver, episodes: int, seed: int
+) -> np.ndarray:
+    """Returns of `episodes` episodes of `policy` (obs -> [-1, 1] action) with seeds seed, seed+1, ..."""
+    returns = np.zeros(episodes)
+    for i in range(episodes):
+        obs, _ = driver.reset(seed=seed + i)
+        done = False
+        while not done:
+            result, _ = step_normalised(driver, policy(obs))
+            obs, returns[i] = result.obs, returns[i] + result.reward
+            done = result.terminated or result.truncated
+    return returns

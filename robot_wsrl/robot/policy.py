@@ -1,0 +1,305 @@
+"""The onboard policy: an exported ONNX actor run by onnxruntime (numpy + onnxruntime only, never torch).
+
+A policy is two files: `policy.onnx` and its JSON sidecar `policy.json`. The sidecar carries the sha256 of
+the ONNX file's exact bytes (the ONNX metadata cannot contain a hash of the file it is part of); the same
+metadata as the sidecar, minus the hash, is also stored in the ONNX file's metadata_props so that the
+model describes itself. Loading refuses any file whose bytes, graph signature, metadata or probe outputs
+do not check out: a robot must never run a policy nobody validated.
+
+The sidecar may carry `run_id`, the identity of the learner run that made the policy (signed with the
+rest of the sidecar): a runner takes versions only forward within one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from robot_wsrl.core.spec import EnvSpec
+
+FORMAT = "robot-wsrl-policy/1"
+INPUT_NAME = "obs"
+OUTPUT_NAMES = ("mean", "log_std")
+SIDECAR_SUFFIX = ".json"
+# Keys of the ONNX metadata_props (values are JSON); the sidecar holds the same keys plus "sha256".
+METADATA_KEYS = (
+    "format",
+    "spec",
+    "control_period_s",
+    "version",
+    "parent_version",
+    "step",
+    "config_hash",
+    "input_names",
+    "output_names",
+)
+PROBE_COUNT = 8  # seeded random probe observations, in addition to the all-zeros one
+
+
+class PolicyError(ValueError):
+    """A policy file is missing, corrupt, mismatched or produces non-finite outputs."""
+
+
+@dataclass(frozen=True)
+class PolicyMetadata:
+    """What a runner needs to know about a policy before it lets it drive a robot."""
+
+    spec: EnvSpec
+    version: int
+    parent_version: int | None
+    step: int
+    config_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metadata fields, JSON-ready (without the sha256, which only the sidecar carries)."""
+        return {
+            "format": FORMAT,
+            "spec": self.spec.to_dict(),
+            "control_period_s": self.spec.control_period_s,
+            "version": self.version,
+            "parent_version": self.parent_version,
+            "step": self.step,
+            "config_hash": self.config_hash,
+            "input_names": [INPUT_NAME],
+            "output_names": list(OUTPUT_NAMES),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> PolicyMetadata:
+        missing = [key for key in METADATA_KEYS if key not in d]
+        if missing:
+            raise PolicyError(f"{where}: metadata lacks {missing}")
+        if d["format"] != FORMAT:
+            raise PolicyError(f"{where}: format {d['format']!r} is not {FORMAT!r}")
+        if d["input_names"] != [INPUT_NAME] or d["output_names"] != list(OUTPUT_NAMES):
+            raise PolicyError(
+                f"{where}: metadata names {d['input_names']} -> {d['output_names']}, "
+                f"expected {[INPUT_NAME]} -> {list(OUTPUT_NAMES)}"
+            )
+        try:
+            spec = EnvSpec.from_dict(d["spec"])
+            parent = None if d["parent_version"] is None else int(d["parent_version"])
+            meta = cls(spec, int(d["version"]), parent, int(d["step"]), str(d["config_hash"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"{where}: invalid metadata ({type(exc).__name__}: {exc})") from exc
+        if float(d["control_period_s"]) != spec.control_period_s:
+            raise PolicyError(f"{where}: control_period_s disagrees with the spec's")
+        return meta
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    """`DIR/policy.onnx` -> `DIR/policy.json`."""
+    return Path(onnx_path).with_suffix(SIDECAR_SUFFIX)
+
+
+def spec_mismatches(expected: EnvSpec, actual: EnvSpec) -> list[str]:
+    """How `actual` differs from `expected` in what matters to drive a robot (the name is only a label)."""
+    problems = []
+    for field in ("obs_dim", "act_dim"):
+        if getattr(expected, field) != getattr(actual, field):
+            problems.append(f"{field} {getattr(actual, field)} != expected {getattr(expected, field)}")
+    if expected.act_dim == actual.act_dim:
+        for field in ("action_low", "action_high"):
+            if not np.allclose(getattr(expected, field), getattr(actual, field), rtol=1e-6, atol=1e-6):
+                problems.append(
+                    f"{field} {list(getattr(actual, field))} != expected {list(getattr(expected, field))}"
+                )
+    if not np.isclose(expected.control_period_s, actual.control_period_s, rtol=1e-9, atol=1e-12):
+        problems.append(f"control_period_s {actual.control_period_s} != expected {expected.control_period_s}")
+    return problems
+
+
+def _session_options() -> ort.SessionOptions:
+    """One thread, sequential: a control loop wants a predictable step, not a parallel one."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PolicyError(
+            f"{path}: sidecar not found (it holds the sha256 that authenticates the policy)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PolicyError(f"{path}: unreadable sidecar ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("sha256"), str):
+        raise PolicyError(f"{path}: sidecar is not a JSON object with a sha256 field")
+    return data
+
+
+def _run_id(sidecar: dict[str, Any], embedded: dict[str, Any], path: Path) -> str | None:
+    """The sidecar's run_id (a non-empty string, or absent), equal to the ONNX metadata's where it has one."""
+    run_id = sidecar.get("run_id")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise PolicyError(f"{path}: sidecar run_id {run_id!r} is not a non-empty string")
+    if "run_id" in embedded and embedded["run_id"] != run_id:
+        raise PolicyError(f"{path}: sidecar run_id {run_id!r} disagrees with the ONNX metadata's")
+    return run_id
+
+
+def _check_signature(session: ort.InferenceSession, spec: EnvSpec, path: Path) -> None:
+    """Input `obs` [batch, obs_dim] and outputs `mean`, `log_std` [batch, act_dim], all float32."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != list(OUTPUT_NAMES):
+        raise PolicyError(
+            f"{path}: graph has inputs {[i.name for i in inputs]} and outputs {[o.name for o in outputs]}, "
+            f"expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}"
+        )
+    expected_shapes = [(inputs[0], spec.obs_dim)] + [(o, spec.act_dim) for o in outputs]
+    for node, width in expected_shapes:
+        if node.type != "tensor(float)" or len(node.shape) != 2 or node.shape[1] != width:
+            raise PolicyError(
+                f"{path}: {node.name!r} is {node.type}{node.shape}, expected tensor(float)[batch, {width}]"
+            )
+
+
+class OnnxPolicy:
+    """A validated ONNX actor. `act` maps one observation to a normalised action in [-1, 1]^act_dim."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        metadata: PolicyMetadata,
+        sha256: str,
+        path: Path,
+        seed: int = 0,
+        run_id: str | None = None,
+    ) -> None:
+        """Use `OnnxPolicy.load`: it authenticates the file and validates it after construction."""
+        _check_signature(session, metadata.spec, path)  # the buffers below are bound by these names
+        self._session = session
+        self.metadata = metadata
+        self.sha256 = sha256
+        self.path = path
+        self.run_id = run_id  # the learner run that made it (sidecar "run_id"), None for an older export
+        self._rng = np.random.default_rng(seed)
+        act_dim = metadata.spec.act_dim
+        # Preallocated single-observation buffers bound once: a step copies into `_obs` and reads `_mean`,
+        # `_log_std` without allocating anything in onnxruntime.
+        self._obs = np.zeros((1, metadata.spec.obs_dim), dtype=np.float32)
+        self._mean = np.zeros((1, act_dim), dtype=np.float32)
+        self._log_std = np.zeros((1, act_dim), dtype=np.float32)
+        self._bound = [ort.OrtValue.ortvalue_from_numpy(a) for a in (self._obs, self._mean, self._log_std)]
+        self._binding = session.io_binding()
+        self._binding.bind_ortvalue_input(INPUT_NAME, self._bound[0])
+        self._binding.bind_ortvalue_output(OUTPUT_NAMES[0], self._bound[1])
+        self._binding.bind_ortvalue_output(OUTPUT_NAMES[1], self._bound[2])
+        self._noise = np.zeros(act_dim, dtype=np.float32)
+
+    @classmethod
+    def load(
+        cls,
+        onnx_path: str | Path,
+        sidecar: str | Path | None = None,
+        *,
+        expected_spec: EnvSpec | None = None,
+        seed: int = 0,
+    ) -> OnnxPolicy:
+        """Load and validate `onnx_path` against its sidecar (default: the `.json` next to it).
+
+        Checks, in order: sha256 of the file, that onnxruntime can load it, ONNX metadata equal to the
+        sidecar's, input/output names and shapes, compatibility with `expected_spec`, finite probe outputs.
+        """
+        path = Path(onnx_path)
+        side = Path(sidecar) if sidecar is not None else sidecar_path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise PolicyError(f"{path}: cannot read policy ({type(exc).__name__}: {exc})") from exc
+        side_data = _read_sidecar(side)
+        digest = sha256_bytes(data)
+        if digest != side_data["sha256"]:
+            raise PolicyError(
+                f"{path}: sha256 mismatch: file is {digest}, sidecar {side.name} says {side_data['sha256']} "
+                "(corrupted, truncated or replaced)"
+            )
+        try:
+            session = ort.InferenceSession(data, _session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several types for a malformed model
+            raise PolicyError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from exc
+        try:
+            embedded = {
+                key: json.loads(value) for key, value in session.get_modelmeta().custom_metadata_map.items()
+            }
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"{path}: ONNX metadata is not robot-wsrl's (non-JSON value: {exc})") from exc
+        metadata = PolicyMetadata.from_dict(embedded, f"{path} (ONNX metadata)")
+        differing = [key for key in METADATA_KEYS if side_data.get(key) != embedded[key]]
+        if differing:
+            raise PolicyError(f"{path}: sidecar {side.name} disagrees with the ONNX metadata on {differing}")
+        policy = cls(session, metadata, digest, path, seed, _run_id(side_data, embedded, path))
+        policy.validate(expected_spec)
+        return policy
+
+    @property
+    def spec(self) -> EnvSpec:
+        return self.metadata.spec
+
+    @property
+    def version(self) -> int:
+        return self.metadata.version
+
+    def reseed(self, seed: int) -> None:
+        """Restart the exploration noise stream (the runner does this when it activates a policy)."""
+        self._rng = np.random.default_rng(seed)
+
+    def validate(self, expected_spec: EnvSpec | None = None) -> None:
+        """Raise PolicyError unless names, shapes, spec and outputs on probe observations are all sound."""
+        spec = self.spec
+        _check_signature(self._session, spec, self.path)
+        if expected_spec is not None:
+            problems = spec_mismatches(expected_spec, spec)
+            if problems:
+                raise PolicyError(
+                    f"{self.path}: policy does not fit {expected_spec.name!r}: {'; '.join(problems)}"
+                )
+        probes = np.concatenate(
+            [
+                np.zeros((1, spec.obs_dim), dtype=np.float32),
+                np.random.default_rng(0).standard_normal((PROBE_COUNT, spec.obs_dim)).astype(np.float32),
+            ]
+        )
+        try:
+            mean, log_std = self.forward(probes)
+        except Exception as exc:  # a graph that loads may still fail at run time
+            raise PolicyError(
+                f"{self.path}: running probe observations failed ({type(exc).__name__}: {exc})"
+            ) from exc
+        for name, value in zip(OUTPUT_NAMES, (mean, log_std), strict=True):
+            if value.shape != (len(probes), spec.act_dim):
+                raise PolicyError(f"{self.path}: {name!r} has shape {value.shape} on {len(probes)} probes")
+            if not np.all(np.isfinite(value)):
+                raise PolicyError(f"{self.path}: {name!r} is not finite on probe observations")
+
+    def forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Batch evaluation [B, obs_dim] -> (pre-squash mean, log_std), each [B, act_dim]; thread-safe."""
+        mean, log_std = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.asarray(obs, dtype=np.float32)})
+        return mean, log_std
+
+    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        """One observation -> normalised action: tanh(mean), or tanh(mean + std * N(0, 1)) when sampling.
+
+        Uses the preallocated binding, so it is for one control loop at a time (not thread-safe).
+        """
+        self._obs[0] = obs
+        self._session.run_with_iobinding(self._binding)
+        if deterministic:
+            return np.tanh(self._mean[0])
+        self._rng.standard_normal(dtype=np.float32, out=self._noise)
+        return np.tanh(self._mean[0] + np.exp(self._log_std[0]) * self._noise)

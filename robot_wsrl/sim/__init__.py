@@ -1,0 +1,1 @@
+"""Simulated robots: MuJoCo drivers, dynamics-shift presets, the emulated robot."""

@@ -1,0 +1,158 @@
+"""Driver for any gymnasium MuJoCo environment (Hopper-v5, HalfCheetah-v5, ...); numpy/mujoco only.
+
+The simulator stands in for a robot: the spec comes from the env's spaces and `dt`, commands are clipped to
+the action limits before they reach the physics, and the clipped action is reported back as executed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from robot_wsrl.core.driver import StepResult
+from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.sim.shift import DynamicsShift
+
+
+class GymMujocoDriver:
+    """A gymnasium MuJoCo env behind the Driver protocol, optionally with a dynamics shift and sensor noise.
+
+    `terminated`/`truncated` come straight from gymnasium (truncation is its TimeLimit wrapper, set by
+    `max_episode_steps` or the env's registered default).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        *,
+        max_episode_steps: int | None = None,
+        seed: int | None = None,
+        shift: DynamicsShift | None = None,
+        obs_noise_std: float = 0.0,
+    ) -> None:
+        if not (np.isfinite(obs_noise_std) and obs_noise_std >= 0):
+            raise ValueError(f"obs_noise_std must be >= 0, got {obs_noise_std}")
+        kwargs: dict[str, Any] = (
+            {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
+        )
+        try:
+            self.env = gym.make(env_id, **kwargs)
+        except gym.error.Error as exc:  # unknown id or version: one line with gymnasium's "did you mean"
+            raise ValueError(f"gym:{env_id}: {exc}") from None
+        try:
+            self.spec = self._build_spec(env_id)
+            self.shift = shift if shift is not None else DynamicsShift()
+            self.shift.apply(self.model)
+        except Exception:
+            self.env.close()
+            raise
+        self.obs_noise_std = float(obs_noise_std)
+        self._seed = seed
+        self._noise_rng = np.random.default_rng(_noise_seed(seed))
+        self._needs_reset = True
+        self._closed = False
+        self.safe_stop_count = 0
+        self.last_safe_stop_time: float | None = None
+
+    def _build_spec(self, env_id: str) -> EnvSpec:
+        unwrapped = self.env.unwrapped
+        if not isinstance(getattr(unwrapped, "model", None), mujoco.MjModel):
+            raise ValueError(f"{env_id} is not a MuJoCo environment (no MjModel at env.unwrapped.model)")
+        obs_space, act_space = self.env.observation_space, self.env.action_space
+        if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
+            raise ValueError(f"{env_id}: need a 1-D Box observation space, got {obs_space}")
+        if not (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1):
+            raise ValueError(f"{env_id}: need a 1-D Box action space, got {act_space}")
+        if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
+            raise ValueError(f"{env_id}: action limits must be finite, got {act_space}")
+        return EnvSpec(
+            name=env_id,
+            obs_dim=int(obs_space.shape[0]),
+            act_dim=int(act_space.shape[0]),
+            action_low=tuple(float(x) for x in np.asarray(act_space.low, dtype=np.float32)),
+            action_high=tuple(float(x) for x in np.asarray(act_space.high, dtype=np.float32)),
+            control_period_s=float(unwrapped.dt),
+        )
+
+    @property
+    def model(self) -> mujoco.MjModel:
+        return self.env.unwrapped.model
+
+    @property
+    def data(self) -> mujoco.MjData:
+        return self.env.unwrapped.data
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode. Without a seed the first reset uses the driver's seed, later ones continue."""
+        self._check_open()
+        if seed is None and self._seed is not None:
+            seed, self._seed = self._seed, None
+        if seed is not None:
+            self._noise_rng = np.random.default_rng(_noise_seed(seed))
+        obs, info = self.env.reset(seed=seed)
+        self._needs_reset = False
+        return self._observe(obs), dict(info)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        """Clip `action` to the limits, apply it for one control period, report what was applied."""
+        self._check_open()
+        if self._needs_reset:
+            raise RuntimeError(f"{self.spec.name}: call reset() first (episode not started or already over)")
+        executed = self.clip(action)
+        obs, reward, terminated, truncated, info = self.env.step(executed)
+        self._needs_reset = bool(terminated or truncated)
+        info = dict(info)
+        info["applied_ctrl"] = np.array(self.data.ctrl, dtype=np.float64)
+        return StepResult(
+            obs=self._observe(obs),
+            reward=float(reward),
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+            executed_action=executed,
+            info=info,
+        )
+
+    def clip(self, action: np.ndarray) -> np.ndarray:
+        """The command as this robot would execute it: shape-checked, finite, clipped to the limits."""
+        a = np.asarray(action, dtype=np.float32)
+        if a.shape != (self.spec.act_dim,):
+            raise ValueError(f"{self.spec.name}: action shape {a.shape}, expected ({self.spec.act_dim},)")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{self.spec.name}: non-finite action {a}")
+        return np.clip(a, self.spec.low, self.spec.high).astype(np.float32)
+
+    def safe_stop(self) -> None:
+        """Hold: command zero actuation without advancing time.
+
+        A simulator only moves when stepped, so between steps it is already holding still; zeroing the
+        actuator command makes anything that does advance the physics see zero actuation, and never steps
+        the episode behind the runner's back. The next `step()` commands whatever it is given.
+        """
+        self.last_safe_stop_time = time.perf_counter()
+        self.safe_stop_count += 1
+        if not self._closed:
+            self.data.ctrl[:] = 0.0
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.env.close()
+
+    def _observe(self, obs: np.ndarray) -> np.ndarray:
+        o = np.asarray(obs, dtype=np.float32).reshape(self.spec.obs_dim)
+        if self.obs_noise_std > 0:
+            o = (o + self._noise_rng.normal(0.0, self.obs_noise_std, size=o.shape)).astype(np.float32)
+        return o
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.spec.name}: driver is closed")
+
+
+def _noise_seed(seed: int | None) -> np.random.SeedSequence | None:
+    """Sensor noise gets its own stream, derived from but independent of the physics seed."""
+    return None if seed is None else np.random.SeedSequence([int(seed), 0x5E45])

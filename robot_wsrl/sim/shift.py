@@ -1,0 +1,211 @@
+"""Dynamics shifts and sim-to-real presets for the simulated robots (numpy + mujoco only, no torch).
+
+A shift rescales a MuJoCo model's physical parameters so that a policy pre-trained on the nominal model
+meets a gap like the one between simulation and hardware. Scales always apply to the model's ORIGINAL
+values (remembered on first use), so applying a shift twice is the same as applying it once and applying
+the nominal shift restores the model.
+
+Presets live in `configs/shift/NAME.yaml` and hold the four dynamics scales plus the link/sensor
+imperfections the emulated robot adds (sensor noise, action latency, timing jitter, packet drops).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from robot_wsrl.core.paths import REPO_ROOT
+
+SHIFT_DIR = REPO_ROOT / "configs" / "shift"
+
+# Original parameters per model, so scales are never compounded. Weak keys: a freed model frees its copy.
+_ORIGINALS: weakref.WeakKeyDictionary[mujoco.MjModel, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
+_SCALED_FIELDS = (
+    "body_mass",
+    "body_inertia",
+    "geom_friction",
+    "actuator_gainprm",
+    "actuator_biasprm",
+    "dof_damping",
+)
+
+
+@dataclass(frozen=True)
+class DynamicsShift:
+    """Multiplicative scales on a MuJoCo model's dynamics; 1.0 everywhere is the nominal model."""
+
+    body_mass_scale: float = 1.0
+    friction_scale: float = 1.0
+    actuator_gain_scale: float = 1.0
+    joint_damping_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+                raise ValueError(f"DynamicsShift.{f.name} must be a finite positive number, got {v!r}")
+
+    @property
+    def is_nominal(self) -> bool:
+        return all(getattr(self, f.name) == 1.0 for f in fields(self))
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> DynamicsShift:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown dynamics keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**{k: float(v) for k, v in d.items()})
+
+    def apply(self, model: mujoco.MjModel) -> None:
+        """Scale `model` in place from its original values (idempotent; nominal restores the original).
+
+        - mass: body_mass and body_inertia (same geometry, denser material), then mj_setConst so derived
+          quantities (subtree masses, inverse weights) follow;
+        - friction: all geom_friction coefficients (sliding, torsional, rolling);
+        - actuator gain: gainprm[:, 0] of every actuator; for affine-bias actuators (position/velocity
+          servos) biasprm[:, 0:3] too, so a servo's whole force law is scaled and it still tracks its
+          target instead of gaining a spurious offset;
+        - damping: dof_damping.
+        """
+        orig = _ORIGINALS.get(model)
+        if orig is None:
+            orig = {name: np.array(getattr(model, name), copy=True) for name in _SCALED_FIELDS}
+            _ORIGINALS[model] = orig
+        model.body_mass[:] = orig["body_mass"] * self.body_mass_scale
+        model.body_inertia[:] = orig["body_inertia"] * self.body_mass_scale
+        model.geom_friction[:] = orig["geom_friction"] * self.friction_scale
+        model.actuator_gainprm[:] = orig["actuator_gainprm"]
+        model.actuator_gainprm[:, 0] *= self.actuator_gain_scale
+        model.actuator_biasprm[:] = orig["actuator_biasprm"]
+        affine = np.asarray(model.actuator_biastype) == int(mujoco.mjtBias.mjBIAS_AFFINE)
+        model.actuator_biasprm[affine, 0:3] *= self.actuator_gain_scale
+        model.dof_damping[:] = orig["dof_damping"] * self.joint_damping_scale
+        mujoco.mj_setConst(model, mujoco.MjData(model))
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+_PRESET_DEFAULTS: dict[str, Any] = {
+    "sensor_noise_std": 0.0,
+    "action_latency_steps": 0,
+    "jitter_ms": 0.0,
+    "drop_prob": 0.0,
+}
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in configs/shift."""
+    return sorted(p.stem for p in SHIFT_DIR.glob("*.yaml"))
+
+
+def load_shift_preset(name: str) -> dict[str, Any]:
+    """Read `configs/shift/NAME.yaml` and return a validated, complete preset dict.
+
+    Keys: `dynamics` (a DynamicsShift), `sensor_noise_std`, `action_latency_steps`, `jitter_ms`, `drop_prob`
+    (missing ones take their nominal default). PyYAML is used when installed; the robot-side install may
+    lack it, so the flat two-level subset these presets use is also parsed without it.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"invalid shift preset name {name!r}")
+    path = SHIFT_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no shift preset {name!r} at {path}; available: {preset_names()}")
+    raw = _read_yaml(path)
+    return normalise_preset(raw, source=str(path))
+
+
+def normalise_preset(raw: dict[str, Any] | None, *, source: str = "preset") -> dict[str, Any]:
+    """Validate a preset mapping and fill defaults; `dynamics` becomes a DynamicsShift."""
+    raw = dict(raw or {})
+    known = {"dynamics", "description", *_PRESET_DEFAULTS}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+    dyn = raw.get("dynamics")
+    try:
+        shift = dyn if isinstance(dyn, DynamicsShift) else DynamicsShift.from_dict(dyn)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: dynamics: {e}") from e
+    out: dict[str, Any] = {"dynamics": shift, "description": str(raw.get("description") or "")}
+    out["sensor_noise_std"] = float(raw.get("sensor_noise_std", _PRESET_DEFAULTS["sensor_noise_std"]))
+    out["action_latency_steps"] = int(
+        raw.get("action_latency_steps", _PRESET_DEFAULTS["action_latency_steps"])
+    )
+    out["jitter_ms"] = float(raw.get("jitter_ms", _PRESET_DEFAULTS["jitter_ms"]))
+    out["drop_prob"] = float(raw.get("drop_prob", _PRESET_DEFAULTS["drop_prob"]))
+    if not (np.isfinite(out["sensor_noise_std"]) and out["sensor_noise_std"] >= 0):
+        raise ValueError(f"{source}: sensor_noise_std must be >= 0")
+    if out["action_latency_steps"] < 0:
+        raise ValueError(f"{source}: action_latency_steps must be >= 0")
+    if not (np.isfinite(out["jitter_ms"]) and out["jitter_ms"] >= 0):
+        raise ValueError(f"{source}: jitter_ms must be >= 0")
+    if not 0.0 <= out["drop_prob"] < 1.0:
+        raise ValueError(f"{source}: drop_prob must be in [0, 1)")
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    try:
+        import yaml  # lazy: not part of the robot-side install
+    except ImportError:
+        return parse_simple_yaml(text, source=str(path))
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def parse_simple_yaml(text: str, *, source: str = "yaml") -> dict[str, Any]:
+    """Parse the YAML subset of the presets: `key: scalar` lines, one nested level by indentation, comments.
+
+    Enough for the shipped presets when PyYAML is absent; anything fancier raises a clear error.
+    """
+    root: dict[str, Any] = {}
+    section: dict[str, Any] | None = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        content = line.split("#", 1)[0].rstrip()
+        if not content.strip():
+            continue
+        indented = content[0] in " \t"
+        key, sep, value = content.strip().partition(":")
+        if not sep or not key:
+            raise ValueError(f"{source}:{lineno}: unsupported YAML (install PyYAML for full YAML): {line!r}")
+        value = value.strip()
+        if indented:
+            if section is None:
+                raise ValueError(f"{source}:{lineno}: indented key outside a section")
+            section[key] = _scalar(value)
+        elif value == "":
+            section = {}
+            root[key] = section
+        else:
+            section = None
+            root[key] = _scalar(value)
+    return root
+
+
+def _scalar(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "~", ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value.strip("'\"")

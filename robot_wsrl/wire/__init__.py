@@ -1,0 +1,1 @@
+"""What crosses the network: records, sockets, keys, signatures, the spool."""
