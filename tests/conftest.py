@@ -1,4 +1,5 @@
-"""Shared test setup: headless MuJoCo, small agents, tiny datasets."""
+"""Shared test setup and pytest fixtures: headless MuJoCo, small agents, tiny datasets, a learner's keys and
+checkpoint. Plain helpers (functions, classes, constants) are in helpers.py."""
 
 from __future__ import annotations
 
@@ -9,18 +10,14 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 # core make a shared 2-core machine crawl: one thread keeps the suite's time predictable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest
+from pathlib import Path
 
-# A WSRL-shaped agent small enough for unit tests: every mechanism, tiny sizes.
-SMALL_AGENT = [
-    "agent.num_critics=4",
-    "agent.critic_hidden=[32,32]",
-    "agent.actor_hidden=[32,32]",
-    "agent.batch_size=16",
-    "agent.utd=2",
-    "progress=false",
-    "tensorboard=false",
-]
+import pytest
+from helpers import NULL_SPEC, RUNNERS, SMALL_AGENT, tiny_checkpoint
+
+from robot_wsrl.bench.estop import write_policy
+from robot_wsrl.core.artifacts import CHECKPOINT
+from robot_wsrl.wire import keys
 
 
 @pytest.fixture
@@ -34,3 +31,26 @@ def pendulum_dataset(tmp_path):
     from robot_wsrl.learn.collect import record_pendulum_controller_dataset
 
     return record_pendulum_controller_dataset(tmp_path / "pendulum.npz", 600, seed=0, max_episode_steps=100)
+
+
+@pytest.fixture(scope="session")
+def learner_keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Key pairs of a learner, a console and the runners in helpers.RUNNERS."""
+    path = tmp_path_factory.mktemp("learner-keys")
+    keys.new_identity(path, "learner", "learner")
+    keys.new_identity(path, "console", "console")
+    for name in RUNNERS:
+        keys.new_identity(path, name, "runner")
+    return path
+
+
+@pytest.fixture(scope="session")
+def learner_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained 'pre-trained' agent: the wire, not the learning, is under test where it is used."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("learner-checkpoint") / CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
+def null_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ONNX policy for the null driver at helpers.PERIOD_S (made without torch)."""
+    return write_policy(tmp_path_factory.mktemp("null-policy"), NULL_SPEC)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from conftest import SMALL_AGENT
+from helpers import SMALL_AGENT
 
 from robot_wsrl.apps.cli import main
 from robot_wsrl.core.spec import EnvSpec
@@ -132,8 +132,8 @@ class LiveLearner:
         self.starts += 1
         ready = self.root / f"ready{self.starts}.json"
         self.log_path = self.root / f"learner{self.starts}.log"
-        command = [sys.executable, "-m", "robot_wsrl.apps.cli", "learner", "--bind", "tcp://127.0.0.1:0"]
-        command += ["--ready-file", str(ready), "--keys", str(self.keydir), "--no-gate"]
+        command = [sys.executable, "-m", "robot_wsrl.apps.cli", "learner", "service.bind=tcp://127.0.0.1:0"]
+        command += [f"service.ready_file={ready}", f"service.keys={self.keydir}", "service.gate=false"]
         command += [*SMALL_AGENT, BIG_ACTOR, f"run.checkpoint={self.root / 'checkpoint.pt'}"]
         command += [f"out_dir={self.out}", "run.warmup_steps=1000000", "device=cpu", "threads=1"]
         with open(self.log_path, "wb") as log:
@@ -187,6 +187,7 @@ class LiveLearner:
 def learner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLearner]:
     from robot_wsrl.learn.agent import Agent
     from robot_wsrl.learn.config import compose_config
+    from robot_wsrl.learn.networks import build_networks
     from robot_wsrl.learn.training import save_training_checkpoint
 
     root = tmp_path_factory.mktemp("adversarial")
@@ -194,7 +195,9 @@ def learner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLearner]:
     for name, role in KEYS.items():
         assert main(["keys", "new", name, "--dir", str(keydir), "--role", role]) == 0
     cfg = compose_config("finetune", [*SMALL_AGENT, BIG_ACTOR])
-    save_training_checkpoint(root / "checkpoint.pt", Agent(4, 2, cfg.agent, "cpu"), SPEC, cfg, 0, {})
+    save_training_checkpoint(
+        root / "checkpoint.pt", Agent(build_networks(4, 2, cfg.agent), cfg.agent), SPEC, cfg, 0, {}
+    )
     live = LiveLearner(root, keydir, root / "checkpoint.pt")
     try:
         live.start()
@@ -358,20 +361,26 @@ def measure(repeats: int = 20) -> dict[str, Any]:
     from robot_wsrl.learn.agent import Agent
     from robot_wsrl.learn.config import compose_config
     from robot_wsrl.learn.learner import Learner, LearnerOptions
+    from robot_wsrl.learn.networks import build_networks
     from robot_wsrl.learn.training import save_training_checkpoint
 
     spec = EnvSpec("measure", 17, 6, (-1.0,) * 6, (1.0,) * 6, 0.01)
     root = Path(tempfile.mkdtemp(prefix="handle-"))
     cfg = compose_config("finetune", ["device=cpu", "threads=1"])
     checkpoint = save_training_checkpoint(
-        root / "c.pt", Agent(spec.obs_dim, spec.act_dim, cfg.agent, "cpu"), spec, cfg, 0, {}
+        root / "c.pt",
+        Agent(build_networks(spec.obs_dim, spec.act_dim, cfg.agent), cfg.agent),
+        spec,
+        cfg,
+        0,
+        {},
     )
     overrides = [f"run.checkpoint={checkpoint}", f"out_dir={root / 'out'}", "run.warmup_steps=100000000"]
     cfg = compose_config("finetune", ["device=cpu", "threads=1", *overrides])
     ctx = zmq.Context()
     sock = transport.plain_server(ctx, zmq.ROUTER, "tcp://127.0.0.1:0")
     learner = Learner(
-        cfg, sock, root / "out", Ed25519PrivateKey.generate(), LearnerOptions(gate=False), False
+        cfg, sock, root / "out", Ed25519PrivateKey.generate(), LearnerOptions(), False
     )
     seqs: dict[str, int] = {}
 

@@ -16,12 +16,11 @@ import torch._inductor.config
 from robot_wsrl.bench.learner import NaiveWSRL, round_flops
 from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.config import AgentConfig
-from robot_wsrl.learn.networks import ObsNormalizer, QEnsemble, reduce_ensemble
+from robot_wsrl.learn.networks import QEnsemble, build_networks, reduce_ensemble
 
 
 def _ensemble(layer_norm: bool, hidden: list[int], size: int) -> QEnsemble:
-    q = QEnsemble(5, 2, hidden, size, layer_norm, ObsNormalizer(5)).double()
-    q.normalizer.set_stats(torch.randn(5), torch.rand(5) + 0.5)
+    q = QEnsemble(5, 2, hidden, size, layer_norm).double()
     with torch.no_grad():
         for p in q.parameters():  # move LayerNorm scales/shifts off their all-ones/zeros init
             p.add_(0.3 * torch.randn_like(p))
@@ -112,6 +111,10 @@ def _small_wsrl(**overrides) -> AgentConfig:
     return AgentConfig(**{**base, "compile": "off", **overrides})
 
 
+def _agent(cfg: AgentConfig) -> Agent:
+    return Agent(build_networks(5, 2, cfg), cfg)
+
+
 def _assert_same_rounds(fast: Agent, reference: Agent, rounds: int = 3) -> None:
     """From identical state and random draws, `rounds` UTD rounds leave both agents in the same state."""
     reference.load_state_dict(fast.state_dict(), with_optimizers=False)
@@ -145,7 +148,7 @@ def test_utd_rounds_match_the_reference_path(overrides):
     cfg = _small_wsrl(**overrides)
     cfg.cql.lagrange = True  # used by the Cal-QL case only
     torch.manual_seed(0)
-    _assert_same_rounds(Agent(5, 2, cfg), _reference(Agent(5, 2, cfg)))
+    _assert_same_rounds(_agent(cfg), _reference(_agent(cfg)))
 
 
 @pytest.mark.slow
@@ -155,9 +158,9 @@ def test_compiled_rounds_match_eager_rounds():
     Inductor draws its own random numbers unless told to fall back to eager's generator.
     """
     torch.manual_seed(0)
-    compiled = Agent(5, 2, _small_wsrl(compile="on"))
+    compiled = _agent(_small_wsrl(compile="on"))
     with torch._inductor.config.patch(fallback_random=True):
-        _assert_same_rounds(compiled, _reference(Agent(5, 2, _small_wsrl())), rounds=2)
+        _assert_same_rounds(compiled, _reference(_agent(_small_wsrl())), rounds=2)
 
 
 def test_reference_flop_count_of_a_wsrl_round():

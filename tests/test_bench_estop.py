@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 
 import pytest
-from test_session import TINY_LEARNER, TINY_SESSION, tiny_policy_dir
+from helpers import TINY_LEARNER, TINY_SESSION, tiny_policy_dir
 
 from robot_wsrl.bench import BENCHMARKS
 from robot_wsrl.bench.estop import run_estop_benchmark

@@ -9,7 +9,7 @@ import math
 
 import matplotlib.image as mpimg
 import pytest
-from conftest import SMALL_AGENT
+from helpers import SMALL_AGENT
 
 from robot_wsrl.bench import cli as bench_cli
 from robot_wsrl.bench.finetune import load_config, run_finetune_benchmark

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_session import TINY_LEARNER, TINY_SESSION, tiny_policy_dir
+from helpers import TINY_LEARNER, TINY_SESSION, tiny_policy_dir
 
 from robot_wsrl.bench import BENCHMARKS, CONFIGURABLE
 from robot_wsrl.bench.soak import load_config, main, run_soak_benchmark

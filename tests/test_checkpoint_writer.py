@@ -10,14 +10,13 @@ from pathlib import Path
 
 import torch
 import zmq
-from conftest import SMALL_AGENT
-from test_learner_link import checkpoint, keydir  # noqa: F401
+from helpers import SMALL_AGENT
 
+from robot_wsrl.core.artifacts import LEARNER_STATE, POLICY_SIDECAR
 from robot_wsrl.learn import checkpoint as checkpoint_module
 from robot_wsrl.learn.checkpoint import CheckpointWriter
 from robot_wsrl.learn.config import compose_config, prepare_out_dir
-from robot_wsrl.learn.export import SIDECAR_NAME
-from robot_wsrl.learn.learner import STATE_FILE, Learner, LearnerOptions
+from robot_wsrl.learn.learner import Learner, LearnerOptions
 from robot_wsrl.wire import keys, transport
 
 WAIT_S = 30.0
@@ -65,7 +64,7 @@ def test_a_failed_write_is_counted_not_fatal(tmp_path: Path) -> None:
     assert writer.failed >= 1 and writer.written == 0
 
 
-def _learner(out: Path, keydir: Path, checkpoint: Path, ctx: zmq.Context) -> Learner:  # noqa: F811
+def _learner(out: Path, keydir: Path, checkpoint: Path, ctx: zmq.Context) -> Learner:
     cfg = compose_config(
         "finetune",
         [
@@ -78,28 +77,26 @@ def _learner(out: Path, keydir: Path, checkpoint: Path, ctx: zmq.Context) -> Lea
     )
     sock = transport.plain_server(ctx, zmq.ROUTER, "inproc://learner")
     signing = keys.load_signing_key(keydir, "learner")
-    return Learner(cfg, sock, prepare_out_dir(cfg), signing, LearnerOptions(gate=False), secure=False)
+    return Learner(cfg, sock, prepare_out_dir(cfg), signing, LearnerOptions(), secure=False)
 
 
 def test_versions_never_go_backwards_when_the_last_state_write_was_lost(
-    tmp_path: Path,
-    keydir: Path,  # noqa: F811
-    checkpoint: Path,  # noqa: F811
+    tmp_path: Path, learner_keydir: Path, learner_checkpoint: Path
 ) -> None:
     out = tmp_path / "learner"
     ctx = zmq.Context()
     try:
-        learner = _learner(out, keydir, checkpoint, ctx)
+        learner = _learner(out, learner_keydir, learner_checkpoint, ctx)
         learner.publish()
         learner.publish()
         learner.close()
         learner.sock.close()
-        assert torch.load(out / STATE_FILE, weights_only=True)["extra"]["policy_version"] == 2
-        sha = json.loads((out / "policies" / "v000002" / SIDECAR_NAME).read_text())["sha256"]
-        (out / STATE_FILE).unlink()  # killed after publishing v2, before its state was written
-        again = _learner(out, keydir, checkpoint, ctx)
+        assert torch.load(out / LEARNER_STATE, weights_only=True)["extra"]["policy_version"] == 2
+        sha = json.loads((out / "policies" / "v000002" / POLICY_SIDECAR).read_text())["sha256"]
+        (out / LEARNER_STATE).unlink()  # killed after publishing v2, before its state was written
+        again = _learner(out, learner_keydir, learner_checkpoint, ctx)
         assert again.version == 2 and again.policy.version == 2
-        assert json.loads((out / "policies" / "v000002" / SIDECAR_NAME).read_text())["sha256"] == sha
+        assert json.loads((out / "policies" / "v000002" / POLICY_SIDECAR).read_text())["sha256"] == sha
         again.publish()
         assert again.version == 3
         again.close()

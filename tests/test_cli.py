@@ -19,16 +19,16 @@ def _run(blocked: str, argv: list[str], **env: str) -> subprocess.CompletedProce
 
 
 def test_missing_extra_names_the_extra_to_install() -> None:
-    result = _run("torch", ["learner", "--help"])
+    result = _run("torch", ["finetune"])  # `--help` needs no torch: running does
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "robot-wsrl learner: needs the 'learner' extra (torch is not installed): "
+        "robot-wsrl finetune: needs the 'learner' extra (torch is not installed): "
         "pip install 'robot-wsrl[learner]'"
     ]
 
 
 def test_debug_shows_the_traceback() -> None:
-    result = _run("torch", ["learner", "--help"], ROBOT_WSRL_DEBUG="1")
+    result = _run("torch", ["finetune"], ROBOT_WSRL_DEBUG="1")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robot_wsrl.learn.collect import cli as collect_cli
-from robot_wsrl.learn.collect import collect, dataset_entry, fetch, file_sha256, pick_medium_snapshot
+from robot_wsrl.apps.collect import cli as collect_cli
+from robot_wsrl.apps.collect import fetch
+from robot_wsrl.learn.collect import collect, dataset_entry, file_sha256, pick_medium_snapshot
 from robot_wsrl.learn.datasets import load_dataset
 
 

@@ -50,3 +50,18 @@ def test_run_folder_holds_resolved_config_and_hash(tmp_path):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["seed"] == 7 and saved["agent"]["num_critics"] == 10
     assert (out / "config_hash.txt").read_text().strip() == config_hash(cfg)
+
+
+def test_recipes_pin_the_papers_settings_and_the_cpu_length():
+    """`recipe=paper` is the paper's scale whatever the defaults; `recipe=cpu` differs from it only in
+    length; a later override still wins."""
+    data = ["run.dataset=x.npz"]
+    paper = compose_config("pretrain", ["recipe=paper", *data])
+    cpu = compose_config("pretrain", ["recipe=cpu", *data])
+    assert (paper.run.steps, paper.agent.cql.num_samples, paper.agent.num_critics) == (250_000, 10, 10)
+    assert paper.agent.cql.max_target_backup and paper.agent.cql.alpha == 5.0
+    assert cpu.run.steps == 20_000 and cpu.agent == paper.agent
+    assert compose_config("pretrain", ["recipe=cpu", "run.steps=7", *data]).run.steps == 7
+    online = compose_config("finetune", ["recipe=paper", "agent.utd=1"])
+    assert (online.run.steps, online.run.warmup_steps, online.agent.batch_size) == (100_000, 5_000, 256)
+    assert online.agent.utd == 1 and online.run.offline_ratio == 0.0

@@ -9,15 +9,13 @@ process with --deadman and then killed -9 leaves its runners e-stopped within th
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_control import PERIOD_S, free_port, make_keys, wait_for
+from helpers import PERIOD_S, end_process, free_port, make_keys, spawn_cli, wait_for
 from textual.pilot import Pilot
 from textual.widgets import Button, Input
 
@@ -36,21 +34,6 @@ DEADMAN_S = 1.0
 SIZE = (150, 44)
 
 
-def spawn_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "robot_wsrl.apps.cli", *args], stdout=out, stderr=out)
-
-
-def end_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(20)
-
-
 @pytest.fixture(scope="module")
 def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = make_keys(tmp_path_factory.mktemp("keys"))
@@ -63,7 +46,7 @@ def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def learner(keydir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     out = tmp_path_factory.mktemp("learner")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    args = ["learner", "--bind", endpoint, "--keys", str(keydir), "--max-seconds", "600"]
+    args = ["learner", f"service.bind={endpoint}", f"service.keys={keydir}", "service.max_seconds=600"]
     args += [
         "env=hopper",
         f"run.checkpoint={CHECKPOINT}",
@@ -204,7 +187,7 @@ def test_sparkline_bins_returns_by_step_and_leaves_gaps() -> None:
 
 
 def test_console_cli_refuses_to_start_without_peers(capsys: pytest.CaptureFixture[str]) -> None:
-    from robot_wsrl.console.app import cli
+    from robot_wsrl.apps.console import cli
 
     assert cli(["--keys", "nowhere"]) == 2
     assert "robot-wsrl console: no runner to talk to" in capsys.readouterr().err

@@ -6,95 +6,21 @@ ControlServer on a free port; consoles are ControlClients. Every wait has a dead
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
+from helpers import WAIT_S, RunnerRig, free_port, make_keys, pump_until, stranger_keys, wait_for
 
-from robot_wsrl.bench.estop import write_policy
+from robot_wsrl.apps.options import bind_control
 from robot_wsrl.console.client import ClientOptions, ControlClient
-from robot_wsrl.robot.control import MIN_DEADMAN_S, ControlServer, bind
-from robot_wsrl.robot.drivers.null import NullDriver
-from robot_wsrl.robot.policy import OnnxPolicy
-from robot_wsrl.robot.runner import Runner
+from robot_wsrl.robot.control import MIN_DEADMAN_S, ControlServer
 from robot_wsrl.robot.safety import EStopCause
 from robot_wsrl.wire import keys, transport
 from robot_wsrl.wire.endpoints import Endpoints
 from robot_wsrl.wire.protocol import Command, Reply, decode, encode
-
-PERIOD_S = 0.01
-WAIT_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
-
-
-def pump_until(client: ControlClient, condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        client.pump(0.05)
-    return True
-
-
-def make_keys(path: Path, runners: tuple[str, ...] = ("robot1", "robot2")) -> Path:
-    for name in runners:
-        keys.new_identity(path, name, "runner")
-    keys.new_identity(path, "console", "console")
-    return path
-
-
-def stranger_keys(path: Path, known: Path, runners: tuple[str, ...] = ("robot1", "robot2")) -> Path:
-    """A console key pair the runners never saw, under the same name, with the runners' public keys."""
-    keys.new_identity(path, "console", "console")
-    for name in runners:
-        (path / f"{name}.key").write_bytes((known / f"{name}.key").read_bytes())
-    return path
-
-
-class RunnerRig:
-    """A running Runner on the null driver with its ControlServer (CURVE) on a free loopback port."""
-
-    def __init__(self, name: str, keydir: Path, policy: Path, deadman_s: float | None = None) -> None:
-        self.name, self.endpoint = name, f"tcp://127.0.0.1:{free_port()}"
-        self.driver = NullDriver(3, 1, control_period_s=PERIOD_S)
-        self.runner = Runner(self.driver, OnnxPolicy.load(policy))
-        self.ctx = zmq.Context()
-        sock = bind(self.ctx, self.endpoint, name, keydir, plain=False)
-        self.server = ControlServer(sock, name, secure=True, deadman_s=deadman_s, ctx=self.ctx)
-        self.server.attach(self.runner)
-        self.server.start()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.runner.run, kwargs={"stop_event": self.stop}, daemon=True)
-
-    def start(self) -> RunnerRig:
-        self.thread.start()
-        assert wait_for(lambda: self.runner.state.value == "fine_tuning")
-        return self
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join(WAIT_S)
-        self.server.close()
-        transport.shutdown(self.ctx)
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +28,9 @@ def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_keys(tmp_path_factory.mktemp("keys"))
 
 
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = NullDriver(3, 1, control_period_s=PERIOD_S).spec
-    return write_policy(tmp_path_factory.mktemp("policy"), spec)
-
-
 @pytest.fixture
-def rigs(keydir: Path, policy: Path) -> Iterator[list[RunnerRig]]:
-    made = [RunnerRig(name, keydir, policy, deadman_s=MIN_DEADMAN_S) for name in ("robot1", "robot2")]
+def rigs(keydir: Path, null_policy: Path) -> Iterator[list[RunnerRig]]:
+    made = [RunnerRig(name, keydir, null_policy, deadman_s=MIN_DEADMAN_S) for name in ("robot1", "robot2")]
     yield made
     for rig in made:
         rig.close()
@@ -243,7 +163,7 @@ def test_an_unknown_console_key_gets_nothing_and_changes_nothing(
 def test_control_server_refuses_a_deadman_shorter_than_the_minimum(keydir: Path) -> None:
     ctx = zmq.Context()
     try:
-        sock = bind(ctx, f"tcp://127.0.0.1:{free_port()}", "robot1", keydir, plain=False)
+        sock = bind_control(ctx, f"tcp://127.0.0.1:{free_port()}", "robot1", keydir, plain=False)
         with pytest.raises(ValueError, match="below the minimum"):
             ControlServer(sock, "robot1", secure=True, deadman_s=0.1)
     finally:
@@ -255,17 +175,17 @@ def test_binding_needs_console_keys(tmp_path: Path) -> None:
     ctx = zmq.Context()
     try:
         with pytest.raises(keys.KeyFileError, match="no console keys"):
-            bind(ctx, f"tcp://127.0.0.1:{free_port()}", "robot1", tmp_path, plain=False)
+            bind_control(ctx, f"tcp://127.0.0.1:{free_port()}", "robot1", tmp_path, plain=False)
         with pytest.raises(transport.TransportError, match="loopback"):
-            bind(ctx, "tcp://10.1.2.3:5999", "robot1", None, plain=True)
+            bind_control(ctx, "tcp://10.1.2.3:5999", "robot1", None, plain=True)
     finally:
         transport.shutdown(ctx)
 
 
-def test_runner_cli_checks_its_control_options(policy: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from robot_wsrl.robot.runner import cli
+def test_runner_cli_checks_its_control_options(null_policy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from robot_wsrl.apps.runner import cli
 
-    base = ["--policy", str(policy), "--driver", "null", "--steps", "5"]
+    base = ["--policy", str(null_policy), "--driver", "null", "--steps", "5"]
     for extra, message in (
         (["--deadman-s", "1"], "--deadman-s needs --control"),
         (["--control", "tcp://127.0.0.1:1"], "--control needs --keys"),

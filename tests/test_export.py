@@ -11,9 +11,10 @@ import onnx
 import pytest
 import torch
 
+from robot_wsrl.apps.export import cli
 from robot_wsrl.core.spec import EnvSpec
 from robot_wsrl.learn.checkpoint import build_actor, save_checkpoint
-from robot_wsrl.learn.export import IR_VERSION, OPSET, cli, export_policy
+from robot_wsrl.learn.export import IR_VERSION, OPSET, export_policy
 from robot_wsrl.learn.networks import TanhGaussianActor
 from robot_wsrl.robot.policy import METADATA_KEYS, OnnxPolicy, PolicyError
 
@@ -23,7 +24,6 @@ SPEC = EnvSpec("hopper-test", 11, 3, (-1.0, -2.0, -0.5), (1.0, 2.0, 1.5), 0.008)
 def _actor(spec: EnvSpec = SPEC, hidden: tuple[int, ...] = (256, 256)) -> TanhGaussianActor:
     torch.manual_seed(0)
     actor = build_actor(spec, list(hidden))
-    actor.normalizer.set_stats(torch.randn(spec.obs_dim), torch.rand(spec.obs_dim) + 0.5)
     return actor.eval()
 
 

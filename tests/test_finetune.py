@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from robot_wsrl.apps.finetune import sim_judge
 from robot_wsrl.learn import finetune as finetune_module
 from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.config import compose_config
@@ -163,7 +164,7 @@ def test_guarded_variant_runs_only_validated_versions(small_overrides, monkeypat
         "run.gate_every=10",
         f"run.gate_args=[{gate_args}]",
     )
-    finetune(cfg)
+    finetune(cfg, sim_judge(cfg.run.gate_args))
     gate = _rows(tmp_path / "run" / "gate.csv")
     assert [int(r["step"]) for r in gate] == [20, 30, 40, 50, 60]
     assert {r["passed"] for r in gate} == {"True" if verdict == "pass" else "False"}

@@ -1,5 +1,6 @@
 """ValidationWorker: validations in child processes, the reference kept as the last passed version, newer
-versions superseding waiting ones (never silently), timeouts and clean shutdown."""
+versions superseding waiting ones (never silently), timeouts and clean shutdown; the gate benchmark's
+derived candidates."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
-from test_validate import BALANCES, FALLS, FAST, write_linear_policy
+from helpers import BALANCES, FALLS, FAST, write_linear_policy
 
+from robot_wsrl.bench.gate import noisy_weights, scaled_actions, sharper_sampling
 from robot_wsrl.gate.registry import validation_state
 from robot_wsrl.gate.worker import ValidationWorker
+from robot_wsrl.robot.policy import OnnxPolicy
 
-FAST_GATE = [*(o for o in FAST if not o.startswith("variants")), "variants=[nominal]"]
+# The robot's preset nominal, nothing else: the balancing policy ties there in every episode.
+FAST_GATE = [*(o for o in FAST if not o.startswith("variants")), "variants=[]", "preset=nominal"]
 # Enough episodes to keep a validation busy for minutes: for the timeout and shutdown tests.
 SLOW = [*FAST_GATE, "episodes=100000"]
 
@@ -66,6 +71,18 @@ def test_versions_are_gated_against_the_last_passed_one(tmp_path: Path) -> None:
     states = {v: validation_state(run / "policies" / f"v{v:06d}", _sha(run, v)) for v in range(4)}
     assert states == {0: "passed", 1: "superseded", 2: "failed", 3: "passed"}
     assert "vs_reference" in (run / "policies/v000002/validation/validate.log").read_text()
+    # A restart on version 3 keeps its verdict and report (its episodes are what a candidate reuses) and
+    # measures nothing again; a version whose report is gone is measured again, its stale verdict removed.
+    v3 = run / "policies" / "v000003"
+    report = (v3 / "validation" / "report.json").read_bytes()
+    with ValidationWorker(v3, initial_version=3, overrides=FAST_GATE, allow_unsigned=True) as worker:
+        assert not worker.busy and worker.wait(1) == []
+    assert (v3 / "validation" / "report.json").read_bytes() == report
+    (v0 / "validation" / "report.json").unlink()
+    with ValidationWorker(v0, overrides=FAST_GATE, allow_unsigned=True) as worker:
+        assert worker.busy and not (v0 / "validation" / "verdict.json").exists()
+        assert [v.status for v in worker.wait(120)] == ["passed"]
+    assert (v0 / "validation" / "report.json").is_file()
 
 
 def _sha(run: Path, version: int) -> str:
@@ -104,3 +121,22 @@ def test_a_validation_that_cannot_run_is_an_error_verdict(tmp_path: Path) -> Non
     with ValidationWorker(_version(tmp_path, 0, BALANCES), overrides=FAST_GATE, timeout_s=60) as worker:
         (verdict,) = worker.wait(60)  # unsigned, and not allowed: validate refuses with exit 2
     assert verdict.status == "error" and "exited 2" in verdict.reasons[0] and "unsigned" in verdict.reasons[0]
+
+
+def test_the_gate_benchmarks_candidates_change_what_they_claim(tmp_path: Path) -> None:
+    """The benchmark's derived candidates: loadable, verified policies whose outputs differ from their
+    source's exactly as named (noise on the weights, a scaled mean, a shifted log-std)."""
+    source = _version(tmp_path, 0, BALANCES)
+    obs = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    mean, log_std = OnnxPolicy.load(source / "policy.onnx").forward(obs)
+    scaled = OnnxPolicy.load(scaled_actions(source, tmp_path / "scaled", 0.5) / "policy.onnx").forward(obs)
+    np.testing.assert_allclose(scaled[0], 0.5 * mean, rtol=1e-6)
+    np.testing.assert_array_equal(scaled[1], log_std)
+    sharper = OnnxPolicy.load(sharper_sampling(source, tmp_path / "sharp", -1.0) / "policy.onnx").forward(obs)
+    np.testing.assert_array_equal(sharper[0], mean)
+    np.testing.assert_allclose(sharper[1], log_std - 1.0, rtol=1e-6)
+    noisy = noisy_weights(source, tmp_path / "noisy", 0.3, seed=1) / "policy.onnx"
+    assert noisy_weights(source, tmp_path / "again", 0.3, seed=1).joinpath("policy.onnx").read_bytes() == (
+        noisy.read_bytes()
+    )  # seeded: the same candidate every time
+    assert not np.allclose(OnnxPolicy.load(noisy).forward(obs)[0], mean)

@@ -124,3 +124,29 @@ def test_a_failed_or_cut_step_fails_the_run(tmp_path, rc):
     code, results = _results(tmp_path, "finetune", rc, "0", "150")
     assert code == 1 and not results["ok"]
     assert results["steps"]["finetune"] == {"rc": int(rc), "seconds": 150.0, "result": None}
+
+
+def _recipe(out: Path, *args: str) -> list[str]:
+    """The commands benchmarks/gpu/paper_recipe.sh would run for `out` (--dry-run), one per line."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "paper_recipe.sh"), "--dry-run", "--out", str(out), *args],
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [line.partition(" + ")[2] for line in result.stdout.splitlines() if " + " in line]
+
+
+def test_the_paper_recipe_starts_resumes_and_skips_each_phase(tmp_path: Path) -> None:
+    out = tmp_path / "recipe"
+    pretrain, finetune = (c for c in _recipe(out) if " pretrain " in c or " finetune " in c)
+    assert "recipe=paper" in pretrain and "device=cuda" in pretrain and f"out_dir={out}/pretrain" in pretrain
+    assert f"run.checkpoint={out}/pretrain/checkpoint.pt" in finetune and "env.shift=real" in finetune
+    (out / "pretrain").mkdir(parents=True)
+    (out / "pretrain" / "checkpoint.pt").write_bytes(b"")  # interrupted: continues from its checkpoint
+    assert any(c.endswith(f"pretrain run.resume={out}/pretrain") for c in _recipe(out))
+    (out / "pretrain" / "summary.json").write_text("{}")  # finished: skipped
+    commands = _recipe(out, "--device", "cpu")
+    assert not any(" pretrain " in c for c in commands) and any("device=cpu" in c for c in commands)

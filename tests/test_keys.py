@@ -10,6 +10,7 @@ import pytest
 import zmq.auth
 
 from robot_wsrl.apps.cli import main
+from robot_wsrl.apps.keys import cli as keys_cli
 from robot_wsrl.wire import keys, signing
 
 
@@ -38,10 +39,10 @@ def test_new_learner_writes_curve_and_signing_pairs(tmp_path: Path, capsys: pyte
 
 def test_runner_gets_no_signing_key_and_list_shows_all(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for name, role in (("learner", "learner"), ("robot1", "runner"), ("console", "console")):
-        assert keys.cli(["new", name, "--dir", str(tmp_path), "--role", role]) == 0
+        assert keys_cli(["new", name, "--dir", str(tmp_path), "--role", role]) == 0
     assert not (tmp_path / "robot1.sign").exists()
     capsys.readouterr()
-    assert keys.cli(["list", "--dir", str(tmp_path)]) == 0
+    assert keys_cli(["list", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for name, role in (("learner", "learner"), ("robot1", "runner"), ("console", "console")):
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
@@ -54,12 +55,12 @@ def test_runner_gets_no_signing_key_and_list_shows_all(tmp_path: Path, capsys: p
 def test_existing_keys_are_not_overwritten_without_force(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert keys.cli(["new", "robot1", "--dir", str(tmp_path)]) == 0
+    assert keys_cli(["new", "robot1", "--dir", str(tmp_path)]) == 0
     before = (tmp_path / "robot1.key_secret").read_bytes()
-    assert keys.cli(["new", "robot1", "--dir", str(tmp_path)]) == 2
+    assert keys_cli(["new", "robot1", "--dir", str(tmp_path)]) == 2
     assert "already exist" in capsys.readouterr().err
     assert (tmp_path / "robot1.key_secret").read_bytes() == before
-    assert keys.cli(["new", "robot1", "--dir", str(tmp_path), "--force"]) == 0
+    assert keys_cli(["new", "robot1", "--dir", str(tmp_path), "--force"]) == 0
     assert (tmp_path / "robot1.key_secret").read_bytes() != before
     assert _mode(tmp_path / "robot1.key_secret") == 0o600
 
@@ -69,19 +70,19 @@ def test_secret_readable_by_others_is_refused(tmp_path: Path, capsys: pytest.Cap
     os.chmod(tmp_path / "robot1.key_secret", 0o644)
     with pytest.raises(keys.KeyFileError, match="chmod 600"):
         keys.load_curve_keys(tmp_path, "robot1")
-    assert keys.cli(["list", "--dir", str(tmp_path)]) == 0
+    assert keys_cli(["list", "--dir", str(tmp_path)]) == 0
     assert "TOO OPEN" in capsys.readouterr().out
 
 
 def test_bad_names_and_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert keys.cli(["new", "../evil", "--dir", str(tmp_path)]) == 2
+    assert keys_cli(["new", "../evil", "--dir", str(tmp_path)]) == 2
     assert "key name" in capsys.readouterr().err
     with pytest.raises(keys.KeyFileError, match="not found"):
         keys.load_curve_keys(tmp_path, "nobody")
     with pytest.raises(keys.KeyFileError):
         keys.load_public_key(tmp_path, "nobody")
-    assert keys.cli(["list", "--dir", str(tmp_path / "missing")]) == 2
-    assert keys.cli(["list", "--dir", str(tmp_path)]) == 0
+    assert keys_cli(["list", "--dir", str(tmp_path / "missing")]) == 2
+    assert keys_cli(["list", "--dir", str(tmp_path)]) == 0
     assert "no keys" in capsys.readouterr().out
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import zmq
-from test_learner_link import LearnerProcess, _free_port, _start_runner, checkpoint, keydir  # noqa: F401
+from helpers import LearnerProcess, free_port, start_runner_thread
 
 from robot_wsrl.wire import keys, transport
 from robot_wsrl.wire.protocol import Command, Reply, Status, StatusRequest, decode, encode
@@ -129,18 +129,18 @@ class Hammer:
 
 
 def test_a_hammered_learner_stays_up_and_keeps_serving_its_runner(
-    tmp_path: Path,
-    keydir: Path,  # noqa: F811
-    checkpoint: Path,  # noqa: F811
+    tmp_path: Path, learner_keydir: Path, learner_checkpoint: Path
 ) -> None:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    learner = LearnerProcess(endpoint, keydir, checkpoint, tmp_path / "learner", pacing="realtime")
-    runner, hammer = None, Hammer(endpoint, keydir)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    learner = LearnerProcess(
+        endpoint, learner_keydir, learner_checkpoint, tmp_path / "learner", pacing="realtime"
+    )
+    runner, hammer = None, Hammer(endpoint, learner_keydir)
     try:
         fresh = learner.wait_status("up", lambda s: True)
         assert fresh["mean_q"] is None and fresh["losses"] == {}  # no data yet: null, never NaN
         json.dumps(fresh, allow_nan=False)  # strict JSON
-        runner = _start_runner("robot1", 0, endpoint, keydir, tmp_path / "robot1", "hold")
+        runner = start_runner_thread("robot1", 0, endpoint, learner_keydir, tmp_path / "robot1", "hold")
         learner.wait_status("the runner's data arriving", lambda s: s["step"] > 0)
         hammer.start()
         acked_at_window_start = runner.spool.acked_seq

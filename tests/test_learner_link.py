@@ -7,239 +7,51 @@ their links run in threads of this process on InvertedPendulum (realtime off). E
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zmq
-from conftest import SMALL_AGENT
+from helpers import (
+    CREDIT,
+    EPISODE_STEPS,
+    LEARNER_WAIT_S,
+    RUNNERS,
+    TINY_WARMUP,
+    LearnerProcess,
+    RunnerThread,
+    free_port,
+    start_runner_thread,
+)
 
 from robot_wsrl.learn.ingest_log import IngestLog
-from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.robot.link import LearnerLink, LinkOptions
-from robot_wsrl.robot.policy import OnnxPolicy
-from robot_wsrl.robot.runner import Runner
 from robot_wsrl.wire import keys, transport
-from robot_wsrl.wire.protocol import PolicyMessage, Status, StatusRequest, decode, encode
+from robot_wsrl.wire.protocol import PolicyMessage, decode, encode
 from robot_wsrl.wire.spool import TransitionSpool
-
-WAIT_S = 120.0  # generous: a shared 2-core machine, torch import and ONNX exports in the learner
-WARMUP = 60
-RUNNERS = ("robot1", "robot2")
-CREDIT = 40
-EPISODE_STEPS = 50
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("keys")
-    keys.new_identity(path, "learner", "learner")
-    keys.new_identity(path, "console", "console")
-    for name in RUNNERS:
-        keys.new_identity(path, name, "runner")
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny untrained 'pre-trained' agent: the wire, not the learning, is under test here."""
-    from robot_wsrl.learn.agent import Agent
-    from robot_wsrl.learn.config import compose_config
-    from robot_wsrl.learn.envs import make_env
-    from robot_wsrl.learn.training import save_training_checkpoint
-
-    cfg = compose_config("finetune", ["env=inverted_pendulum", *SMALL_AGENT])
-    env = make_env(cfg.env)
-    agent = Agent(env.spec.obs_dim, env.spec.act_dim, cfg.agent, "cpu")
-    path = save_training_checkpoint(
-        tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", agent, env.spec, cfg, 0, {}
-    )
-    env.close()
-    return path
-
-
-class LearnerProcess:
-    """`robot-wsrl learner` in a subprocess, with a console client for its status."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        keydir: Path,
-        checkpoint: Path,
-        out: Path,
-        pacing: str = "lockstep",
-        gate: tuple[str, ...] = (),
-    ) -> None:
-        """`gate`: validation args for a learner that gates hardware runners (empty: no gate)."""
-        self.endpoint, self.out = endpoint, out
-        self.command = [
-            sys.executable,
-            "-m",
-            "robot_wsrl.apps.cli",
-            "learner",
-            "--bind",
-            endpoint,
-            "--keys",
-            str(keydir),
-            "--publish-every",
-            "15",
-            "--credit",
-            str(CREDIT),
-            "--pacing",
-            pacing,
-            *([f"--validate-arg={arg}" for arg in gate] if gate else ["--no-gate"]),
-            "env=inverted_pendulum",
-            *SMALL_AGENT,
-            f"run.checkpoint={checkpoint}",
-            f"run.warmup_steps={WARMUP}",
-            f"out_dir={out}",
-            "device=cpu",
-            "threads=1",
-        ]
-        self.ctx = zmq.Context()
-        self.console = transport.secure_client(
-            self.ctx,
-            zmq.DEALER,
-            endpoint,
-            keys.load_curve_keys(keydir, "console"),
-            keys.load_public_key(keydir, "learner"),
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.log = open(self.out.parent / f"learner-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def status(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
-        if not transport.send_frames(self.console, encode(StatusRequest("console")), timeout_s):
-            return None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            frames = transport.recv_frames(self.console, deadline - time.monotonic())
-            if frames is not None:
-                msg = decode(frames)
-                if isinstance(msg, Status):
-                    return msg.status
-        return None
-
-    def wait_status(self, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.output()
-            status = self.status()
-            if status is not None and ok(status):
-                return status
-            time.sleep(0.2)
-        raise AssertionError(f"learner never reached: {what}; last status {self.status()}\n{self.output()}")
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text()[-4000:]
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                assert self.proc.wait(60) == 0, self.output()
-            finally:
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                    self.proc.wait(30)
-
-    def close(self) -> None:
-        self.stop()
-        self.log.close()
-        transport.shutdown(self.ctx)
-
-
-@dataclass
-class RunnerThread:
-    link: LearnerLink
-    runner: Runner
-    spool: TransitionSpool
-    ctx: zmq.Context
-    thread: threading.Thread
-    stop: threading.Event
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        self.link.close()
-        self.runner.driver.close()
-        self.spool.close()
-        transport.shutdown(self.ctx)
-
-
-def _start_runner(
-    name: str, seed: int, endpoint: str, keydir: Path, state: Path, on_learner_lost: str, tag: str = "sim"
-) -> RunnerThread:
-    ctx = zmq.Context()
-    sock = transport.secure_client(
-        ctx,
-        zmq.DEALER,
-        endpoint,
-        keys.load_curve_keys(keydir, name),
-        keys.load_public_key(keydir, "learner"),
-    )
-    spool = TransitionSpool(state / "spool", name, fsync="never")
-    options = LinkOptions(
-        batch_size=8,
-        heartbeat_s=0.2,
-        deadline_s=1.5,
-        resend_after_s=1.0,
-        on_learner_lost=on_learner_lost,
-        tag=tag,
-    )
-    link = LearnerLink(sock, spool, keys.load_verify_keys(keydir), state / "policies", options)
-    link.start()
-    path = link.wait_for_policy(WAIT_S)
-    assert path is not None, f"{name}: no policy from the learner"
-    driver = make_driver("gym:InvertedPendulum-v5", seed=seed, max_episode_steps=EPISODE_STEPS)
-    policy = OnnxPolicy.load(path, expected_spec=driver.spec)
-    runner = Runner(driver, policy, seed=seed, realtime=False, on_transition=link.on_transition)
-    link.attach(runner)
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, kwargs={"stop_event": stop}, daemon=True)
-    thread.start()
-    return RunnerThread(link, runner, spool, ctx, thread, stop)
 
 
 @pytest.fixture
 def session(
-    request: pytest.FixtureRequest, tmp_path: Path, keydir: Path, checkpoint: Path
+    request: pytest.FixtureRequest, tmp_path: Path, learner_keydir: Path, learner_checkpoint: Path
 ) -> Iterator[tuple[LearnerProcess, list[RunnerThread]]]:
     """The learner and both runners; `indirect` parametrisation maps runner names to on_learner_lost,
     "pacing" to the learner's pacing, "gate" to its validation args and "hardware" to the runner tagged so."""
     lost = dict(getattr(request, "param", {}))
     pacing, gate, hardware = lost.pop("pacing", "lockstep"), lost.pop("gate", ()), lost.pop("hardware", None)
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    learner = LearnerProcess(endpoint, keydir, checkpoint, tmp_path / "learner", pacing, gate)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    learner = LearnerProcess(endpoint, learner_keydir, learner_checkpoint, tmp_path / "learner", pacing, gate)
     runners: list[RunnerThread] = []
     try:
         for i, name in enumerate(RUNNERS):
             tag = "hardware" if name == hardware else "sim"
             state = tmp_path / name
-            runners.append(_start_runner(name, i, endpoint, keydir, state, lost.get(name, "hold"), tag))
+            runners.append(
+                start_runner_thread(name, i, endpoint, learner_keydir, state, lost.get(name, "hold"), tag)
+            )
         yield learner, runners
     finally:
         for r in runners:
@@ -254,7 +66,7 @@ def _finish(learner: LearnerProcess, runners: list[RunnerThread]) -> dict[str, A
         r.thread.join(30)
         assert not r.thread.is_alive()
     for r in runners:
-        assert r.link.drain(WAIT_S), r.link.status()
+        assert r.link.drain(LEARNER_WAIT_S), r.link.status()
     total = sum(r.spool.next_seq for r in runners)
     return learner.wait_status(
         "all transitions in, no update owed", lambda s: s["step"] == total and s["owed_updates"] == 0
@@ -298,12 +110,12 @@ def _assert_exactly_once(learner: LearnerProcess, runners: list[RunnerThread]) -
 def test_warmup_updates_publish_and_every_transition_once(session) -> None:
     learner, runners = session
     learner.wait_status("warmup over and policy version 2", lambda s: s["policy_version"] >= 2)
-    deadline = time.monotonic() + WAIT_S
+    deadline = time.monotonic() + LEARNER_WAIT_S
     while min(r.runner.policy.version for r in runners) < 2:
         assert time.monotonic() < deadline, [r.runner.status() for r in runners]
         time.sleep(0.1)
     status = _finish(learner, runners)
-    start = max(WARMUP, 16)  # the first update needs K transitions and a batch
+    start = max(TINY_WARMUP, 16)  # the first update needs K transitions and a batch
     assert status["phase"] == "fine_tuning"
     assert status["updates"] == status["step"] - start + 1  # lockstep: exactly one UTD round per step
     assert status["effective_utd"] == pytest.approx(2.0)  # SMALL_AGENT's utd
@@ -330,7 +142,7 @@ def test_realtime_pacing_never_holds_the_robots_for_updates(session) -> None:
     ahead = learner.wait_status("runners ahead of the updates", lambda s: s["owed_updates"] > 3 * CREDIT)
     assert ahead["pacing"] == "realtime" and ahead["effective_utd"] < 2.0
     status = _finish(learner, runners)
-    assert status["updates"] == status["step"] - max(WARMUP, 16) + 1
+    assert status["updates"] == status["step"] - max(TINY_WARMUP, 16) + 1
     assert status["effective_utd"] == pytest.approx(2.0)
     _assert_exactly_once(learner, runners)
 
@@ -353,7 +165,7 @@ def test_learner_killed_and_restarted_loses_and_duplicates_nothing(session) -> N
         lambda s: s["step"] > before["step"] + 40 and s["policy_version"] > before["policy_version"],
     )
     status = _finish(learner, runners)
-    assert status["updates"] == status["step"] - max(WARMUP, 16) + 1
+    assert status["updates"] == status["step"] - max(TINY_WARMUP, 16) + 1
     _assert_exactly_once(learner, runners)
 
 
@@ -424,10 +236,14 @@ def test_hardware_runner_runs_only_versions_that_passed_validation(session) -> N
         assert status["gate"]["deployed_version"] == 0
     else:
         learner.wait_status("a version promoted", lambda s: s["gate"]["deployed_version"] >= 1)
-        deadline = time.monotonic() + WAIT_S
+        deadline = time.monotonic() + LEARNER_WAIT_S
         while hardware.runner.policy.version < 1:
             assert time.monotonic() < deadline, hardware.link.status()
             time.sleep(0.1)
+    deadline = time.monotonic() + LEARNER_WAIT_S  # a verdict can come before the next version is out
+    while max((t.policy_version for t in list(sim.runner.transitions)), default=0) < 2:
+        assert time.monotonic() < deadline, sim.link.status()
+        time.sleep(0.1)
     _finish(learner, runners)
     learner.stop()
     verdicts = _verdicts(learner.out)
@@ -439,14 +255,18 @@ def test_hardware_runner_runs_only_versions_that_passed_validation(session) -> N
         assert verdicts[version]["status"] == "passed", version
 
 
-def test_unsigned_or_altered_policy_is_refused(tmp_path: Path, keydir: Path, checkpoint: Path) -> None:
+def test_unsigned_or_altered_policy_is_refused(
+    tmp_path: Path, learner_keydir: Path, learner_checkpoint: Path
+) -> None:
     """The test plays the learner: only the genuine, signed policy reaches disk and the runner."""
     from robot_wsrl.learn.export import export_policy
     from robot_wsrl.wire.signing import signed_policy_message
 
-    onnx_path = export_policy(checkpoint, tmp_path / "export")
+    onnx_path = export_policy(learner_checkpoint, tmp_path / "export")
     onnx, sidecar = onnx_path.read_bytes(), onnx_path.with_suffix(".json").read_text()
-    genuine = signed_policy_message("learner", keys.load_signing_key(keydir, "learner"), onnx, sidecar)
+    genuine = signed_policy_message(
+        "learner", keys.load_signing_key(learner_keydir, "learner"), onnx, sidecar
+    )
     keys.new_identity(tmp_path / "rogue", "rogue", "learner")
     rogue = signed_policy_message(
         "learner", keys.load_signing_key(tmp_path / "rogue", "rogue"), onnx, sidecar
@@ -454,12 +274,14 @@ def test_unsigned_or_altered_policy_is_refused(tmp_path: Path, keydir: Path, che
     unsigned = PolicyMessage(**{**genuine.__dict__, "signature": b""})
     altered = PolicyMessage(**{**genuine.__dict__, "onnx": onnx[:-1] + bytes([onnx[-1] ^ 1])})
 
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     ctx = zmq.Context()
     server = transport.plain_server(ctx, zmq.ROUTER, endpoint)
     sock = transport.plain_client(ctx, zmq.DEALER, endpoint)
     spool = TransitionSpool(tmp_path / "spool", "robot1", fsync="never")
-    link = LearnerLink(sock, spool, keys.load_verify_keys(keydir), tmp_path / "policies", LinkOptions())
+    link = LearnerLink(
+        sock, spool, keys.load_verify_keys(learner_keydir), tmp_path / "policies", LinkOptions()
+    )
     link.start()
     try:
         frames = transport.recv_frames(server, 10.0)  # the link's first heartbeat names its peer
@@ -486,20 +308,20 @@ COMPACT_CAPACITY = 64  # a replay ring small enough that the ingest log rotates 
 
 
 def test_learner_killed_around_log_compaction_loses_and_duplicates_nothing(
-    tmp_path: Path, keydir: Path, checkpoint: Path
+    tmp_path: Path, learner_keydir: Path, learner_checkpoint: Path
 ) -> None:
     """kill -9 three times while the ingest log rotates and compacts every couple of commits: each restart
     comes back with everything acked, every transition is taken exactly once, and the log holds about the
     replay capacity, not the run."""
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    learner = LearnerProcess(endpoint, keydir, checkpoint, tmp_path / "learner")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    learner = LearnerProcess(endpoint, learner_keydir, learner_checkpoint, tmp_path / "learner")
     learner.kill()  # started with the fixture's settings: restart it with a small replay ring
     learner.command.append(f"run.buffer_capacity={COMPACT_CAPACITY}")
     learner.start()
     runners: list[RunnerThread] = []
     try:
         for i, name in enumerate(RUNNERS):
-            runners.append(_start_runner(name, i, endpoint, keydir, tmp_path / name, "hold"))
+            runners.append(start_runner_thread(name, i, endpoint, learner_keydir, tmp_path / name, "hold"))
         for kill in range(1, 4):
             learner.wait_status("logs compacted", lambda s, k=kill: s["step"] >= 3 * k * COMPACT_CAPACITY)
             learner.kill()
@@ -509,7 +331,7 @@ def test_learner_killed_around_log_compaction_loses_and_duplicates_nothing(
             assert first["step"] >= acked and first["log_skipped"] == 0
             assert first["log_segments"] <= COMPACT_CAPACITY // 16 + 3
         status = _finish(learner, runners)  # every transition sent, counted once (step == total sent)
-        assert status["updates"] == status["step"] - max(WARMUP, 16) + 1
+        assert status["updates"] == status["step"] - max(TINY_WARMUP, 16) + 1
         assert status["buffer"] == COMPACT_CAPACITY and status["log_segments"] <= COMPACT_CAPACITY // 16 + 3
         learner.stop()
         for name, seqs in _logged_seqs(learner.out).items():  # what is left: a whole, unique tail

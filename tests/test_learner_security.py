@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from conftest import SMALL_AGENT
+from helpers import SMALL_AGENT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -139,18 +139,21 @@ def learner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from robot_wsrl.learn.agent import Agent
     from robot_wsrl.learn.config import compose_config
     from robot_wsrl.learn.learner import Learner, LearnerOptions
+    from robot_wsrl.learn.networks import build_networks
     from robot_wsrl.learn.training import save_training_checkpoint
 
     root = tmp_path_factory.mktemp("learner")
     cfg = compose_config("finetune", SMALL_AGENT)
-    ckpt = save_training_checkpoint(root / "c.pt", Agent(4, 2, cfg.agent, "cpu"), SPEC, cfg, 0, {})
+    ckpt = save_training_checkpoint(
+        root / "c.pt", Agent(build_networks(4, 2, cfg.agent), cfg.agent), SPEC, cfg, 0, {}
+    )
     cfg = compose_config(
         "finetune",
         [*SMALL_AGENT, f"run.checkpoint={ckpt}", f"out_dir={root / 'out'}", "run.warmup_steps=1000000"],
     )
     ctx = zmq.Context()
     sock = transport.plain_server(ctx, zmq.ROUTER, "tcp://127.0.0.1:0")
-    server = Learner(cfg, sock, root / "out", Ed25519PrivateKey.generate(), LearnerOptions(gate=False), False)
+    server = Learner(cfg, sock, root / "out", Ed25519PrivateKey.generate(), LearnerOptions(), False)
     try:
         yield server
     finally:

@@ -7,113 +7,22 @@ new link on the same state folder holds to it. Every wait has a deadline.
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import helpers
 import pytest
 import zmq
-from helpers import free_port
+from helpers import PERIOD_S, FakeLearner, free_port, signed_policy, wait_for
 
-from robot_wsrl.bench.estop import write_policy
+from robot_wsrl.core.artifacts import POLICY_RECORD
 from robot_wsrl.core.durable import DurableRecord
 from robot_wsrl.robot.drivers.null import NullDriver
-from robot_wsrl.robot.link import POLICY_RECORD, LearnerLink, LinkOptions
+from robot_wsrl.robot.link import LearnerLink, LinkOptions
 from robot_wsrl.robot.policy import OnnxPolicy
 from robot_wsrl.robot.runner import Runner
-from robot_wsrl.wire import keys, signing, transport
-from robot_wsrl.wire.protocol import (
-    Ack,
-    Command,
-    Credit,
-    HeartbeatMessage,
-    PolicyMessage,
-    Reply,
-    Transitions,
-    decode,
-    encode,
-)
+from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.protocol import Command, PolicyMessage
 from robot_wsrl.wire.spool import TransitionSpool
-
-WAIT_S = 30.0
-PERIOD_S = 0.01
-SPEC = NullDriver(3, 1, control_period_s=PERIOD_S).spec
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "condition") -> Any:
-    return helpers.wait_for(condition, timeout_s, what)
-
-
-def signed_policy(keydir: Path, out: Path, version: int, run_id: str | None) -> PolicyMessage:
-    """A valid policy of `version`, its sidecar carrying `run_id`, signed by the learner's key."""
-    onnx = write_policy(out / f"{run_id}-v{version}", SPEC, version)
-    sidecar = json.loads(onnx.with_suffix(".json").read_text())
-    if run_id is not None:
-        sidecar["run_id"] = run_id
-    text = json.dumps(sidecar)
-    onnx.with_suffix(".json").write_text(text)
-    return signing.signed_policy_message(
-        "learner", keys.load_signing_key(keydir, "learner"), onnx.read_bytes(), text
-    )
-
-
-class FakeLearner:
-    """A plain ROUTER that keeps every runner alive (heartbeats, unlimited credit), acks what it receives
-    while `acking` is set, answers replies into `replies`, and sends whatever the test asks it to."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.ctx = zmq.Context()
-        self.sock = transport.plain_server(self.ctx, zmq.ROUTER, endpoint)
-        self.acking = threading.Event()
-        self.acking.set()
-        self.received_seq = -1
-        self.replies: list[Reply] = []
-        self.peer: bytes | None = None
-        self.version: int | None = None  # announced in heartbeats
-        self._outbox: list[Any] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def send(self, msg: Any) -> None:
-        with self._lock:
-            self._outbox.append(msg)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(WAIT_S)
-        transport.shutdown(self.ctx)
-
-    def _run(self) -> None:
-        next_beat = 0.0
-        while not self._stop.is_set():
-            frames = transport.recv_frames(self.sock, 0.02)
-            if frames is not None:
-                self.peer = frames[0].bytes
-                msg = decode(frames[1:])
-                if isinstance(msg, Transitions):
-                    self.received_seq = max(self.received_seq, msg.first_seq + msg.count - 1)
-                elif isinstance(msg, Reply):
-                    self.replies.append(msg)
-            if self.peer is None:
-                continue
-            with self._lock:
-                out, self._outbox = self._outbox, []
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + 0.2
-                out += [
-                    HeartbeatMessage("learner", "learner", time.time(), "fine_tuning", self.version),
-                    Credit("learner", "robot1", 1 << 40),
-                ]
-                if self.acking.is_set() and self.received_seq >= 0:
-                    out.append(Ack("learner", "robot1", self.received_seq))
-            for msg in out:
-                transport.send_frames(self.sock, [self.peer, *encode(msg)], 1.0)
 
 
 @pytest.fixture(scope="module")

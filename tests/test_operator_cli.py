@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_control import PERIOD_S, WAIT_S, RunnerRig, free_port, make_keys, stranger_keys, wait_for
+from helpers import WAIT_S, RunnerRig, free_port, make_keys, stranger_keys, wait_for
 
-from robot_wsrl.bench.estop import write_policy
-from robot_wsrl.console.operator import release_cli, status_cli, stop_cli
-from robot_wsrl.robot.drivers.null import NullDriver
+from robot_wsrl.apps.operator import release_cli, status_cli, stop_cli
 from robot_wsrl.wire.endpoints import Endpoints, EndpointsError, load_endpoints, save_endpoints
 
 
@@ -28,14 +26,9 @@ def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_keys(tmp_path_factory.mktemp("keys"))
 
 
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_policy(tmp_path_factory.mktemp("policy"), NullDriver(3, 1, control_period_s=PERIOD_S).spec)
-
-
 @pytest.fixture
-def rigs(keydir: Path, policy: Path) -> Iterator[list[RunnerRig]]:
-    made = [RunnerRig(name, keydir, policy).start() for name in ("robot1", "robot2")]
+def rigs(keydir: Path, null_policy: Path) -> Iterator[list[RunnerRig]]:
+    made = [RunnerRig(name, keydir, null_policy).start() for name in ("robot1", "robot2")]
     yield made
     for rig in made:
         rig.close()
@@ -153,7 +146,7 @@ def test_endpoints_file_errors_name_the_file(tmp_path: Path, capsys) -> None:
 
 def test_operator_tools_do_not_import_torch_or_onnxruntime() -> None:
     script = (
-        "import sys, robot_wsrl.console.operator, robot_wsrl.console.app\n"
+        "import sys, robot_wsrl.apps.operator, robot_wsrl.apps.console, robot_wsrl.console.app\n"
         "bad = [m for m in ('torch', 'onnxruntime') if m in sys.modules]\n"
         "sys.exit(f'imported {bad}' if bad else 0)\n"
     )
@@ -167,10 +160,10 @@ def _robot_wsrl(*args: str, timeout_s: float = 60) -> subprocess.CompletedProces
 
 
 def test_runner_process_with_control_stop_status_release_by_script(
-    keydir: Path, policy: Path, tmp_path: Path
+    keydir: Path, null_policy: Path, tmp_path: Path
 ) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    command = ["runner", "--policy", str(policy), "--driver", "null", "--steps", "100000000"]
+    command = ["runner", "--policy", str(null_policy), "--driver", "null", "--steps", "100000000"]
     control = ["--control", endpoint, "--keys", str(keydir), "--name", "robot1", "--state", str(tmp_path)]
     with open(tmp_path / "runner.log", "wb") as log:
         runner = subprocess.Popen(

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 import zmq
-from test_control import WAIT_S, pump_until
+from helpers import WAIT_S, pump_until
 
+from robot_wsrl.apps.operator import finite, status_cli, stop_cli
 from robot_wsrl.console.app import ConsoleApp
 from robot_wsrl.console.client import (
     HARDWARE_ESTOP,
@@ -33,7 +34,6 @@ from robot_wsrl.console.client import (
     Snapshot,
     armed_deadman,
 )
-from robot_wsrl.console.operator import finite, status_cli, stop_cli
 from robot_wsrl.console.widgets import UNCONFIRMED, RunnerTable, alarm_text, deadman_text, runner_cells
 from robot_wsrl.wire import transport
 from robot_wsrl.wire.endpoints import Endpoints

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_console import end_process, spawn_cli
-from test_control import PERIOD_S, free_port, make_keys, pump_until, wait_for
+from helpers import PERIOD_S, end_process, free_port, make_keys, pump_until, spawn_cli, wait_for
 
 from robot_wsrl.bench.estop import write_policy
 from robot_wsrl.console.client import ClientOptions, ControlClient, armed_deadman
@@ -36,7 +35,7 @@ POLLS = 10  # status calls the poller must have made while the cycles ran
 # A `robot-wsrl status` loop in one process: a fresh client (connection) per call, as a script's would be.
 POLLER = """
 import contextlib, io, json, pathlib, sys
-from robot_wsrl.console.operator import status_cli
+from robot_wsrl.apps.operator import status_cli
 argv, stop, out = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 codes = []
 while not stop.exists():

@@ -41,6 +41,12 @@ def test_pretrain_writes_a_complete_checkpoint(agent, small_overrides, pendulum_
     _, spec, meta = load_actor(summary["checkpoint"])
     assert spec.obs_dim == 4 and spec.act_dim == 1 and meta["step"] == 12
     assert (tmp_path / "run" / "eval.csv").read_text().count("\n") == 3  # header + 2 evaluations
+    # calibration: logged every log_every updates and at the end, plotted, summarised
+    assert (tmp_path / "run" / "calibration.csv").read_text().count("\n") == 1 + 4 + 1
+    assert (tmp_path / "run" / "calibration.png").stat().st_size > 0
+    calibration = summary["calibration"]
+    assert calibration["mc_return_mean"] > 0 and set(calibration) >= {"q_data_mean", "q_calibration"}
+    assert summary["calibrated"] == (abs(calibration["q_calibration"] - 1) <= 0.25)
 
 
 def test_finetune_starts_from_pretrained_checkpoint(small_overrides, pendulum_dataset, tmp_path):

@@ -29,6 +29,7 @@ from robot_wsrl.wire.protocol import (
     Reply,
     Status,
     StatusRequest,
+    Transition,
     Transitions,
     decode,
     encode,
@@ -111,8 +112,6 @@ def test_transitions_round_trip_zero_copy_arrays() -> None:
 
 
 def test_transitions_from_runner_steps() -> None:
-    from robot_wsrl.robot.runner import Transition
-
     steps = [
         Transition(
             np.zeros(3, np.float32),

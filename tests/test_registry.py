@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import zmq
-from test_validate import BALANCES, FAST, write_linear_policy
+from helpers import BALANCES, FAST, free_port, write_linear_policy
 
-from robot_wsrl.gate.registry import cli as policies_cli
-from robot_wsrl.gate.registry import previous_validated, rollback_cli, shipped
+from robot_wsrl.apps.export import cli as export_cli
+from robot_wsrl.apps.options import bind_control
+from robot_wsrl.apps.policies import cli as policies_cli
+from robot_wsrl.apps.rollback import cli as rollback_cli
+from robot_wsrl.core.artifacts import signature_path
+from robot_wsrl.gate.registry import previous_validated, shipped
 from robot_wsrl.gate.validate import load_config, validate
-from robot_wsrl.learn.export import cli as export_cli
-from robot_wsrl.robot.control import ControlServer, bind
+from robot_wsrl.robot.control import ControlServer
 from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.robot.policy import OnnxPolicy
 from robot_wsrl.robot.runner import Runner
@@ -27,7 +29,6 @@ from robot_wsrl.wire.signing import (
     SignatureError,
     key_id,
     read_signature,
-    signature_path,
     verify_signature_file,
     write_signature,
 )
@@ -226,21 +227,15 @@ def test_ship_signs_when_given_keys(small_overrides, pendulum_dataset, keydir: P
     assert shipped(out.parent, None)[0].signature.state == "unsigned"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_rollback_cli_checks_the_registry_then_the_runner_swaps_back(run: Path, capsys) -> None:
     """A runner on loopback that swapped v0 -> v1; the CLI rolls it back to v0 only once v0 is validated."""
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     v0, v1 = (OnnxPolicy.load(run / f"policies/v{v:06d}/policy.onnx") for v in (0, 1))
     driver = make_driver("gym:InvertedPendulum-v5", max_episode_steps=3)
     runner = Runner(driver, v0)
     assert runner.offer_policy(v1).accepted
     ctx = zmq.Context()
-    server = ControlServer(bind(ctx, endpoint, "robot1", None, plain=True), "robot1", secure=False)
+    server = ControlServer(bind_control(ctx, endpoint, "robot1", None, plain=True), "robot1", secure=False)
     server.attach(runner)
     server.start()
     stop = threading.Event()

@@ -58,6 +58,15 @@ def test_save_load_round_trip(tmp_path):
     assert (back.size, back.cursor, back.total_added, back.discount) == (8, 3, 11, 0.9)
 
 
+def test_a_buffer_saved_between_episodes_loads(tmp_path):
+    buf = ReplayBuffer(8, 3, 2, discount=0.9)
+    _fill(buf, list(range(4)), [False, False, False, True])  # the last episode ended: none open
+    buf.save(tmp_path / "r.npz")
+    back = ReplayBuffer.load(tmp_path / "r.npz")
+    assert len(back) == 4 and not back._open
+    np.testing.assert_array_equal(back.mc_return, buf.mc_return)
+
+
 def test_from_arrays_computes_returns_per_episode():
     n = 5
     buf = ReplayBuffer.from_arrays(

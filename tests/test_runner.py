@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from robot_wsrl.apps.runner import cli
 from robot_wsrl.core.driver import DriverFault, StepResult
 from robot_wsrl.core.spec import EnvSpec
 from robot_wsrl.learn.checkpoint import build_actor
 from robot_wsrl.learn.export import export_policy
 from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.robot.policy import OnnxPolicy
-from robot_wsrl.robot.runner import Runner, Transition, cli, realtime_priority
+from robot_wsrl.robot.runner import Runner, realtime_priority
 from robot_wsrl.robot.safety import RunnerState, SafetyConfig
+from robot_wsrl.wire.protocol import Transition
 
 SPEC = EnvSpec("fake", 4, 2, (-2.0, -1.0), (2.0, 3.0), 0.002)
 
@@ -379,3 +381,20 @@ def test_cli_runs_a_policy_on_the_null_driver(tmp_path: Path, capsys: pytest.Cap
     out = capsys.readouterr().out
     assert "version 4 on null" in out and "steps                50" in out
     assert cli(["--policy", str(tmp_path / "missing.onnx"), "--driver", "null", "--steps", "5", *state]) == 2
+
+
+@pytest.mark.parametrize(
+    ("limits", "option"),
+    [(["--steps", "-5"], "--steps"), (["--episodes", "-1"], "--episodes"), (["--steps", "0"], "--steps")],
+)
+def test_cli_refuses_a_limit_below_one_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], limits: list[str], option: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli(["--policy", str(tmp_path / "policy.onnx"), "--driver", "null", *limits])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.splitlines() == [
+        f"robot-wsrl runner: argument {option}: must be a positive integer, got {limits[1]}"
+    ]
+    assert not (tmp_path / "runs").exists()  # refused before anything was set up

@@ -8,7 +8,6 @@ cleaned up by a fixture or a `finally`.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,16 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import free_port
 
+from robot_wsrl.apps.runner import cli
 from robot_wsrl.core.driver import Driver, StepResult
 from robot_wsrl.core.spec import EnvSpec
 from robot_wsrl.learn.checkpoint import build_actor
 from robot_wsrl.learn.export import export_policy
 from robot_wsrl.robot.drivers import make_driver
-from robot_wsrl.robot.drivers.emulated_robot import EmulatedRobotProcess, spawn_emulated_robot
 from robot_wsrl.robot.policy import OnnxPolicy
-from robot_wsrl.robot.runner import Runner, cli
+from robot_wsrl.robot.runner import Runner
 from robot_wsrl.robot.safety import RunnerState
+from robot_wsrl.sim.emulated_robot import EmulatedRobotProcess, spawn_emulated_robot
 from robot_wsrl.sim.gym_mujoco import GymMujocoDriver
 
 CLI_STEPS = 100  # ticks per CLI run: long enough (about a second) for the live status line to redraw
@@ -66,12 +67,6 @@ def robots() -> Iterator[Callable[..., tuple[EmulatedRobotProcess, str]]]:
         assert not proc.alive()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ----- (a) the CLI on each kind of driver -----
 
 
@@ -105,7 +100,7 @@ def test_cli_refuses_an_unreachable_robot_and_a_misplaced_deadline(
     policies: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     hopper = ["--policy", str(policies["hopper"]), "--steps", "5", "--state", str(tmp_path / "state")]
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     assert cli([*hopper, "--driver", f"emulated:{endpoint}", "--driver-timeout", "0.05"]) == 2
     assert "link lost" in capsys.readouterr().err
     assert cli([*hopper, "--driver", "gym:Hopper-v5", "--driver-timeout", "0.05"]) == 2

@@ -9,7 +9,6 @@ reaped by a fixture.
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import socket
@@ -21,91 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import helpers
 import pytest
-import zmq
-from helpers import free_port
+from helpers import PERIOD_S, WAIT_S, Console, Proc, free_port, wait_for
 
-from robot_wsrl.bench.estop import write_policy
 from robot_wsrl.robot.drivers.null import NullDriver
-from robot_wsrl.wire import keys, transport
-from robot_wsrl.wire.protocol import Command, Reply, Status, StatusRequest, decode, encode
-
-WAIT_S = 60.0  # generous: a loaded 2-core machine starting onnxruntime in each process
-PERIOD_S = 0.01
-_refs = itertools.count(1)
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "condition") -> Any:
-    return helpers.wait_for(condition, timeout_s, what)
-
-
-class Console:
-    """A raw plain DEALER to a runner's control port: commands, status and console heartbeats."""
-
-    def __init__(self, endpoint: str, name: str = "console") -> None:
-        self.ctx = zmq.Context()
-        self.name = name
-        self.sock = transport.plain_client(self.ctx, zmq.DEALER, endpoint)
-
-    def _ask(self, msg: Any, match: Callable[[Any], bool], timeout_s: float) -> Any:
-        deadline = time.monotonic() + timeout_s
-        assert transport.send_frames(self.sock, encode(msg), timeout_s)
-        while time.monotonic() < deadline:
-            frames = transport.recv_frames(self.sock, max(0.0, deadline - time.monotonic()))
-            if frames is None:
-                break
-            reply = decode(frames)
-            if match(reply):
-                return reply
-        return None
-
-    def command(self, name: str, timeout_s: float = WAIT_S, **args: Any) -> Reply:
-        ref = next(_refs)
-        reply = self._ask(
-            Command(self.name, name, args, ref), lambda m: isinstance(m, Reply) and m.ref == ref, timeout_s
-        )
-        assert reply is not None, f"no reply to {name}"
-        return reply
-
-    def status(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
-        reply = self._ask(StatusRequest(self.name), lambda m: isinstance(m, Status), timeout_s)
-        return None if reply is None else reply.status
-
-    def close(self) -> None:
-        transport.shutdown(self.ctx)
-
-
-class Proc:
-    """A robot-wsrl subprocess whose output goes to a file (read on failure)."""
-
-    def __init__(self, args: list[str], log: Path, preexec: Callable[[], None] | None = None) -> None:
-        self.log = log
-        with open(log, "wb") as out:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "robot_wsrl.apps.cli", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=os.environ | {"MUJOCO_GL": "disable"},
-                preexec_fn=preexec,
-            )
-
-    def signal(self, sig: int) -> int:
-        self.popen.send_signal(sig)
-        return self.popen.wait(WAIT_S)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(WAIT_S)
-
-
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_policy(tmp_path_factory.mktemp("policy"), NullDriver(3, 1, control_period_s=PERIOD_S).spec)
+from robot_wsrl.wire import keys
 
 
 @pytest.fixture
@@ -127,13 +46,13 @@ def consoles() -> Iterator[list[Console]]:
 def start_runner(
     procs: list[Proc],
     tmp_path: Path,
-    policy: Path,
+    null_policy: Path,
     state: Path,
     endpoint: str,
     *extra: str,
     preexec: Callable[[], None] | None = None,
 ) -> Proc:
-    args = ["runner", "--policy", str(policy), "--driver", "null", "--steps", "100000000"]
+    args = ["runner", "--policy", str(null_policy), "--driver", "null", "--steps", "100000000"]
     args += ["--control", endpoint, "--plain", "--name", "robot1", "--state", str(state), *extra]
     proc = Proc(args, tmp_path / f"runner{len(procs)}.log", preexec)
     procs.append(proc)
@@ -156,12 +75,12 @@ def up(console: Console, proc: Proc, state: str | None = None) -> dict[str, Any]
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_an_estop_survives_a_restart_until_an_operator_releases_it(
-    sig: int, tmp_path: Path, policy: Path, procs: list[Proc], consoles: list[Console]
+    sig: int, tmp_path: Path, null_policy: Path, procs: list[Proc], consoles: list[Console]
 ) -> None:
     state, endpoint = tmp_path / "state", f"tcp://127.0.0.1:{free_port()}"
     console = Console(endpoint)
     consoles.append(console)
-    first = start_runner(procs, tmp_path, policy, state, endpoint)
+    first = start_runner(procs, tmp_path, null_policy, state, endpoint)
     up(console, first, "fine_tuning")
     assert console.command("estop", reason="hand in the cell").ok
     assert console.status()["state"] == "estopped"  # type: ignore[index]
@@ -169,7 +88,7 @@ def test_an_estop_survives_a_restart_until_an_operator_releases_it(
     assert rc == (1 if sig == signal.SIGTERM else -signal.SIGKILL), first.output()
     assert "Traceback" not in first.output()
 
-    second = start_runner(procs, tmp_path, policy, state, endpoint)
+    second = start_runner(procs, tmp_path, null_policy, state, endpoint)
     status = up(console, second)
     assert status["state"] == "estopped"
     assert status["last_stop_cause"] == "command"
@@ -182,7 +101,7 @@ def test_an_estop_survives_a_restart_until_an_operator_releases_it(
     up(console, second, "fine_tuning")
     assert second.signal(signal.SIGTERM) == 0, second.output()
 
-    third = start_runner(procs, tmp_path, policy, state, endpoint)  # the release was recorded too
+    third = start_runner(procs, tmp_path, null_policy, state, endpoint)  # the release was recorded too
     status = up(console, third, "fine_tuning")
     assert [s["kind"] for s in status["control"]["stops"]][-2:] == ["enter", "release"]
     assert third.signal(signal.SIGTERM) == 0 and "Traceback" not in third.output()
@@ -221,19 +140,20 @@ def test_link_runner_takes_a_stop_before_it_has_a_policy_and_keeps_it(
 
 
 def test_sigterm_ends_the_runner_cli_with_a_safe_stop(
-    tmp_path: Path, policy: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, null_policy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In this process (so the driver can be inspected): SIGTERM ends the loop, the robot is safe-stopped,
     the driver closed, the exit clean."""
-    import robot_wsrl.robot.runner as runner_module
+    import robot_wsrl.apps.options as options_module
+    import robot_wsrl.apps.runner as runner_module
 
     driver = NullDriver(3, 1, control_period_s=PERIOD_S)
-    monkeypatch.setattr(runner_module, "make_driver", lambda *_, **__: driver)
+    monkeypatch.setattr(options_module, "make_driver", lambda *_, **__: driver)
     switch = sys.getswitchinterval()
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     try:
-        args = ["--policy", str(policy), "--driver", "null", "--steps", "100000000"]
+        args = ["--policy", str(null_policy), "--driver", "null", "--steps", "100000000"]
         rc = runner_module.cli([*args, "--state", str(tmp_path / "state")])
     finally:
         timer.cancel()
@@ -249,7 +169,7 @@ def _supervising_console(endpoint: str) -> subprocess.Popen[bytes]:
     """A console in its own process that heartbeats "supervising" every 0.2 s until it is killed."""
     code = (
         "import sys, time, zmq\n"
-        "from robot_wsrl import transport\n"
+        "from robot_wsrl.wire import transport\n"
         "from robot_wsrl.wire.protocol import HeartbeatMessage, encode\n"
         "sock = transport.plain_client(zmq.Context(), zmq.DEALER, sys.argv[1])\n"
         "while True:\n"
@@ -261,14 +181,14 @@ def _supervising_console(endpoint: str) -> subprocess.Popen[bytes]:
 
 
 def test_a_supervising_console_arms_the_default_deadman_and_its_death_stops_the_robot(
-    tmp_path: Path, policy: Path, procs: list[Proc], consoles: list[Console]
+    tmp_path: Path, null_policy: Path, procs: list[Proc], consoles: list[Console]
 ) -> None:
     from robot_wsrl.robot.control import DEFAULT_DEADMAN_S
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     console = Console(endpoint)  # watching: also named "console", a separate connection
     consoles.append(console)
-    runner = start_runner(procs, tmp_path, policy, tmp_path / "state", endpoint)  # no --deadman-s
+    runner = start_runner(procs, tmp_path, null_policy, tmp_path / "state", endpoint)  # no --deadman-s
     status = up(console, runner, "fine_tuning")
     assert status["control"]["deadman_s"] is None and status["control"]["supervisors"] == []
     supervisors = [_supervising_console(endpoint) for _ in range(2)]  # same key name, two connections
@@ -359,7 +279,7 @@ def _nofile_limits(pid: int) -> tuple[int, int]:
 
 
 def test_an_estop_gets_through_a_flood_of_raw_connections_under_a_low_open_file_limit(
-    tmp_path: Path, policy: Path, procs: list[Proc], consoles: list[Console]
+    tmp_path: Path, null_policy: Path, procs: list[Proc], consoles: list[Console]
 ) -> None:
     """Started with a soft limit of 128 open files, the runner raises it to the hard limit, so hundreds of
     stalled connections (renewed as fast as the server drops them) leave room for a console's."""
@@ -371,7 +291,7 @@ def test_an_estop_gets_through_a_flood_of_raw_connections_under_a_low_open_file_
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     console = Console(endpoint)
     consoles.append(console)
-    runner = start_runner(procs, tmp_path, policy, tmp_path / "state", endpoint, preexec=_low_nofile)
+    runner = start_runner(procs, tmp_path, null_policy, tmp_path / "state", endpoint, preexec=_low_nofile)
     up(console, runner, "fine_tuning")
     soft, hard_seen = _nofile_limits(runner.popen.pid)
     assert soft == hard_seen and soft > 128  # what lets the console in below

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_link_forward import FakeLearner, signed_policy
-from test_runner_live import Console, Proc, free_port, wait_for
+from helpers import Console, FakeLearner, Proc, free_port, signed_policy, wait_for
 
 from robot_wsrl.core.durable import DurableRecord
 from robot_wsrl.wire import keys

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from robot_wsrl.apps.runner import status_line
 from robot_wsrl.bench.estop import write_policy
 from robot_wsrl.core.driver import StepResult
 from robot_wsrl.robot.drivers.null import NullDriver
 from robot_wsrl.robot.policy import OnnxPolicy
-from robot_wsrl.robot.runner import Runner, _status_line
+from robot_wsrl.robot.runner import Runner
 
 
 class NanRewardDriver(NullDriver):
@@ -31,7 +32,7 @@ def test_status_is_strict_json_before_ticks_after_a_nan_reward_and_when_stopped(
     runner = Runner(driver, OnnxPolicy.load(write_policy(tmp_path, driver.spec)))
     before = strict(runner.status())
     assert before["jitter_p50_us"] is None and before["jitter_p99_us"] is None
-    assert "-" in _status_line(runner.status())
+    assert "-" in status_line(runner.status())
     status = runner.run(max_steps=12)
     assert strict(status)["last_episode_return"] is None and status["episodes_done"] == 2
     runner.estop("test")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
+import csv
 import io
 import json
 import os
@@ -14,37 +16,25 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_AGENT
+from helpers import TINY_LEARNER, TINY_SESSION, TINY_WARMUP, tiny_policy_dir
 
-from robot_wsrl.apps.session import LEARNER_NICE, POLL_S, Progress, robot_state
+from robot_wsrl.apps.session import (
+    LEARNER_NICE,
+    POLL_S,
+    Progress,
+    Session,
+    promoted_versions,
+    promotion_steps,
+    robot_returns,
+    robot_state,
+)
+from robot_wsrl.gate.registry import validation_state
+from robot_wsrl.learn.plots import plot_episode_returns
 from robot_wsrl.robot.policy import OnnxPolicy
 from robot_wsrl.wire import keys
 
-STEPS, WARMUP = 200, 60
+STEPS = 200
 TIMEOUT_S = 150.0  # generous: a shared 2-core machine; the session itself takes well under a minute
-
-
-def tiny_policy_dir(directory: Path) -> Path:
-    """A tiny untrained 'pre-trained' agent in a policy folder (no manifest: the env comes from it)."""
-    from robot_wsrl.learn.agent import Agent
-    from robot_wsrl.learn.config import compose_config
-    from robot_wsrl.learn.envs import make_env
-    from robot_wsrl.learn.training import save_training_checkpoint
-
-    cfg = compose_config("finetune", ["env=inverted_pendulum", *SMALL_AGENT])
-    env = make_env(cfg.env)
-    agent = Agent(env.spec.obs_dim, env.spec.act_dim, cfg.agent, "cpu")
-    save_training_checkpoint(directory / "checkpoint.pt", agent, env.spec, cfg, 0, {})
-    env.close()
-    return directory
-
-
-# Sessions on the tiny agent: short validations, a version every 40 updates.
-TINY_SESSION = ["--warmup", str(WARMUP), "--publish-every", "40"]
-TINY_SESSION += [
-    f"--validate-arg={arg}" for arg in ("episodes=3", "variants=[nominal]", "max_episode_steps=50")
-]
-TINY_LEARNER = [*SMALL_AGENT, "device=cpu", "threads=1"]
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +70,12 @@ def test_session_fine_tunes_exports_and_leaves_nothing_running(policy_dir: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["error"] is None and not summary["interrupted"]
     assert summary["steps"] == STEPS  # the budget exactly: the runner counts the transitions it hands over
-    assert summary["updates"] == STEPS - WARMUP + 1  # lockstep: one UTD round per step after warmup
+    assert summary["updates"] == STEPS - TINY_WARMUP + 1  # lockstep: one UTD round per step after warmup
     assert summary["versions"] >= 3  # 141 updates, a version every 40
     assert summary["exit_codes"] == {"runner": 0, "learner": 0, "robot": 0}
     assert (out / "returns.png").stat().st_size > 0
     lines = (out / "returns.csv").read_text().splitlines()
     assert lines[0] == "step,runner,return,length,policy_version" and len(lines) > 1
-    policy = OnnxPolicy.load(out / "policy" / "policy.onnx")
-    assert policy.version == summary["versions"]
     # The emulated robot stands for hardware: it ran only versions the gate promoted, and the pre-trained
     # version 0, which passes by definition (on a fast host the session may end before the measurement
     # of version 0 that is only informational has finished, and then it has no verdict file).
@@ -95,11 +83,155 @@ def test_session_fine_tunes_exports_and_leaves_nothing_running(policy_dir: Path,
     assert all(v["reasons"] for v in gate["held_back"])
     ran = {int(line.split(",")[-1]) for line in lines[1:]}
     assert 0 in ran and ran - {0} <= set(gate["promoted"]), (ran, gate)
+    _assert_promoted_policy(out, summary)
+    _assert_robot_returns(summary, [line.split(",") for line in lines[1:]])
     # The robot's own state, last seen on its control channel: running, or idle once its budget was done.
     assert summary["robot"]["state"] in ("running", "idle"), summary["robot"]
     assert summary["robot"]["runner_state"] in ("warmup", "fine_tuning", "idle"), summary["robot"]
     _assert_private_keys(out)
     _assert_no_children_left(summary)
+
+
+def _assert_promoted_policy(out: Path, summary: dict) -> None:
+    """SESSION/policy is the last version the gate promoted (else the pre-trained v0), with its passed
+    verdict on these very bytes; the learner's latest, if another, is apart and named as unvalidated."""
+    promoted = summary["promoted_versions"]
+    assert promoted == sorted(set(promoted)) and 0 not in promoted
+    assert set(promoted) <= set(summary["gate"]["promoted"]) | {0}, summary["gate"]
+    assert summary["policy_version"] == max(promoted, default=0), summary
+    policy = OnnxPolicy.load(out / "policy" / "policy.onnx")
+    assert policy.version == summary["policy_version"] and summary["policy"] == str(out / "policy")
+    if policy.version > 0:
+        assert validation_state(out / "policy", policy.sha256) == "passed"
+    else:  # the pre-trained policy passes by definition; its informational measurement may be unfinished
+        assert validation_state(out / "policy", policy.sha256) in ("passed", "-")
+    latest, unvalidated = summary["versions"], out / "policy-latest-unvalidated"
+    if latest == summary["policy_version"]:
+        assert summary["latest_unvalidated_version"] is None and not unvalidated.exists()
+    else:
+        assert latest > summary["policy_version"] and summary["latest_unvalidated_version"] == latest
+        assert OnnxPolicy.load(unvalidated / "policy.onnx").version == latest
+        assert latest not in promoted
+    assert "return_first5_mean" not in summary and "return_last5_mean" not in summary
+
+
+def _assert_robot_returns(summary: dict, rows: list[list[str]]) -> None:
+    """Per version what the robot ran and returned, its baseline on v0 and its last third, from the CSV."""
+    by_version: dict[int, list[float]] = {}
+    for _, _, ret, _, version in rows:
+        by_version.setdefault(int(version), []).append(float(ret))
+    ran = summary["versions_ran"]
+    assert [r["version"] for r in ran] == sorted(by_version)
+    for r in ran:
+        assert r["episodes"] == len(by_version[r["version"]])
+        assert r["return_mean"] == pytest.approx(sum(by_version[r["version"]]) / r["episodes"])
+    assert sum(r["episodes"] for r in ran) == summary["episodes"] == len(rows)
+    assert summary["baseline_return"] == pytest.approx(sum(by_version[0]) / len(by_version[0]))
+    last = [float(ret) for step, _, ret, _, _ in rows if int(step) > STEPS * 2 / 3]
+    if last:
+        assert summary["robot_return_last_third"] == pytest.approx(sum(last) / len(last))
+        assert summary["last_third_over_baseline"] == pytest.approx(
+            summary["robot_return_last_third"] / summary["baseline_return"]
+        )
+    else:
+        assert summary["robot_return_last_third"] is None
+
+
+def test_robot_returns_per_version_baseline_and_last_third() -> None:
+    rows = [
+        {"step": 50, "return": 10.0, "policy_version": 0},
+        {"step": 100, "return": 20.0, "policy_version": 0},
+        {"step": 200, "return": 30.0, "policy_version": 2},
+        {"step": 280, "return": 50.0, "policy_version": 2},
+        {"step": 300, "return": 40.0, "policy_version": 3},
+    ]
+    got = robot_returns(rows, 300)
+    assert got["versions_ran"] == [
+        {"version": 0, "episodes": 2, "return_mean": 15.0},
+        {"version": 2, "episodes": 2, "return_mean": 40.0},
+        {"version": 3, "episodes": 1, "return_mean": 40.0},
+    ]
+    assert got["baseline_return"] == 15.0 and got["baseline_episodes"] == 2
+    assert got["robot_return_last_third"] == 45.0 and got["robot_episodes_last_third"] == 2  # after step 200
+    assert got["last_third_over_baseline"] == 3.0
+    none = robot_returns([{"step": 10, "return": 5.0, "policy_version": 1}], 10)
+    assert none["baseline_return"] is None and none["last_third_over_baseline"] is None
+    assert robot_returns([], 0)["robot_return_last_third"] is None
+
+
+def _fake_learner_policies(root: Path, verdicts: dict[int, str]) -> Path:
+    """A learner's policies/ folder: versions 0..3, each with a verdict of `verdicts` (none if absent)."""
+    policies = root / "learner" / "policies"
+    for version in range(4):
+        folder = policies / f"v{version:06d}"
+        folder.mkdir(parents=True)
+        (folder / "policy.onnx").write_text(f"onnx v{version}")
+        (folder / "policy.json").write_text(json.dumps({"version": version, "step": 40 * version}))
+        if version in verdicts:
+            (folder / "validation").mkdir()
+            verdict = {"version": version, "status": verdicts[version], "reasons": []}
+            (folder / "validation" / "verdict.json").write_text(json.dumps(verdict))
+    return policies
+
+
+def test_export_copies_the_last_promoted_version_and_names_the_latest_unvalidated(tmp_path: Path) -> None:
+    _fake_learner_policies(tmp_path, {0: "passed", 1: "passed", 2: "passed", 3: "failed"})
+    session = Session(argparse.Namespace(out=tmp_path))
+    found = session._export([1, 2])
+    assert found == {
+        "versions": 3,
+        "policy_version": 2,
+        "policy": str(tmp_path / "policy"),
+        "latest_unvalidated_version": 3,
+        "latest_unvalidated_policy": str(tmp_path / "policy-latest-unvalidated"),
+    }
+    assert (tmp_path / "policy" / "policy.onnx").read_text() == "onnx v2"
+    assert json.loads((tmp_path / "policy" / "validation" / "verdict.json").read_text())["status"] == "passed"
+    assert (tmp_path / "policy-latest-unvalidated" / "policy.onnx").read_text() == "onnx v3"
+
+
+def test_export_without_a_promotion_keeps_the_pretrained_policy(tmp_path: Path) -> None:
+    _fake_learner_policies(tmp_path, {1: "failed"})
+    found = Session(argparse.Namespace(out=tmp_path))._export([])
+    assert found["policy_version"] == 0 and found["latest_unvalidated_version"] == 3
+    assert (tmp_path / "policy" / "policy.onnx").read_text() == "onnx v0"
+
+
+def test_export_of_a_promoted_latest_has_nothing_unvalidated(tmp_path: Path) -> None:
+    _fake_learner_policies(tmp_path, {3: "passed"})
+    found = Session(argparse.Namespace(out=tmp_path))._export([3])
+    assert found["policy_version"] == 3 and found["latest_unvalidated_version"] is None
+    assert not (tmp_path / "policy-latest-unvalidated").exists()
+
+
+def test_returns_plot_marks_promotions_and_baseline(tmp_path: Path) -> None:
+    policies = _fake_learner_policies(tmp_path, {})
+    rows = [
+        {"step": 50 * i, "runner": "robot1", "return": float(i), "length": 50, "policy_version": v}
+        for i, v in enumerate([0, 0, 0, 2, 2, 3], start=1)
+    ]
+    promotions = promotion_steps(rows, [2, 3, 1], policies)
+    assert promotions == [(2, 200), (3, 300), (1, 40)]  # v1 never ran: the step it was made at
+    csv_path = tmp_path / "returns.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    png = plot_episode_returns(csv_path, tmp_path / "returns.png", 60, "t", [], promotions, 2.0)
+    assert png.stat().st_size > 0
+
+
+def test_promoted_versions_are_the_gates_learned_promotions() -> None:
+    gate = {"promoted": [0, 2], "held_back": [{"version": 1, "status": "failed", "reasons": ["worse"]}]}
+    status = {
+        "gate": {
+            "enabled": True,
+            "deployed_version": 4,
+            "verdicts": [{"version": 3, "status": "failed"}, {"version": 4, "status": "passed"}],
+        }
+    }
+    assert promoted_versions(gate, status) == [2, 4]  # v0 passes by definition: not a promotion
+    assert promoted_versions({"promoted": [0], "held_back": []}, None) == []
 
 
 def _assert_private_keys(out: Path) -> None:
@@ -147,6 +279,7 @@ def test_sigint_stops_everything(policy_dir: Path, tmp_path: Path) -> None:
     assert summary["robot"]["state"] == "estopped", summary["robot"]
     assert "console" in summary["robot"]["last_stop_detail"]
     assert (out / "policy" / "policy.onnx").exists()
+    assert summary["policy_version"] == max(summary["promoted_versions"], default=0)
     _assert_no_children_left(summary)
 
 

@@ -2,9 +2,9 @@
 
 import json
 
+from robot_wsrl.apps.ship import cli as ship_cli
 from robot_wsrl.learn.config import compose_config
 from robot_wsrl.learn.pretrain import pretrain
-from robot_wsrl.learn.ship import cli as ship_cli
 from robot_wsrl.learn.ship import ship
 from robot_wsrl.robot.policy import OnnxPolicy
 from robot_wsrl.sim.shift import preset_names

@@ -22,14 +22,14 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from conftest import SMALL_AGENT
+from helpers import SMALL_AGENT, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robot_wsrl.core.spec import EnvSpec
-from robot_wsrl.robot.drivers.emulated_robot import MESSAGE_TYPES as ROBOT_TYPES
-from robot_wsrl.robot.drivers.emulated_robot import EmulatedRobotServer
-from robot_wsrl.robot.drivers.emulated_robot import encode as robot_encode
+from robot_wsrl.sim.emulated_robot import EmulatedRobotServer
+from robot_wsrl.sim.emulated_wire import MESSAGE_TYPES as ROBOT_TYPES
+from robot_wsrl.sim.emulated_wire import encode as robot_encode
 from robot_wsrl.wire import keys, transport
 from robot_wsrl.wire.protocol import (
     MESSAGE_TYPES,
@@ -56,13 +56,6 @@ FUZZ = settings(
 )
 SPEC = EnvSpec("fuzz", 4, 2, (-1.0, -1.0), (1.0, 1.0), 0.01)
 LOOPBACK = "tcp://127.0.0.1:0"
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
 
 
 def request(sock: zmq.Socket, frames: list[bytes], answer: Callable[[list[zmq.Frame]], bool]) -> None:
@@ -234,7 +227,9 @@ def fuzz_one(target: Target, frames: list[bytes], before: Any, timeout_s: float 
     """Send one bad message: counted exactly once, state unchanged, the server still up."""
     count = target.rejected()
     assert transport.send_frames(target.sock, frames, WAIT_S)
-    wait_for(lambda: target.rejected() > count or not target.alive(), "the reject to be counted", timeout_s)
+    wait_for(
+        lambda: target.rejected() > count or not target.alive(), timeout_s, "the reject to be counted", 0.002
+    )
     assert target.alive(), "the server died"
     time.sleep(0.001)  # a second count of the same message would show here (or at the next draw)
     assert target.rejected() == count + 1, frames
@@ -247,11 +242,12 @@ def learner(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> Iterator[
     from robot_wsrl.learn.agent import Agent
     from robot_wsrl.learn.config import compose_config
     from robot_wsrl.learn.learner import Learner, LearnerOptions
+    from robot_wsrl.learn.networks import build_networks
     from robot_wsrl.learn.training import save_training_checkpoint
 
     root = tmp_path_factory.mktemp("learner")
     cfg = compose_config("finetune", SMALL_AGENT)
-    agent = Agent(SPEC.obs_dim, SPEC.act_dim, cfg.agent, "cpu")
+    agent = Agent(build_networks(SPEC.obs_dim, SPEC.act_dim, cfg.agent), cfg.agent)
     checkpoint = save_training_checkpoint(root / "checkpoint.pt", agent, SPEC, cfg, 0, {})
     cfg = compose_config(
         "finetune",
@@ -279,7 +275,7 @@ def learner(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> Iterator[
         sock,
         root / "out",
         keys.load_signing_key(keydir, "learner"),
-        LearnerOptions(gate=False),
+        LearnerOptions(),
         secure=True,
         roles=keys.load_key_roles(keydir, ("runner", "console")),
     )
@@ -321,9 +317,10 @@ def learner(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> Iterator[
 @pytest.fixture(scope="module")
 def control(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> Iterator[Target]:
     """The runner's control channel (CURVE, console keys only) with an idle Runner attached."""
+    from robot_wsrl.apps.options import bind_control
     from robot_wsrl.learn.checkpoint import build_actor
     from robot_wsrl.learn.export import export_policy
-    from robot_wsrl.robot.control import ControlServer, bind
+    from robot_wsrl.robot.control import ControlServer
     from robot_wsrl.robot.drivers.null import NullDriver
     from robot_wsrl.robot.policy import OnnxPolicy
     from robot_wsrl.robot.runner import Runner
@@ -332,7 +329,7 @@ def control(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> Iterator[
     driver = NullDriver(SPEC.obs_dim, SPEC.act_dim, SPEC.control_period_s)
     runner = Runner(driver, OnnxPolicy.load(path, expected_spec=driver.spec))
     ctx = zmq.Context()
-    sock = bind(ctx, LOOPBACK, "robot1", keydir, plain=False)
+    sock = bind_control(ctx, LOOPBACK, "robot1", keydir, plain=False)
     server = ControlServer(sock, "robot1", secure=True, ctx=ctx)
     server.attach(runner)
     server.start()
@@ -467,7 +464,7 @@ def test_control_channel_refuses_foreign_and_unexpected_messages(control: Target
     assert control.state() == before
 
 
-# ----- the emulated robot's ROUTER (its own loopback wire, drivers/emulated_robot.py) -----
+# ----- the emulated robot's ROUTER (its own loopback wire, sim/emulated_wire.py) -----
 
 
 @pytest.fixture(scope="module")

@@ -5,43 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import transition_steps
 
 from robot_wsrl.wire.protocol import Transitions
 from robot_wsrl.wire.spool import DedupLog, SpoolError, SpoolFull, TransitionSpool
-
-
-@dataclass(frozen=True)
-class Step:
-    obs: np.ndarray
-    action: np.ndarray
-    reward: float
-    next_obs: np.ndarray
-    terminated: bool
-    truncated: bool
-    episode: int
-    policy_version: int
-
-
-def steps(n: int, start: int = 0, episode: int = 0) -> list[Step]:
-    """n steps whose reward is their running index, so a batch's content identifies it."""
-    return [
-        Step(
-            np.full(3, i, np.float32),
-            np.zeros(2, np.float32),
-            float(i),
-            np.full(3, i + 1, np.float32),
-            False,
-            i == start + n - 1,
-            episode,
-            1,
-        )
-        for i in range(start, start + n)
-    ]
 
 
 def ranges(batches: list[Transitions]) -> list[tuple[int, int]]:
@@ -54,7 +25,7 @@ def rewards(batches: list[Transitions]) -> list[float]:
 
 def test_append_numbers_batches_and_ack_forgets_them(tmp_path: Path) -> None:
     with TransitionSpool(tmp_path, "robot1") as spool:
-        sent = [spool.append(steps(5, 5 * k)) for k in range(3)]
+        sent = [spool.append(transition_steps(5, 5 * k)) for k in range(3)]
         assert ranges(sent) == [(0, 4), (5, 9), (10, 14)]
         assert all(b.runner_id == "robot1" for b in sent)
         assert ranges(list(spool.unacked())) == [(0, 4), (5, 9), (10, 14)]
@@ -67,12 +38,12 @@ def test_append_numbers_batches_and_ack_forgets_them(tmp_path: Path) -> None:
         assert spool.acked_seq == 7 and spool.pending() == 7
         spool.ack(14)
         assert list(spool.unacked()) == [] and spool.pending() == 0 and spool.used_bytes == 0
-        assert ranges([spool.append(steps(2))]) == [(15, 16)]
+        assert ranges([spool.append(transition_steps(2))]) == [(15, 16)]
 
 
 def test_append_arrays(tmp_path: Path) -> None:
     with TransitionSpool(tmp_path, "robot1") as spool:
-        spool.append(steps(2))
+        spool.append(transition_steps(2))
         batch = spool.append_arrays(
             obs=np.zeros((3, 4)),
             action=np.zeros((3, 1)),
@@ -90,7 +61,7 @@ def test_append_arrays(tmp_path: Path) -> None:
 def test_acknowledged_segments_are_deleted(tmp_path: Path) -> None:
     with TransitionSpool(tmp_path, "robot1", segment_bytes=1) as spool:  # one batch per segment
         for k in range(4):
-            spool.append(steps(3, 3 * k))
+            spool.append(transition_steps(3, 3 * k))
         assert len(list(tmp_path.glob("*.seg"))) == 4
         used = spool.used_bytes
         spool.ack(5)
@@ -100,14 +71,14 @@ def test_acknowledged_segments_are_deleted(tmp_path: Path) -> None:
 def test_restart_continues_the_sequence_without_loss_or_duplicates(tmp_path: Path) -> None:
     spool = TransitionSpool(tmp_path, "robot1", segment_bytes=2000)
     for k in range(6):
-        spool.append(steps(4, 4 * k))
+        spool.append(transition_steps(4, 4 * k))
     spool.ack(9)
     del spool  # no close(): as after a crash (fsync="always" already made every append durable)
 
     spool = TransitionSpool(tmp_path, "robot1", segment_bytes=2000)
     assert spool.acked_seq == 9 and spool.next_seq == 24 and spool.recovered == []
     assert ranges(list(spool.unacked())) == [(8, 11), (12, 15), (16, 19), (20, 23)]
-    assert ranges([spool.append(steps(4, 24))]) == [(24, 27)]
+    assert ranges([spool.append(transition_steps(4, 24))]) == [(24, 27)]
     assert rewards(list(spool.unacked(start_seq=10))) == [float(i) for i in range(8, 28)]
     spool.ack(27)
     spool.close()
@@ -123,17 +94,17 @@ def test_killed_process_loses_nothing(tmp_path: Path) -> None:
         f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_spool import steps
+        from helpers import transition_steps
         from robot_wsrl.wire.spool import TransitionSpool
         spool = TransitionSpool({str(tmp_path)!r}, "robot1", segment_bytes=3000)
         for k in range(10):
-            spool.append(steps(3, 3 * k))
+            spool.append(transition_steps(3, 3 * k))
         spool.ack(5)
-        os._exit(1)  # no close, no flush at exit
+        os._exit(3)  # no close, no flush at exit (3: an exception would exit 1)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr
     with TransitionSpool(tmp_path, "robot1", segment_bytes=3000) as spool:
         assert spool.acked_seq == 5 and spool.next_seq == 30
         assert rewards(list(spool.unacked())) == [float(i) for i in range(6, 30)]
@@ -142,8 +113,8 @@ def test_killed_process_loses_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("tail", ["torn", "out_of_sequence"])
 def test_half_written_tail_is_truncated_and_ignored(tmp_path: Path, tail: str) -> None:
     with TransitionSpool(tmp_path, "robot1") as spool:
-        spool.append(steps(4))
-        spool.append(steps(4, 4))
+        spool.append(transition_steps(4))
+        spool.append(transition_steps(4, 4))
     segment = next(tmp_path.glob("*.seg"))
     whole = segment.read_bytes()
     half = len(whole) // 2  # both records have the same size
@@ -156,15 +127,15 @@ def test_half_written_tail_is_truncated_and_ignored(tmp_path: Path, tail: str) -
         assert len(spool.recovered) == 1 and "torn" in spool.recovered[0]
         assert segment.stat().st_size == len(whole)
         assert ranges(list(spool.unacked())) == [(0, 3), (4, 7)]
-        assert ranges([spool.append(steps(2, 8))]) == [(8, 9)]
+        assert ranges([spool.append(transition_steps(2, 8))]) == [(8, 9)]
         assert rewards(list(spool.unacked())) == [float(i) for i in range(10)]
 
 
 def test_corrupted_record_is_cut_there(tmp_path: Path) -> None:
     with TransitionSpool(tmp_path, "robot1") as spool:
-        spool.append(steps(4))
+        spool.append(transition_steps(4))
         size = spool.used_bytes
-        spool.append(steps(4, 4))
+        spool.append(transition_steps(4, 4))
     segment = next(tmp_path.glob("*.seg"))
     data = bytearray(segment.read_bytes())
     data[size + 40] ^= 0xFF  # a bit flip inside the second record: its crc no longer matches
@@ -178,23 +149,23 @@ def test_full_spool_refuses_and_stores_nothing(tmp_path: Path) -> None:
         appended = 0
         with pytest.raises(SpoolFull, match="pause and hold safe"):
             for k in range(100):
-                spool.append(steps(4, 4 * k))
+                spool.append(transition_steps(4, 4 * k))
                 appended += 1
         assert 0 < appended < 100
         used, next_seq = spool.used_bytes, spool.next_seq
         with pytest.raises(SpoolFull):
-            spool.append(steps(4))
+            spool.append(transition_steps(4))
         assert (spool.used_bytes, spool.next_seq) == (used, next_seq) == (used, 4 * appended)
         assert ranges(list(spool.unacked()))[-1] == (4 * appended - 4, 4 * appended - 1)
         spool.ack(next_seq - 1)
-        assert spool.append(steps(4)).first_seq == next_seq
+        assert spool.append(transition_steps(4)).first_seq == next_seq
         with pytest.raises(ValueError, match="can never fit"):
-            spool.append(steps(200))
+            spool.append(transition_steps(200))
 
 
 def test_inconsistent_acks_and_directories_are_refused(tmp_path: Path) -> None:
     with TransitionSpool(tmp_path, "robot1") as spool:
-        spool.append(steps(3))
+        spool.append(transition_steps(3))
         with pytest.raises(SpoolError, match="only wrote up to 2"):
             spool.ack(50)
         assert spool.acked_seq == -1 and len(list(spool.unacked())) == 1
@@ -208,7 +179,7 @@ def test_inconsistent_acks_and_directories_are_refused(tmp_path: Path) -> None:
 def test_other_fsync_policies_behave_the_same(tmp_path: Path, fsync: str) -> None:
     with TransitionSpool(tmp_path, "robot1", segment_bytes=500, fsync=fsync) as spool:  # type: ignore[arg-type]
         for k in range(5):
-            spool.append(steps(2, 2 * k))
+            spool.append(transition_steps(2, 2 * k))
     with TransitionSpool(tmp_path, "robot1", fsync=fsync) as spool:  # type: ignore[arg-type]
         assert rewards(list(spool.unacked())) == [float(i) for i in range(10)]
 
@@ -216,7 +187,7 @@ def test_other_fsync_policies_behave_the_same(tmp_path: Path, fsync: str) -> Non
 def test_unacked_while_acking_skips_deleted_segments(tmp_path: Path) -> None:
     with TransitionSpool(tmp_path, "robot1", segment_bytes=1) as spool:
         for k in range(4):
-            spool.append(steps(2, 2 * k))
+            spool.append(transition_steps(2, 2 * k))
         it = spool.unacked()
         assert next(it).first_seq == 0
         spool.ack(5)  # deletes the segments the iterator has not reached yet

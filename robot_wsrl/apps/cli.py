@@ -2,8 +2,10 @@
 
 Subcommand modules are imported lazily so that robot-side commands (runner) never import torch.
 Each module (named below relative to `robot_wsrl.`) exposes `cli(argv: list[str]) -> int` (or the function
-named after "module:"). The base install is the robot image, so a command whose optional dependencies
-are missing says which extra to install, in one line, and exits 2 (`ROBOT_WSRL_DEBUG=1` shows the traceback).
+named after "module:"). The base install is the robot image, so every command's `--help` works there: a
+command's module imports no extra's package at module level, and its `cli` parses the arguments before it
+imports what its extra provides. A command whose extra is missing then says which one to install, in one
+line, and exits 2 (`ROBOT_WSRL_DEBUG=1` shows the traceback). tests/test_base_install.py holds them to it.
 """
 
 from __future__ import annotations
@@ -14,25 +16,25 @@ import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "collect": ("learn.collect", "behaviour SAC on a sim task -> medium, medium-replay datasets"),
-    "pretrain": ("learn.pretrain", "offline CQL / Cal-QL pre-training on a dataset -> checkpoint"),
-    "ship": ("learn.ship", "package a pre-trained checkpoint as policies/NAME with measured returns"),
-    "finetune": ("learn.finetune", "in-process warm-start fine-tuning (warmup, then online-only SAC)"),
-    "export": ("learn.export", "export a checkpoint's actor to ONNX + JSON sidecar (sha256, metadata)"),
-    "runner": ("robot.runner", "run an ONNX policy on a driver behind the safety envelope (no torch)"),
-    "validate": ("gate.validate", "sim-first gate: a policy vs thresholds and the deployed one"),
-    "policies": ("gate.registry", "shipped and produced policies: validation, sha256, signature"),
-    "rollback": ("gate.registry:rollback_cli", "one runner back to its previous validated policy"),
-    "learner": ("learn.learner", "the off-board WSRL learner that runners feed over ZeroMQ"),
-    "link-runner": ("robot.link", "a runner fed and updated by a learner over ZeroMQ (no torch)"),
-    "keys": ("wire.keys", "make and list CURVE key pairs and the learner's policy-signing key"),
+    "collect": ("apps.collect", "behaviour SAC on a sim task -> medium, medium-replay datasets"),
+    "pretrain": ("apps.pretrain", "offline CQL / Cal-QL pre-training on a dataset -> checkpoint"),
+    "ship": ("apps.ship", "package a pre-trained checkpoint as policies/NAME with measured returns"),
+    "finetune": ("apps.finetune", "in-process warm-start fine-tuning (warmup, then online-only SAC)"),
+    "export": ("apps.export", "export a checkpoint's actor to ONNX + JSON sidecar (sha256, metadata)"),
+    "runner": ("apps.runner", "run an ONNX policy on a driver behind the safety envelope (no torch)"),
+    "validate": ("apps.validate", "sim-first gate: a policy vs thresholds and the deployed one"),
+    "policies": ("apps.policies", "shipped and produced policies: validation, sha256, signature"),
+    "rollback": ("apps.rollback", "one runner back to its previous validated policy"),
+    "learner": ("apps.learner", "the off-board WSRL learner that runners feed over ZeroMQ"),
+    "link-runner": ("apps.link_runner", "a runner fed and updated by a learner over ZeroMQ (no torch)"),
+    "keys": ("apps.keys", "make and list CURVE key pairs and the learner's policy-signing key"),
     "session": ("apps.session", "emulated robot + learner + linked runner on this machine, live"),
-    "demo": ("apps.demo", "the main job on a small sim task, end to end"),
+    "demo": ("apps.demo", "the method in one process on a small sim task (session is the main job)"),
     "bench": ("bench", "benchmarks that print one JSON line (learner, runner, finetune)"),
-    "console": ("console.app:cli", "the operator's safety-stop console (terminal UI, Textual)"),
-    "stop": ("console.operator:stop_cli", "e-stop runners now; exit 0 only if every one confirmed"),
-    "status": ("console.operator:status_cli", "every runner's and the learner's state, for scripts"),
-    "release": ("console.operator:release_cli", "release one runner's e-stop (typed confirmation)"),
+    "console": ("apps.console", "the operator's safety-stop console (terminal UI, Textual)"),
+    "stop": ("apps.operator:stop_cli", "e-stop runners now; exit 0 only if every one confirmed"),
+    "status": ("apps.operator:status_cli", "every runner's and the learner's state, for scripts"),
+    "release": ("apps.operator:release_cli", "release one runner's e-stop (typed confirmation)"),
 }
 
 
@@ -55,6 +57,19 @@ EXTRAS: dict[str, str] = {
 }
 
 
+def missing_extra(exc: BaseException) -> str | None:
+    """`needs the 'sim' extra (...): pip install ...` when `exc` says an extra's package is missing.
+
+    None for any other error. Also for a command that reports its own import errors in one line (the
+    driver `--driver` names is imported by name at run time).
+    """
+    missing = (getattr(exc, "name", None) or "").partition(".")[0]
+    if not isinstance(exc, ModuleNotFoundError) or missing not in EXTRAS:
+        return None
+    extra = EXTRAS[missing]
+    return f"needs the {extra!r} extra ({missing} is not installed): pip install 'robot-wsrl[{extra}]'"
+
+
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: robot-wsrl COMMAND [ARGS...]", "", "commands:"]
@@ -64,7 +79,14 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `robot-wsrl ... | head`: the reader has gone, nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -75,21 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"robot-wsrl: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, _, function = COMMANDS[name][0].partition(":")
-    module = f"robot_wsrl.{module}"
     try:
-        entry = getattr(importlib.import_module(module), function or "cli")
+        # A thin app module parses first and imports its extra's packages after (`--help` needs none).
+        return int(getattr(importlib.import_module(f"robot_wsrl.{module}"), function or "cli")(rest) or 0)
     except ModuleNotFoundError as exc:
-        missing = (exc.name or "").partition(".")[0]
-        if missing not in EXTRAS or os.environ.get("ROBOT_WSRL_DEBUG"):
+        line = missing_extra(exc)
+        if line is None or os.environ.get("ROBOT_WSRL_DEBUG"):
             raise
-        extra = EXTRAS[missing]
-        print(
-            f"robot-wsrl {name}: needs the {extra!r} extra ({missing} is not installed): "
-            f"pip install 'robot-wsrl[{extra}]'",
-            file=sys.stderr,
-        )
+        print(f"robot-wsrl {name}: {line}", file=sys.stderr)
         return 2
-    return int(entry(rest) or 0)
 
 
 if __name__ == "__main__":

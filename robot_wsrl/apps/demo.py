@@ -1,4 +1,5 @@
-"""`make demo`: the whole offline-to-online pipeline on a small MuJoCo task, in a few CPU minutes.
+"""`robot-wsrl demo`: the whole offline-to-online pipeline in one process on a small MuJoCo task, in a few
+CPU minutes (`make demo` runs the main job, `robot-wsrl session`, instead).
 
 1. record an offline dataset with a mediocre behaviour policy (a noisy, badly tuned balance controller);
 2. pre-train CQL on it (offline, no environment access);
@@ -14,9 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from robot_wsrl.learn.collect import record_pendulum_controller_dataset
-from robot_wsrl.learn.config import compose_config
-from robot_wsrl.learn.plots import plot_eval_returns
+from robot_wsrl.apps.errors import reports_errors
+from robot_wsrl.apps.options import CommandParser
 
 ENV = "inverted_pendulum"
 # The WSRL mechanisms at a size that trains in minutes on 2 CPU cores.
@@ -37,8 +37,11 @@ def _eval_returns(eval_csv: Path) -> list[float]:
 
 
 def run_demo(out: Path, pretrain_steps: int, finetune_steps: int, warmup_steps: int, seed: int) -> dict:
+    from robot_wsrl.learn.collect import record_pendulum_controller_dataset
+    from robot_wsrl.learn.config import compose_config
     from robot_wsrl.learn.export import export_policy
     from robot_wsrl.learn.finetune import finetune
+    from robot_wsrl.learn.plots import plot_eval_returns
     from robot_wsrl.learn.pretrain import pretrain
 
     started = time.perf_counter()
@@ -103,8 +106,9 @@ def run_demo(out: Path, pretrain_steps: int, finetune_steps: int, warmup_steps: 
     return summary
 
 
+@reports_errors("demo")
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="robot-wsrl demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/demo/<time>)")

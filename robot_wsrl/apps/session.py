@@ -4,9 +4,13 @@ command, with one live progress line.
 Each part runs as it would across machines (its own process, the ZeroMQ link, signed policies), so the
 session exercises the real stack. The learner and the runner run in their own process groups so that a
 Ctrl-C reaches only this process, which then stops them in order: the runner first (it drains its spool
-to the learner), then the learner, then the robot. At the end it copies the learner's latest published
-policy to SESSION/policy/ and writes the episode returns (CSV + PNG, read from the learner's durable
-transition log, so they are exact) and summary.json.
+to the learner), then the learner, then the robot. At the end it copies the best promoted version (the
+last one the validation gate promoted; the pre-trained version 0 if none was) to SESSION/policy/, never an
+unvalidated one: the learner's latest version, if different, goes to SESSION/policy-latest-unvalidated/.
+It writes the episode returns (CSV + PNG with the promotions and the baseline marked, read from the
+learner's durable transition log, so they are exact) and summary.json: what the robot ran and returned on
+each policy version, against a baseline (its own episodes on the frozen pre-trained version 0, on the same
+preset) and over the session's last third.
 
 Safe on a shared machine: every socket is CURVE by default, with throwaway keys the session makes in
 SESSION/keys (mode 0700, every file 0600): the learner's, the runner's, `console` for the operator's tools
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import difflib
 import json
 import shutil
 import signal
@@ -39,6 +44,21 @@ from typing import Any, TextIO
 
 import zmq
 
+from robot_wsrl.apps.errors import reports_errors
+from robot_wsrl.apps.options import CommandParser
+from robot_wsrl.apps.overrides import hydra_list
+from robot_wsrl.core.artifacts import (
+    CHECKPOINT,
+    INGEST_LOG,
+    MANIFEST,
+    POLICY_DIR,
+    POLICY_ONNX,
+    POLICY_SIDECAR,
+    POLICY_SIGNATURE,
+    REPORT,
+    VALIDATION_DIR,
+    VERDICT,
+)
 from robot_wsrl.core.lifetime import die_with_parent, stop_on_signals
 from robot_wsrl.core.paths import REPO_ROOT
 from robot_wsrl.robot.link import WAIT_HOLDS
@@ -62,33 +82,54 @@ SESSION_KEY = "session"  # the session's own status client, a console key of its
 # them. A raise of the runner's priority needs CAP_SYS_NICE; without it the runner keeps nice 0.
 LEARNER_NICE, RUNNER_NICE = 10, -5
 STOPPED_STATES = ("estopped", "faulted", "paused")  # the robot waits for an operator: not a stall
-# The emulated robot stands for hardware: each version is validated before it may run there, in the
-# shifted simulations that model it (not nominal: fine-tuning on the shifted robot is meant to trade
-# nominal return for return on the robot). Five paired episodes per variant keep a validation within a
-# minute on a busy 2-core machine.
-DEFAULT_VALIDATION = ["episodes=5", "variants=[real_mild,real]"]
+# The emulated robot stands for hardware: each version is validated before it may run there, with the
+# gate's defaults (configs/validate.yaml), told the robot's preset: judged as the robot runs it on that
+# preset (it must improve, or tie within the margin), with nominal as a safety net, by a sequential test
+# that stops as soon as it is sure (at most 128 episode pairs per preset, in one worker process per core).
 
 
-def _wait_ready(path: Path, proc: subprocess.Popen, timeout_s: float) -> dict[str, Any]:
+LOG_TAIL_LINES = 2  # of a failed child's log, shown with the session's error
+
+
+class ChildFailed(RuntimeError):
+    """A child process exited (or never got ready): which one, its exit code and its log."""
+
+    def __init__(self, name: str, code: int | None, log: Path, why: str) -> None:
+        super().__init__(f"{name} {why}; its log: {log}")
+        self.name, self.code, self.log = name, code, log
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "exit_code": self.code, "log": str(self.log), "log_tail": self.tail()}
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        """The last lines of its log (where a child's one-line error is)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def _wait_ready(name: str, path: Path, proc: subprocess.Popen, log: Path, timeout_s: float) -> dict[str, Any]:
     """The JSON a child writes once it serves (its bound endpoint); an error if it exits or is late."""
     deadline = time.monotonic() + timeout_s
     while not path.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{path.stem} exited with code {proc.returncode} before it was ready")
+        if (code := proc.poll()) is not None:
+            raise ChildFailed(name, code, log, f"exited with code {code} before it was ready")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{path.stem} not ready within {timeout_s:.0f} s")
+            raise ChildFailed(name, None, log, f"not ready within {timeout_s:.0f} s")
         time.sleep(0.1)
     return dict(json.loads(path.read_text()))
 
 
 def _env_of(policy_dir: Path) -> dict[str, Any]:
     """The env config the policy was made for: from its manifest if shipped, else from its checkpoint."""
-    manifest = policy_dir / "manifest.json"
+    manifest = policy_dir / MANIFEST
     if manifest.exists():
         return dict(json.loads(manifest.read_text())["env"])
     from robot_wsrl.learn.checkpoint import load_checkpoint  # torch: only for a folder with no manifest
 
-    return dict(load_checkpoint(policy_dir / "checkpoint.pt")["config"]["env"])
+    return dict(load_checkpoint(policy_dir / CHECKPOINT)["config"]["env"])
 
 
 @contextlib.contextmanager
@@ -260,7 +301,7 @@ def episode_returns(log_path: Path) -> list[dict[str, Any]]:
 def gate_summary(policies: Path) -> dict[str, Any]:
     """Which versions the validation gate promoted to the robot and which it held back, and why."""
     promoted, held_back = [], []
-    for path in sorted(policies.glob("v*/validation/verdict.json")):
+    for path in sorted(policies.glob(f"v*/{VALIDATION_DIR}/{VERDICT}")):
         verdict = json.loads(path.read_text())
         if verdict["status"] == "passed":
             promoted.append(verdict["version"])
@@ -273,18 +314,75 @@ def validated_versions(policies: Path, preset: str, warmup: int) -> list[tuple[i
     """Each judged version of the learner as (environment step it was made at, its validation return on the
     robot's preset, or the mean over the variants validated, promoted?): the learner's side of the plot."""
     points = []
-    for verdict_path in sorted(policies.glob("v*/validation/verdict.json")):
+    for verdict_path in sorted(policies.glob(f"v*/{VALIDATION_DIR}/{VERDICT}")):
         verdict = json.loads(verdict_path.read_text())
-        report_path = verdict_path.with_name("report.json")
+        report_path = verdict_path.with_name(REPORT)
         if verdict["status"] not in ("passed", "failed") or not report_path.exists():
             continue
         variants = json.loads(report_path.read_text())["candidate"]["variants"]
         chosen = [variants[preset]] if preset in variants else list(variants.values())
-        updates = int(json.loads((verdict_path.parents[1] / "policy.json").read_text()).get("step") or 0)
+        updates = int(json.loads((verdict_path.parents[1] / POLICY_SIDECAR).read_text()).get("step") or 0)
         step = warmup + updates - 1 if updates else 0  # lockstep: one update per step after warmup
         points.append(
             (step, sum(v["return_mean"] for v in chosen) / len(chosen), verdict["status"] == "passed")
         )
+    return points
+
+
+def promoted_versions(gate: dict[str, Any], learner_status: dict[str, Any] | None) -> list[int]:
+    """The learned versions (1 and up) the gate promoted to the robot: its passed verdicts on disk
+    (`gate_summary`) and those in the learner's last gate status, with the version it last deployed.
+    Version 0, the pre-trained policy, passes by definition and is not counted."""
+    found = set(gate["promoted"])
+    status = (learner_status or {}).get("gate") or {}
+    found |= {int(v["version"]) for v in status.get("verdicts", []) if v.get("status") == "passed"}
+    if status.get("enabled") and status.get("deployed_version") is not None:
+        found.add(int(status["deployed_version"]))
+    return sorted(v for v in found if v > 0)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def robot_returns(rows: list[dict[str, Any]], total_steps: int) -> dict[str, Any]:
+    """What the robot ran and returned (`episode_returns` rows): per policy version; the baseline, its
+    mean return on version 0 (the frozen pre-trained policy, warmup included: the same preset, the same
+    sampling); its mean over the episodes that ended in the last third of the session's `total_steps`
+    environment steps, and that over the baseline (None unless the baseline is positive)."""
+    by_version: dict[int, list[float]] = {}
+    for row in rows:
+        by_version.setdefault(int(row["policy_version"]), []).append(float(row["return"]))
+    baseline = _mean(by_version.get(0, []))
+    last = [float(r["return"]) for r in rows if r["step"] > total_steps * 2 / 3]
+    last_mean = _mean(last)
+    ratio = None if last_mean is None or baseline is None or baseline <= 0 else last_mean / baseline
+    return {
+        "versions_ran": [
+            {"version": v, "episodes": len(r), "return_mean": _mean(r)} for v, r in sorted(by_version.items())
+        ],
+        "baseline_return": baseline,
+        "baseline_episodes": len(by_version.get(0, [])),
+        "robot_return_last_third": last_mean,
+        "robot_episodes_last_third": len(last),
+        "last_third_over_baseline": ratio,
+    }
+
+
+def promotion_steps(rows: list[dict[str, Any]], promoted: list[int], policies: Path) -> list[tuple[int, int]]:
+    """Where each promoted version shows on the returns plot, as (version, step): the end of the first
+    episode the robot finished on it; for one it never finished an episode on, the step it was made at."""
+    first: dict[int, int] = {}
+    for row in rows:
+        first.setdefault(int(row["policy_version"]), int(row["step"]))
+    made = {int(path.parent.name[1:]): path for path in policies.glob(f"v*/{POLICY_SIDECAR}")}
+    points = []
+    for version in promoted:
+        if version in first:
+            points.append((version, first[version]))
+        elif version in made:
+            with contextlib.suppress(OSError, ValueError):
+                points.append((version, int(json.loads(made[version].read_text()).get("step") or 0)))
     return points
 
 
@@ -305,9 +403,14 @@ class Session:
         self.robot_status: dict[str, Any] | None = None  # the runner's last answer on its control channel
         self._runner_argv: list[str] = []
         self._control = "tcp://127.0.0.1:0"  # the runner's control endpoint, once it has bound one
+        self.rows: list[dict[str, Any]] = []  # the robot's finished episodes, read from the learner's log
+
+    def _log(self, name: str) -> Path:
+        """Where child `name` writes its output."""
+        return self.out / "logs" / f"{name}.log"
 
     def _spawn(self, name: str, argv: list[str], nice: int = 0) -> subprocess.Popen:
-        log = open(self.out / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - closed in _shutdown
+        log = open(self._log(name), "ab")  # noqa: SIM115 - closed in _shutdown
         self.logs.append(log)
         proc = subprocess.Popen(
             [sys.executable, "-m", "robot_wsrl.apps.cli", *argv],
@@ -327,7 +430,8 @@ class Session:
         ready = self.out / "logs" / "runner.ready.json"
         ready.unlink(missing_ok=True)
         proc = self._spawn("runner", [*self._runner_argv, "--control", self._control], RUNNER_NICE)
-        self._control = str(_wait_ready(ready, proc, START_TIMEOUT_S)["control"])
+        log = self._log("runner")
+        self._control = str(_wait_ready("runner", ready, proc, log, START_TIMEOUT_S)["control"])
 
     def restart_runner(self, sig: int = signal.SIGKILL) -> int:
         """Stop the runner with `sig` (SIGKILL: a crash) and start it again on the same state folder and
@@ -346,7 +450,7 @@ class Session:
 
     def _start(self, env: dict[str, Any]) -> Endpoints:
         """Robot, learner (on a port it picks when it binds), then the runner; where they serve."""
-        from robot_wsrl.robot.drivers.emulated_robot import spawn_emulated_robot
+        from robot_wsrl.sim.emulated_robot import spawn_emulated_robot
 
         a = self.args
         keydir = self.out / "keys"
@@ -370,14 +474,20 @@ class Session:
             "threads=1",  # the robot and the runner share this machine: two torch threads would thrash
             *a.overrides,
         ]
-        key_args = ["--keys", str(keydir.resolve()), *(["--plain"] if a.plain else [])]
         ready = self.out / "logs" / "learner.ready.json"
-        learner = ["learner", *key_args, "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready.resolve())]
-        learner += ["--publish-every", str(a.publish_every), "--credit", str(a.credit)]
-        learner += ["--pacing", "realtime" if a.realtime else "lockstep"]
-        learner += [f"--validate-arg={arg}" for arg in a.validate_arg]
-        proc = self._spawn("learner", [*learner, *overrides], LEARNER_NICE)
-        endpoint = str(_wait_ready(ready, proc, START_TIMEOUT_S)["endpoint"])
+        service = [
+            f"service.keys={keydir.resolve()}",
+            f"service.plain={str(a.plain).lower()}",
+            "service.bind=tcp://127.0.0.1:0",
+            f"service.ready_file={ready.resolve()}",
+            f"service.publish_every={a.publish_every}",
+            f"service.credit={a.credit}",
+            f"service.pacing={'realtime' if a.realtime else 'lockstep'}",
+            f"service.validate_args={hydra_list(a.validate_arg)}",
+        ]
+        proc = self._spawn("learner", ["learner", *service, *overrides], LEARNER_NICE)
+        endpoint = str(_wait_ready("learner", ready, proc, self._log("learner"), START_TIMEOUT_S)["endpoint"])
+        key_args = ["--keys", str(keydir.resolve()), *(["--plain"] if a.plain else [])]
         runner = ["link-runner", *key_args, "--learner", endpoint, "--name", RUNNER]
         runner += ["--driver", f"emulated:{robot_endpoint}", "--transitions", str(a.steps)]
         runner += ["--state", str((self.out / "runner").resolve()), "--seed", str(a.seed)]
@@ -399,7 +509,7 @@ class Session:
             for name, proc in self.children.items():
                 code = proc.poll()
                 if code is not None and not (name == "runner" and code == 0):
-                    raise RuntimeError(f"{name} exited with code {code}; see {self.out / 'logs' / name}.log")
+                    raise ChildFailed(name, code, self._log(name), f"exited with code {code}")
             if self.robot is not None and not self.robot.alive():
                 raise RuntimeError("the emulated robot exited")
             return self.children["runner"].poll() == 0
@@ -450,30 +560,58 @@ class Session:
             log.close()
         return codes
 
-    def _export(self) -> tuple[int, Path] | None:
-        """The learner's latest published version (read once it has stopped) -> SESSION/policy/."""
-        published = sorted((self.out / "learner" / "policies").glob("v*/policy.json"))
+    def _export(self, promoted: list[int]) -> dict[str, Any]:
+        """Read once the learner has stopped: the best promoted version (the last the gate promoted, else
+        the pre-trained version 0) -> SESSION/policy/, with its verdict; the learner's latest, if another,
+        -> SESSION/policy-latest-unvalidated/. Their versions and folders for summary.json."""
+        published = {
+            int(path.parent.name[1:]): path.parent
+            for path in (self.out / "learner" / POLICY_DIR).glob(f"v*/{POLICY_SIDECAR}")
+        }
         if not published:
-            return None
-        source = published[-1].parent
-        target = self.out / "policy"
-        target.mkdir(exist_ok=True)
-        for name in ("policy.onnx", "policy.json"):
-            shutil.copy2(source / name, target / name)
-        return int(source.name[1:]), target
+            return {}
+        latest = max(published)
+        best = max((v for v in promoted if v in published), default=0)
+        found: dict[str, Any] = {"versions": latest, "policy_version": None, "policy": None}
+        if best in published:
+            found |= {"policy_version": best, "policy": str(self._copy(published[best], self.out / "policy"))}
+        unvalidated = latest if latest != best else None
+        found["latest_unvalidated_version"] = unvalidated
+        found["latest_unvalidated_policy"] = None
+        if unvalidated is not None:
+            target = self.out / "policy-latest-unvalidated"
+            found["latest_unvalidated_policy"] = str(self._copy(published[unvalidated], target))
+        return found
 
-    def _returns(self) -> list[dict[str, Any]]:
+    @staticmethod
+    def _copy(source: Path, target: Path) -> Path:
+        """A policy version's files (ONNX, sidecar, signature) and its validation folder (the verdict)."""
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for name in (POLICY_ONNX, POLICY_SIDECAR, POLICY_SIGNATURE):
+            if (source / name).is_file():
+                shutil.copy2(source / name, target / name)
+        if (source / VALIDATION_DIR).is_dir():
+            shutil.copytree(source / VALIDATION_DIR, target / VALIDATION_DIR)
+        return target
+
+    def _returns(self, promoted: list[int], baseline: float | None) -> list[dict[str, Any]]:
         from robot_wsrl.learn.plots import plot_episode_returns
 
-        rows = episode_returns(self.out / "learner" / "transitions.log")
+        rows = self.rows
         csv_path = self.out / "returns.csv"
         with csv_path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["step", "runner", "return", "length", "policy_version"])
             writer.writeheader()
             writer.writerows(rows)
         title = f"robot-wsrl session: {self.args.env_id} ({self.args.preset}), {self.args.policy_dir}"
-        versions = validated_versions(self.out / "learner" / "policies", self.args.preset, self.args.warmup)
-        plot_episode_returns(csv_path, self.out / "returns.png", self.args.warmup, title, versions)
+        policies = self.out / "learner" / POLICY_DIR
+        versions = validated_versions(policies, self.args.preset, self.args.warmup)
+        promotions = promotion_steps(rows, promoted, policies)
+        plot_episode_returns(
+            csv_path, self.out / "returns.png", self.args.warmup, title, versions, promotions, baseline
+        )
         return rows
 
     def run(self) -> dict[str, Any]:
@@ -483,7 +621,7 @@ class Session:
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         client: StatusClient | None = None
-        error = None
+        error, failed = None, None
         try:
             endpoints = self._start(env)
             assert endpoints.learner is not None
@@ -496,6 +634,8 @@ class Session:
             self._loop(client, started)
         except (RuntimeError, OSError, ValueError) as exc:  # ValueError: bad keys, a robot refusing a preset
             error = str(exc)
+            if isinstance(exc, ChildFailed):
+                failed = exc.as_dict()
         finally:
             if client is not None:
                 client.close()
@@ -510,6 +650,7 @@ class Session:
             "utd": a.utd,
             "interrupted": self.stop.is_set(),
             "error": error,
+            "failed_child": failed,
             "wall_s": round(time.monotonic() - started, 1),
             "pids": {name: p.pid for name, p in self.children.items()}
             | ({"robot": self.robot.pid} if self.robot is not None else {}),
@@ -523,25 +664,26 @@ class Session:
                 "effective_utd": status["effective_utd"],
             }
         summary["robot"] = robot_summary(self.robot_status)
-        summary["gate"] = gate_summary(self.out / "learner" / "policies")
-        exported = self._export()
-        if exported is not None:
-            summary["versions"], summary["policy"] = exported[0], str(exported[1])
-        if (self.out / "learner" / "transitions.log").exists():
-            rows = self._returns()
-            summary["episodes"] = len(rows)
-            for label, part in (("first", rows[:5]), ("last", rows[-5:])):
-                if part:
-                    summary[f"return_{label}5_mean"] = sum(r["return"] for r in part) / len(part)
+        summary["gate"] = gate_summary(self.out / "learner" / POLICY_DIR)
+        promoted = promoted_versions(summary["gate"], status)
+        summary["promoted_versions"] = promoted
+        summary |= self._export(promoted)
+        log = self.out / "learner" / INGEST_LOG
+        self.rows = episode_returns(log) if log.exists() else []
+        total_steps = summary.get("steps") or (self.rows[-1]["step"] if self.rows else 0)
+        summary["episodes"] = len(self.rows)
+        summary |= robot_returns(self.rows, total_steps)
+        if log.exists():
+            self._returns(promoted, summary["baseline_return"])
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="robot-wsrl session",
         description="Emulated robot + learner + linked runner on this machine: warmup, fine-tuning, then "
-        "the latest policy, a return plot and summary.json. Extra key=value args go to the learner "
+        "the best promoted policy, a return plot and summary.json. Extra key=value args go to the learner "
         "(Hydra overrides, e.g. agent.batch_size=128 threads=1).",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the learner")
@@ -568,7 +710,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ARG",
         help="override for the sim-first validation of each new version before the robot may run it "
-        f"(repeat; default: {' '.join(DEFAULT_VALIDATION)})",
+        "(repeat; default: configs/validate.yaml's settings with preset= the robot's --preset)",
     )
     parser.add_argument(
         "--plain",
@@ -585,11 +727,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """`robot-wsrl session`'s arguments, checked (the soak benchmark runs a session from them too)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    args.validate_arg = DEFAULT_VALIDATION if args.validate_arg is None else args.validate_arg
-    if not (args.policy_dir / "checkpoint.pt").is_file():
+    args.validate_arg = [f"preset={args.preset}", *(args.validate_arg or [])]  # the user's may override it
+    if not (args.policy_dir / CHECKPOINT).is_file():
         parser.error(f"{args.policy_dir / 'checkpoint.pt'} not found")
     if args.steps <= args.warmup:
         parser.error("--steps counts the warmup too: it must be larger than --warmup")
+    from robot_wsrl.sim.shift import preset_names  # the sim extra: not needed for --help
+
+    if args.preset not in (presets := preset_names()):
+        close = difflib.get_close_matches(args.preset, presets, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        parser.error(f"--preset {args.preset}: no such preset; available: {', '.join(presets)}{hint}")
     if args.out is not None and args.out.is_dir() and any(args.out.iterdir()):
         # Its keys, ready files and learner state belong to another session: mixing them in would point
         # the runner at a dead learner and fail its policies' signatures.
@@ -597,6 +745,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+@reports_errors("session")
 def cli(argv: list[str]) -> int:
     args = parse_args(argv)
     session = Session(args)
@@ -604,7 +753,20 @@ def cli(argv: list[str]) -> int:
     summary = session.run()
     print(json.dumps({k: summary.get(k) for k in ("steps", "updates", "versions", "wall_s", "error")}))
     if summary["error"]:
-        print(f"robot-wsrl session: {summary['error']}", file=sys.stderr)
-        return 1
-    print(f"latest policy: {summary.get('policy')}; plot: {session.out / 'returns.png'}")
+        failed = summary["failed_child"] or {}
+        tail = "".join(f"\n  {line}" for line in failed.get("log_tail", []))
+        print(f"robot-wsrl session: {summary['error']}{tail}", file=sys.stderr)
+        return 2 if failed.get("exit_code") == 2 else 1  # a child refused its input: so does the session
+    print(f"promoted policy (v{summary.get('policy_version')}): {summary.get('policy')}")
+    if summary.get("latest_unvalidated_version") is not None:
+        print(
+            f"learner's latest, not validated (v{summary['latest_unvalidated_version']}): "
+            f"{summary['latest_unvalidated_policy']}"
+        )
+    baseline, last = summary.get("baseline_return"), summary.get("robot_return_last_third")
+    if baseline is not None and last is not None:
+        ratio = summary.get("last_third_over_baseline")
+        shown = "-" if ratio is None else f"{ratio:.2f}x"
+        print(f"robot return: last third {last:.1f} vs pre-trained v0 {baseline:.1f} ({shown})")
+    print(f"plot: {session.out / 'returns.png'}")
     return 130 if summary["interrupted"] else 0

@@ -15,10 +15,12 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "runner": "robot_wsrl.bench.runner:run_runner_benchmark",
     "learner": "robot_wsrl.bench.learner:run_learner_benchmark",
+    "pretrain": "robot_wsrl.bench.pretrain:run_pretrain_benchmark",
     "finetune": "robot_wsrl.bench.finetune:main",
     "estop": "robot_wsrl.bench.estop:run_estop_benchmark",
     "transport": "robot_wsrl.bench.transport:run_transport_benchmark",
     "soak": "robot_wsrl.bench.soak:main",
+    "gate": "robot_wsrl.bench.gate:run_gate_benchmark",
 }
 CONFIGURABLE = {"finetune", "soak"}
 

@@ -41,6 +41,7 @@ from onnx import TensorProto, helper
 from robot_wsrl.apps import session
 from robot_wsrl.bench.machine import cpu_description
 from robot_wsrl.console.client import ClientOptions, ControlClient
+from robot_wsrl.core.artifacts import POLICY_ONNX, POLICY_SIDECAR
 from robot_wsrl.core.lifetime import die_with_parent
 from robot_wsrl.core.spec import EnvSpec
 from robot_wsrl.robot.policy import PolicyMetadata, sha256_bytes
@@ -93,9 +94,9 @@ def write_policy(directory: Path, spec: EnvSpec, version: int = 0) -> Path:
         model.metadata_props.add(key=key, value=json.dumps(value))
     data = model.SerializeToString()
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "policy.onnx").write_bytes(data)
-    (directory / "policy.json").write_text(json.dumps({**meta, "sha256": sha256_bytes(data)}))
-    return directory / "policy.onnx"
+    (directory / POLICY_ONNX).write_bytes(data)
+    (directory / POLICY_SIDECAR).write_text(json.dumps({**meta, "sha256": sha256_bytes(data)}))
+    return directory / POLICY_ONNX
 
 
 # ----- one runner process -----
@@ -127,7 +128,8 @@ class _StampingDriver:
 
 def worker(argv: Sequence[str]) -> None:
     """NAME ENDPOINT KEYDIR POLICY HZ DEADMAN_S: serve one runner until stdin closes."""
-    from robot_wsrl.robot.control import ControlServer, bind
+    from robot_wsrl.apps.options import bind_control
+    from robot_wsrl.robot.control import ControlServer
     from robot_wsrl.robot.policy import OnnxPolicy
     from robot_wsrl.robot.runner import Runner
 
@@ -136,7 +138,7 @@ def worker(argv: Sequence[str]) -> None:
     runner = Runner(driver, OnnxPolicy.load(policy_path), seed=0)
     ctx = zmq.Context()
     server = ControlServer(
-        bind(ctx, endpoint, name, Path(keydir), plain=False),
+        bind_control(ctx, endpoint, name, Path(keydir), plain=False),
         name,
         secure=True,
         deadman_s=float(deadman),

@@ -27,8 +27,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from robot_wsrl.bench.deployed import compare as compare_deployed
-from robot_wsrl.core.paths import REPO_ROOT
-from robot_wsrl.learn.config import CONFIG_DIR, Config, compose_config
+from robot_wsrl.core.artifacts import SUMMARY
+from robot_wsrl.core.paths import CONFIG_DIR, REPO_ROOT
+from robot_wsrl.learn.config import Config, compose_config
 
 BENCH_CONFIG = CONFIG_DIR / "bench" / "finetune.yaml"
 
@@ -62,7 +63,7 @@ class Run:
             return list(csv.DictReader(f))
 
     def summary(self) -> dict[str, Any]:
-        return json.loads((self.out_dir / "summary.json").read_text())
+        return json.loads((self.out_dir / SUMMARY).read_text())
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:
@@ -396,7 +397,7 @@ def _growth(sweep: list[Run]) -> dict[str, float]:
 
 def _device_label(device: str) -> str:
     from robot_wsrl.bench.machine import cpu_description
-    from robot_wsrl.learn.agent import resolve_device
+    from robot_wsrl.learn.networks import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robot_wsrl.learn.agent import Agent, resolve_device
+from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.config import AgentConfig
+from robot_wsrl.learn.networks import build_networks, resolve_device
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
 MATMUL_SIZE = 2048
@@ -73,14 +74,15 @@ class NaiveWSRL:
 
     Like a typical repository (CleanRL / SpinningUp style): one nn.Sequential per critic, a loop for every
     forward, min over 2 randomly drawn target critics, UTD critic steps with Polyak after each, then one
-    actor step (min over all critics, critics frozen as SpinningUp does) and one temperature step, Adam.
+    actor step (min over all critics, critics frozen as SpinningUp does) and one temperature step on the
+    entropy at s' (as the official code), Adam.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: AgentConfig, device: torch.device) -> None:
         self.cfg, self.act_dim, self.device = cfg, act_dim, device
-        self.actor = self._mlp(obs_dim, cfg.actor_hidden, 2 * act_dim, layer_norm=False).to(device)
+        self.actor = self._mlp(obs_dim, cfg.actor_hidden, 2 * act_dim, cfg.actor_layer_norm).to(device)
         self.critics = [
-            self._mlp(obs_dim + act_dim, cfg.critic_hidden, 1, layer_norm=True).to(device)
+            self._mlp(obs_dim + act_dim, cfg.critic_hidden, 1, cfg.critic_layer_norm).to(device)
             for _ in range(cfg.num_critics)
         ]
         self.targets = [copy.deepcopy(c).requires_grad_(False) for c in self.critics]
@@ -116,7 +118,7 @@ class NaiveWSRL:
             with torch.no_grad():
                 next_action, _ = self._sample(part["next_obs"])
                 next_in = torch.cat([part["next_obs"], next_action], dim=-1)
-                drawn = torch.randperm(cfg.num_critics)[: cfg.num_target_critics].tolist()
+                drawn = torch.randint(cfg.num_critics, (cfg.num_target_critics,)).tolist()
                 next_q = torch.stack([self.targets[i](next_in).squeeze(-1) for i in drawn]).min(0).values
                 target = part["reward"] + cfg.discount * (1.0 - part["terminated"]) * next_q
             x = torch.cat([part["obs"], part["action"]], dim=-1)
@@ -129,10 +131,19 @@ class NaiveWSRL:
                 for p_target, p in zip(self.target_params, self.critic_params, strict=True):
                     p_target.mul_(1.0 - cfg.tau).add_(p, alpha=cfg.tau)
 
+        with torch.no_grad():
+            next_log_prob = self._sample(batch["next_obs"])[1]
+        self.actor_and_temperature_step(batch["obs"], next_log_prob, alpha)
+
+    def actor_and_temperature_step(
+        self, obs: torch.Tensor, entropy_log_prob: torch.Tensor, alpha: torch.Tensor
+    ) -> None:
+        """The actor on the min over all critics, then the temperature on the entropy of `entropy_log_prob`
+        (samples at s', as the official code)."""
         for p in self.critic_params:
             p.requires_grad_(False)
-        action, log_prob = self._sample(batch["obs"])
-        x = torch.cat([batch["obs"], action], dim=-1)
+        action, log_prob = self._sample(obs)
+        x = torch.cat([obs, action], dim=-1)
         q = torch.stack([critic(x).squeeze(-1) for critic in self.critics]).min(0).values
         actor_loss = (alpha * log_prob - q).mean()
         self.actor_opt.zero_grad()
@@ -140,14 +151,14 @@ class NaiveWSRL:
         self.actor_opt.step()
         for p in self.critic_params:
             p.requires_grad_(True)
-
-        alpha_loss = self.log_alpha.exp() * (-log_prob.detach() + float(self.act_dim)).mean()
+        alpha_loss = self.log_alpha.exp() * (-entropy_log_prob + self.act_dim / 2.0).mean()
         self.alpha_opt.zero_grad()
         alpha_loss.backward()
         self.alpha_opt.step()
 
 
-def _batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+def random_batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A Hopper-sized batch of random transitions (Monte-Carlo returns too, for Cal-QL), seeded."""
     g = torch.Generator().manual_seed(0)
     arrays = {
         "obs": torch.randn(n, OBS_DIM, generator=g),
@@ -155,11 +166,12 @@ def _batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
         "reward": torch.randn(n, generator=g),
         "next_obs": torch.randn(n, OBS_DIM, generator=g),
         "terminated": (torch.rand(n, generator=g) < 0.01).float(),
+        "mc_return": torch.randn(n, generator=g),
     }
     return {k: v.to(device) for k, v in arrays.items()}
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], Any], int], float]:
+def timer(device: torch.device) -> Callable[[Callable[[], Any], int], float]:
     """Seconds per call of fn, averaged over `calls`; CUDA work is synchronised at both ends."""
 
     def sync() -> None:
@@ -191,15 +203,16 @@ def run_learner_benchmark(
     dev = resolve_device(device)
     torch.manual_seed(0)
     cfg = AgentConfig(compile=compile_mode)
-    agent = Agent(OBS_DIM, ACT_DIM, cfg, dev)
-    eager = Agent(OBS_DIM, ACT_DIM, AgentConfig(compile="off"), dev)
+    agent = Agent(build_networks(OBS_DIM, ACT_DIM, cfg, dev), cfg)
+    eager_cfg = AgentConfig(compile="off")
+    eager = Agent(build_networks(OBS_DIM, ACT_DIM, eager_cfg, dev), eager_cfg)
     eager.load_state_dict(agent.state_dict())
     naive = NaiveWSRL(OBS_DIM, ACT_DIM, cfg, dev)
-    batch = _batch(cfg.utd * cfg.batch_size, dev)
+    batch = random_batch(cfg.utd * cfg.batch_size, dev)
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=dev)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=dev)
     out = torch.empty_like(a)
-    timed = _timer(dev)
+    timed = timer(dev)
     matmul_calls = 5 if dev.type == "cpu" else 50
 
     start = time.perf_counter()

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robot_wsrl.apps import session
 from robot_wsrl.bench.machine import cpu_description
+from robot_wsrl.core.artifacts import INGEST_LOG
 from robot_wsrl.core.paths import REPO_ROOT
 from robot_wsrl.wire.endpoints import FILE_NAME, load_endpoints
 
@@ -266,7 +267,7 @@ class Soak:
         result |= self.drain()
         pids["runner"] = _pid(self.dir, "runner")  # the restarted one
         result |= {f"{name}_rss_mb_end": rss_mb(pid) for name, pid in pids.items()}
-        result["ingest_log_bytes"] = disk_bytes(self.dir / "learner", "transitions.log")
+        result["ingest_log_bytes"] = disk_bytes(self.dir / "learner", INGEST_LOG)
         learner = self.status("learner") or {}
         return result | {"updates": learner.get("updates"), "policy_version": learner.get("policy_version")}
 

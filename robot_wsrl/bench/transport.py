@@ -45,9 +45,10 @@ import numpy as np
 import zmq
 
 from robot_wsrl.bench.machine import cpu_description
+from robot_wsrl.core.artifacts import CHECKPOINT, INGEST_LOG
 from robot_wsrl.robot.link import LinkOptions
 from robot_wsrl.wire import keys, transport
-from robot_wsrl.wire.protocol import Ack, RejectCounter, encode, try_decode
+from robot_wsrl.wire.protocol import Ack, RejectCounter, Transition, encode, try_decode
 from robot_wsrl.wire.spool import TransitionSpool
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
@@ -170,7 +171,7 @@ def _swap_runner(endpoint: Endpoint, state: str, stop: Any, results: Any) -> Non
     from robot_wsrl.robot.drivers.null import NullDriver
     from robot_wsrl.robot.link import LearnerLink
     from robot_wsrl.robot.policy import OnnxPolicy
-    from robot_wsrl.robot.runner import OfferResult, Runner, Transition
+    from robot_wsrl.robot.runner import OfferResult, Runner
 
     reserve_process_resources()  # as `link-runner` does: short GIL hand-offs beside the spinning loop
     accepted: dict[str, float] = {}  # policy file -> when offer_policy accepted it
@@ -251,6 +252,7 @@ class _Bench:
         from robot_wsrl.core.spec import EnvSpec
         from robot_wsrl.learn.agent import Agent
         from robot_wsrl.learn.config import compose_config
+        from robot_wsrl.learn.networks import build_networks
         from robot_wsrl.learn.training import save_training_checkpoint
 
         self.root = root
@@ -262,8 +264,8 @@ class _Bench:
         spec = EnvSpec("null", OBS_DIM, ACT_DIM, (-1.0,) * ACT_DIM, (1.0,) * ACT_DIM, CONTROL_PERIOD_S)
         self.base = ["env=hopper", "device=cpu", "threads=1", "progress=false", "tensorboard=false"]
         cfg = compose_config("finetune", self.base)
-        agent = Agent(OBS_DIM, ACT_DIM, cfg.agent, "cpu")
-        self.checkpoint = save_training_checkpoint(root / "checkpoint.pt", agent, spec, cfg, 0, {})
+        agent = Agent(build_networks(OBS_DIM, ACT_DIM, cfg.agent, "cpu"), cfg.agent)
+        self.checkpoint = save_training_checkpoint(root / CHECKPOINT, agent, spec, cfg, 0, {})
         self.runs = 0
 
     def learner(self, secure: bool, capacity: int, learner_class: type | None = None) -> _Serving:
@@ -295,7 +297,7 @@ class _Bench:
         cls = learner_class or Learner
         # No sim-first gate: every version goes straight to the runner (a gate adds a MuJoCo validation
         # run before a hardware runner gets it, which is not the wire).
-        options = LearnerOptions(LEARNER, gate=False)
+        options = LearnerOptions(LEARNER)
         roles = keys.load_key_roles(self.keydir, ("runner",)) if secure else None  # what each key may do
         signing = keys.load_signing_key(self.keydir, LEARNER)
         learner = cls(cfg, sock, out, signing, options, secure=secure, roles=roles)
@@ -376,7 +378,7 @@ def _measure_ingest(
                 proc.kill()
         serving.stop()
     status = serving.learner.status()
-    logged = _logged_seqs(serving.learner.out / "transitions.log")
+    logged = _logged_seqs(serving.learner.out / INGEST_LOG)
     shutil.rmtree(state, ignore_errors=True)
     unique = sum(len(np.unique(seqs)) for seqs in logged.values())
     complete = all(

@@ -1,4 +1,4 @@
-"""`robot-wsrl console`: the operator's safety-stop console, a Textual terminal UI (works over SSH).
+"""The operator's safety-stop console, a Textual terminal UI (works over SSH); `robot-wsrl console` runs it.
 
 Everything it shows comes from the control client's latest snapshot, redrawn ten times a second; every
 action goes through the client's thread, which the UI wakes at once. Space (or the red button) e-stops
@@ -12,8 +12,6 @@ in red for the rest.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -24,15 +22,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import Button, Footer, Header, RichLog, Static
 
-from robot_wsrl.console.client import (
-    BackgroundClient,
-    ClientError,
-    ClientOptions,
-    ControlClient,
-    Event,
-    tool_tag,
-)
-from robot_wsrl.console.operator import UsageError, add_connection_arguments, endpoints_from_args
+from robot_wsrl.console.client import BackgroundClient, Event, tool_tag
 from robot_wsrl.console.widgets import (
     ReleaseScreen,
     ReturnPlot,
@@ -41,11 +31,8 @@ from robot_wsrl.console.widgets import (
     deadman_text,
     learner_text,
 )
-from robot_wsrl.wire.endpoints import EndpointsError
 
 REFRESH_S = 0.1
-REPLY_TIMEOUT_S = 1.0  # an e-stop unconfirmed this long raises the alarm (and is still resent)
-SNAPSHOT_SIZE = (150, 44)  # columns, rows of a --snapshot
 EVENT_STYLES = {
     "stop": "bold red",
     "fault": "bold red",
@@ -223,40 +210,3 @@ def _event_text(event: Event) -> Text:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.time)) + f".{int(event.time * 1000) % 1000:03d}"
     text = Text(f"{stamp} ", style="dim").append(f"{event.peer:<10} ", style="bold")
     return text.append(f"{event.kind:<9} {event.text}", style=EVENT_STYLES.get(event.kind, ""))
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="robot-wsrl console", description=__doc__.split("\n\n")[0])
-    add_connection_arguments(
-        parser,
-        timeout_s=REPLY_TIMEOUT_S,
-        timeout_help="seconds before an unconfirmed command is shown as failed (an e-stop is still resent)",
-    )
-    parser.add_argument(
-        "--deadman",
-        action="store_true",
-        help="ask every runner to hold a deadman on this console: if it goes, they e-stop",
-    )
-    parser.add_argument("--stale-s", type=float, default=2.0, help="a peer silent this long is STALE")
-    parser.add_argument(
-        "--snapshot", type=Path, default=None, help="run headless, save the screen as SVG here, exit"
-    )
-    parser.add_argument("--snapshot-after", type=float, default=5.0, help="seconds before --snapshot")
-    args = parser.parse_args(argv)
-    options = ClientOptions(supervise=args.deadman, stale_s=args.stale_s, reply_timeout_s=args.timeout)
-    try:
-        client = BackgroundClient(ControlClient(endpoints_from_args(args), args.name, options))
-    except (EndpointsError, UsageError, ClientError) as exc:
-        print(f"robot-wsrl console: {exc}", file=sys.stderr)
-        return 2
-    client.start()
-    snapshot = None if args.snapshot is None else args.snapshot.resolve()
-    try:
-        if snapshot is None:
-            ConsoleApp(client).run()
-        else:
-            ConsoleApp(client, snapshot, args.snapshot_after).run(headless=True, size=SNAPSHOT_SIZE)
-            print(snapshot)
-    finally:
-        client.close()
-    return 0

@@ -26,17 +26,25 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from robot_wsrl.core.artifacts import (
+    CONFIG_HASH,
+    EXPORT_RECORD,
+    MANIFEST,
+    POLICY_DIR,
+    POLICY_ONNX,
+    REPORT,
+    RUN_CONFIG,
+    VALIDATION_DIR,
+    VERDICT,
+    sidecar_path,
+    signature_path,
+    version_dir,
+)
 from robot_wsrl.core.files import write_atomic
-from robot_wsrl.robot.policy import OnnxPolicy, PolicyError, sidecar_path
+from robot_wsrl.robot.policy import OnnxPolicy, PolicyError
 from robot_wsrl.wire import keys
-from robot_wsrl.wire.signing import SignatureError, read_signature, signature_path, verify_signature_file
+from robot_wsrl.wire.signing import SignatureError, read_signature, verify_signature_file
 
-ONNX_NAME = "policy.onnx"  # as learn.export writes it (not imported from there: that module needs torch)
-MANIFEST_NAME = "manifest.json"
-RUN_POLICY_DIR = "policies"  # RUN/policies/vNNNNNN/, as the learner writes them
-VALIDATION_DIR = "validation"
-REPORT_NAME, PLOT_NAME, VERDICT_NAME = "report.json", "report.png", "verdict.json"
-EXPORT_RECORD = "export.json"
 UNSIGNED_HINT = "pass --allow-unsigned to accept an unsigned policy anyway"
 
 
@@ -47,9 +55,9 @@ class RegistryError(ValueError):
 def policy_file(path: str | Path) -> Path:
     """`DIR` or `DIR/policy.onnx` -> `DIR/policy.onnx`."""
     p = Path(path)
-    onnx = p / ONNX_NAME if p.is_dir() else p
+    onnx = p / POLICY_ONNX if p.is_dir() else p
     if not onnx.is_file():
-        raise RegistryError(f"{path}: no policy here (expected a folder holding {ONNX_NAME}, or the file)")
+        raise RegistryError(f"{path}: no policy here (expected a folder holding {POLICY_ONNX}, or the file)")
     return onnx
 
 
@@ -132,7 +140,7 @@ def validation_state(directory: Path, sha256: str) -> str:
     """passed / failed / superseded / error from the gate's verdict, else from a validate report; "stale"
     when the report is of other bytes; "-" when never validated."""
     folder = directory / VALIDATION_DIR
-    for name in (VERDICT_NAME, REPORT_NAME):
+    for name in (VERDICT, REPORT):
         try:
             record = json.loads((folder / name).read_text())
         except FileNotFoundError:
@@ -143,7 +151,7 @@ def validation_state(directory: Path, sha256: str) -> str:
             return f"unreadable {name}"
         if record.get("sha256", record.get("candidate", {}).get("sha256")) != sha256:
             return "stale"
-        if name == VERDICT_NAME:
+        if name == VERDICT:
             return str(record["status"])
         return "passed" if record.get("passed") else "failed"
     return "-"
@@ -172,7 +180,7 @@ class PolicyEntry:
 def _entry(
     name: str, kind: str, directory: Path, trusted: Mapping[str, Ed25519PublicKey] | None
 ) -> PolicyEntry:
-    onnx = directory / ONNX_NAME
+    onnx = directory / POLICY_ONNX
     try:
         side = json.loads(sidecar_path(onnx).read_text())
         version, parent, step, sha = (
@@ -193,22 +201,22 @@ def _entry(
 
 def shipped(root: Path, trusted: Mapping[str, Ed25519PublicKey] | None = None) -> list[PolicyEntry]:
     """policies/NAME/ folders with a manifest, an ONNX policy and its sidecar."""
-    folders = sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}"))
+    folders = sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
     return [
         _entry(d.name, "shipped", d, trusted)
         for d in folders
-        if (d / ONNX_NAME).is_file() and sidecar_path(d / ONNX_NAME).is_file()
+        if (d / POLICY_ONNX).is_file() and sidecar_path(d / POLICY_ONNX).is_file()
     ]
 
 
 def run_versions(run: Path) -> list[Path]:
     """A learner run's version folders, oldest first."""
-    return sorted(p.parent for p in (run / RUN_POLICY_DIR).glob(f"v[0-9]*/{ONNX_NAME}"))
+    return sorted(p.parent for p in (run / POLICY_DIR).glob(f"v[0-9]*/{POLICY_ONNX}"))
 
 
 def produced(root: Path, trusted: Mapping[str, Ed25519PublicKey] | None = None) -> list[PolicyEntry]:
     """Every learner run at or below `root` (a run folder, a session folder, or a folder of runs)."""
-    runs = sorted({p.parent for p in root.glob(f"**/{RUN_POLICY_DIR}") if run_versions(p.parent)})
+    runs = sorted({p.parent for p in root.glob(f"**/{POLICY_DIR}") if run_versions(p.parent)})
     return [_entry(run.name, "produced", d, trusted) for run in runs for d in run_versions(run)]
 
 
@@ -222,81 +230,23 @@ def previous_validated(run: Path, current_version: int) -> PolicyEntry | None:
     return max(older, key=lambda e: e.version, default=None)
 
 
-def _row(e: PolicyEntry) -> tuple[str, ...]:
-    signer = f" ({e.signature.signer})" if e.signature.signer else ""
-    parent = "-" if e.parent is None else str(e.parent)
-    return (
-        e.name, e.kind, str(e.version), parent, str(e.step), e.validation, e.sha256[:12],
-        e.integrity.split(":")[0], e.signature.state + signer, str(e.directory),
-    )  # fmt: skip
-
-
-def _format(entries: list[PolicyEntry]) -> str:
-    header = (
-        "name",
-        "kind",
-        "version",
-        "parent",
-        "step",
-        "validation",
-        "sha256",
-        "integrity",
-        "signature",
-        "path",
-    )
-    rows = [header, *map(_row, entries)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl policies",
-        description="List shipped and produced policies: version, parent, training step, validation, sha256 "
-        "(TAMPERED when the file disagrees with its sidecar) and signature.",
-    )
-    parser.add_argument("--shipped", type=Path, default=Path("policies"), help="shipped policies (policies/)")
-    parser.add_argument("--runs", type=Path, nargs="*", default=[], help="learner run or session folders")
-    parser.add_argument("--keys", type=Path, default=None, help="key dir whose *.sign.pub verify signatures")
-    parser.add_argument("--json", action="store_true", help="one JSON list instead of a table")
-    args = parser.parse_args(argv)
-    try:
-        trusted = load_trusted(args.keys)
-        for run in args.runs:
-            if not run.is_dir():
-                raise RegistryError(f"{run}: no such folder")
-        entries = shipped(args.shipped, trusted) if args.shipped.is_dir() else []
-        for run in args.runs:
-            entries += produced(run, trusted)
-    except (RegistryError, SignatureError, keys.KeyFileError) as exc:
-        print(f"robot-wsrl policies: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps([e.to_dict() for e in entries], indent=2))
-    elif entries:
-        print(_format(entries))
-    else:
-        print(f"no policies under {[str(args.shipped), *map(str, args.runs)]}")
-    return 0
-
-
 # ----- export for deployment -----
 
 
 def resolve_version(source: Path, version: int | None) -> Path:
     """A policy folder as is, or version N (default: the newest) of a learner run."""
-    if (source / ONNX_NAME).is_file():
+    if (source / POLICY_ONNX).is_file():
         if version is not None:
-            found = json.loads(sidecar_path(source / ONNX_NAME).read_text()).get("version")
+            found = json.loads(sidecar_path(source / POLICY_ONNX).read_text()).get("version")
             if found != version:
                 raise RegistryError(f"{source} holds version {found}, not {version}")
         return source
     versions = run_versions(source)
     if not versions:
-        raise RegistryError(f"{source}: neither a policy folder nor a learner run with {RUN_POLICY_DIR}/v*/")
+        raise RegistryError(f"{source}: neither a policy folder nor a learner run with {POLICY_DIR}/v*/")
     if version is None:
         return versions[-1]
-    chosen = source / RUN_POLICY_DIR / f"v{version:06d}"
+    chosen = version_dir(source / POLICY_DIR, version)
     if chosen not in versions:
         raise RegistryError(f"{source}: no version {version} (has {[int(v.name[1:]) for v in versions]})")
     return chosen
@@ -315,7 +265,7 @@ def export_version(
 
     Refused: tampered bytes, a policy onnxruntime rejects, a bad or unverifiable signature, an unsigned one
     unless `allow_unsigned`, and one whose validation failed or never ran unless `allow_unvalidated`."""
-    onnx = directory / ONNX_NAME
+    onnx = directory / POLICY_ONNX
     trust = require_trusted(onnx, trusted, allow_unsigned)
     policy = OnnxPolicy.load(onnx)
     validation = validation_state(directory, policy.sha256)
@@ -324,16 +274,16 @@ def export_version(
             f"{directory}: validation is {validation!r}, not 'passed': refused "
             "(run `robot-wsrl validate` on it, or pass --allow-unvalidated)"
         )
-    files = [onnx, sidecar_path(onnx), signature_path(onnx), directory / MANIFEST_NAME]
+    files = [onnx, sidecar_path(onnx), signature_path(onnx), directory / MANIFEST]
     run = directory.parent.parent
-    if directory.parent.name == RUN_POLICY_DIR:  # provenance of a produced version: its run's settings
-        files += [run / "config.yaml", run / "config_hash.txt"]
+    if directory.parent.name == POLICY_DIR:  # provenance of a produced version: its run's settings
+        files += [run / RUN_CONFIG, run / CONFIG_HASH]
     to.mkdir(parents=True, exist_ok=True)
     copied = [shutil.copy2(f, to / f.name) for f in files if f.is_file()]
     report = directory / VALIDATION_DIR
     if report.is_dir():
         copied.append(shutil.copytree(report, to / VALIDATION_DIR, dirs_exist_ok=True))
-    if integrity(to / ONNX_NAME) != "ok":
+    if integrity(to / POLICY_ONNX) != "ok":
         raise RegistryError(f"{to}: the copied policy does not match its sha256")
     record = {
         "source": str(directory.resolve()),
@@ -385,66 +335,4 @@ def export_cli(argv: list[str]) -> int:
         f"{record['signature']['state']}, validation {record['validation']}) to {args.to}: "
         f"{', '.join(record['files'])}"
     )
-    return 0
-
-
-# ----- rollback (the runner keeps its previous policy; the registry says whether it is the right one) -----
-
-
-def _rollback_problem(client: Any, runner: str, run: Path, timeout_s: float) -> str | None:
-    """Why rolling `runner` back would not make `run`'s previous validated version current, or None."""
-    if not client.wait_for_status(timeout_s):
-        return f"{runner} did not report its status within {timeout_s} s"
-    status = client.view(runner).status or {}
-    current, previous = status.get("policy_version"), status.get("previous_policy_version")
-    target = None if current is None else previous_validated(run, int(current))
-    if target is None:
-        return f"{run}: no validated version before v{current}: nothing to roll back to"
-    if previous != target.version:
-        return (
-            f"{runner} holds v{previous} as its previous policy, but the previous validated version in "
-            f"{run} is v{target.version}: refused"
-        )
-    return None
-
-
-def rollback_cli(argv: list[str]) -> int:
-    """`robot-wsrl rollback --runner ID [--run RUN]`: the runner swaps its previous policy back in."""
-    from robot_wsrl.console.client import ClientError, ClientOptions, ControlClient
-    from robot_wsrl.console.operator import UsageError, add_connection_arguments, endpoints_from_args
-    from robot_wsrl.wire.endpoints import EndpointsError
-
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl rollback",
-        description="Make ONE runner's previous policy current again (swapped in at its next episode start). "
-        "With --run, refuse unless that previous policy is the run's previous validated version.",
-    )
-    add_connection_arguments(parser, learner=False)
-    parser.add_argument("--run", type=Path, default=None, help="the learner run whose verdicts to check")
-    args = parser.parse_args(argv)
-    try:
-        if args.run is not None and not args.run.is_dir():
-            raise RegistryError(f"{args.run}: no such run folder")
-        client = ControlClient(
-            endpoints_from_args(args), args.name, ClientOptions(reply_timeout_s=args.timeout)
-        )
-    except (RegistryError, EndpointsError, UsageError, ClientError) as exc:
-        print(f"robot-wsrl rollback: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if len(client.runner_names) != 1:
-            print("robot-wsrl rollback: rollback is per runner: name exactly one --runner", file=sys.stderr)
-            return 2
-        (runner,) = client.runner_names
-        problem = None if args.run is None else _rollback_problem(client, runner, args.run, args.timeout)
-        if problem is not None:
-            print(f"robot-wsrl rollback: {problem}", file=sys.stderr)
-            return 1
-        (result,) = client.command("rollback", [runner])
-    finally:
-        client.close()
-    if not result.ok:
-        print(f"{runner}: NOT rolled back: {result.error}", file=sys.stderr)
-        return 1
-    print(f"{runner}: rollback queued (confirmed in {result.latency_s * 1e3:.1f} ms)")
     return 0

@@ -1,21 +1,20 @@
-"""`robot-wsrl validate`: the sim-first gate a policy must pass before a hardware runner may load it.
+"""The sim-first gate a policy must pass before a hardware runner may load it.
 
-The policy runs in the onboard `Runner` over the same drivers a robot uses (MuJoCo, nominal and shifted
-dynamics), not in a separate evaluation loop, so what is judged is what would be deployed: the safety
-envelope, the policy step, the executed actions. Each episode gets its own seed, identical for the
-candidate and the reference, so the comparison is paired. Verdict: absolute thresholds (return per variant,
-success, safety events) and a one-sided paired-bootstrap bound against the reference policy, all from
-`configs/validate.yaml`. Writes `report.json` and `report.png`; exit 0 pass, 1 fail, 2 bad input.
+The policy runs in the onboard `Runner` over the same drivers a robot uses, as the robot will run it: the
+same action sampling (stochastic unless the robot runs deterministically) and the same shift preset
+(dynamics, sensor noise, action latency). See robot_wsrl.gate.episodes for the episodes and their seeds,
+robot_wsrl.gate.stats for the statistics. Against the reference (the deployed version) the candidate runs
+paired episodes, a batch at a time in worker processes, and a sequential test stops as soon as its bounds
+decide: the robot's own preset must improve or tie within a margin, every other preset is a safety net
+(no faults, no collapse). Absolute thresholds (return, success, safety events) apply to every variant.
+All of it from `configs/validate.yaml`. Writes `report.json` (with each look of the test) and `report.png`.
 Robot side: numpy, onnxruntime, mujoco; never torch.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,27 +24,19 @@ import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from robot_wsrl.core.driver import Driver, DriverFault, StepResult
+from robot_wsrl.core.artifacts import REPORT, REPORT_PLOT, VALIDATION_DIR
 from robot_wsrl.core.files import write_atomic
+from robot_wsrl.core.paths import CONFIG_DIR
 from robot_wsrl.core.spec import EnvSpec
-from robot_wsrl.gate.registry import (
-    PLOT_NAME,
-    REPORT_NAME,
-    VALIDATION_DIR,
-    load_trusted,
-    policy_file,
-    require_trusted,
-)
-from robot_wsrl.learn.config import CONFIG_DIR, EnvConfig
-from robot_wsrl.robot.drivers import make_driver
-from robot_wsrl.robot.policy import OnnxPolicy
-from robot_wsrl.robot.runner import Runner
-from robot_wsrl.robot.safety import SafetyConfig
+from robot_wsrl.gate.episodes import Episode, EpisodePool, EpisodeSetup, Result, Task, default_workers
+from robot_wsrl.gate.registry import load_trusted, policy_file, require_trusted
+from robot_wsrl.gate.stats import SequentialTest, look_schedule
+from robot_wsrl.robot.policy import OnnxPolicy, sha256_bytes
+from robot_wsrl.sim.env_config import EnvConfig
 from robot_wsrl.sim.shift import preset_names
 
 REPORT_FORMAT = "robot-wsrl-validation/1"
 MIN_PAIRED_EPISODES = 3  # a confidence bound over fewer paired episodes would be a single-episode verdict
-BOOTSTRAP_SEED = 0
 
 
 # ----- configuration (configs/validate.yaml) -----
@@ -62,44 +53,52 @@ class Thresholds:
 
 @dataclass
 class ReferenceConfig:
-    margin: float = 0.05
-    confidence: float = 0.95
-    resamples: int = 10_000
+    margin: float = 0.05  # the robot's preset: mean(c) >= mean(r) - margin * mean|r|, shown
+    safety_floor: float = 0.5  # other variants: fail only once shown below safety_floor * mean(r)
+    confidence: float = 0.95  # of each decision, over all its looks
+    looks: int = 4  # interim analyses, each at twice the pairs of the last, up to the budget (`episodes`)
 
 
 @dataclass
 class ValidateConfig:
     env: str | None = None
-    variants: list[str] = field(default_factory=lambda: ["nominal", "real_mild", "real"])
-    episodes: int = 10
+    preset: str = "real"
+    variants: list[str] = field(default_factory=lambda: ["real", "nominal"])
+    episodes: int = 128
+    workers: int = 0
     seed: int = 1000
-    deterministic: bool = True
+    deterministic: bool = False
     max_episode_steps: int | None = None
     max_delta_per_step: float | None = None
     success_return: dict[str, float] = field(default_factory=dict)
     thresholds: Thresholds = field(default_factory=Thresholds)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
 
+    def judged(self) -> list[str]:
+        """The variants validated: the robot's preset first, then the other `variants` in their order."""
+        return [self.preset, *(v for v in self.variants if v != self.preset)]
+
     def check(self) -> None:
         t, r = self.thresholds, self.reference
         problems = {
-            "variants must be a non-empty list without repeats": bool(self.variants)
-            and len(set(self.variants)) == len(self.variants),
+            "variants must be a list without repeats": len(set(self.variants)) == len(self.variants),
             "episodes must be positive": self.episodes > 0,
+            "workers must be >= 0 (0: one per core)": self.workers >= 0,
             "max_episode_steps must be positive": self.max_episode_steps is None
             or self.max_episode_steps > 0,
             "max_delta_per_step must be positive": self.max_delta_per_step is None
             or self.max_delta_per_step > 0,
             "thresholds.min_return names variants that are not validated": set(t.min_return)
-            <= set(self.variants),
+            <= set(self.judged()),
             "thresholds.min_success_rate must be in [0, 1]": t.min_success_rate is None
             or 0.0 <= t.min_success_rate <= 1.0,
             "thresholds.max_faults must be >= 0": t.max_faults >= 0,
             "thresholds fractions must be in [0, 1]": 0.0 <= t.max_clipped_fraction <= 1.0
             and 0.0 <= t.max_rate_limited_fraction <= 1.0,
-            "reference.margin must be >= 0": r.margin >= 0,
+            "reference.margin must be >= 0": r.margin >= 0.0,
+            "reference.safety_floor must be in [0, 1]": 0.0 <= r.safety_floor <= 1.0,
             "reference.confidence must be in (0.5, 1)": 0.5 < r.confidence < 1.0,
-            "reference.resamples must be >= 100": r.resamples >= 100,
+            "reference.looks must be >= 1": r.looks >= 1,
         }
         bad = [msg for msg, ok in problems.items() if not ok]
         if bad:
@@ -140,190 +139,193 @@ def resolve_env(cfg: ValidateConfig, spec: EnvSpec) -> EnvConfig:
     )  # type: ignore[return-value]
 
 
-# ----- running episodes -----
-
-
-class TimedPolicy(OnnxPolicy):
-    """An OnnxPolicy that records how long each `act` takes: the onboard policy step, timed in the loop."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.step_ns: list[int] = []
-
-    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        start = time.perf_counter_ns()
-        action = super().act(obs, deterministic)
-        self.step_ns.append(time.perf_counter_ns() - start)
-        return action
-
-
-class _EndRunOnStop:
-    """The driver as is, except that its safe stop also ends the runner's run: after an e-stop the episode
-    is over for validation, and an idle latched loop would only burn its remaining ticks."""
-
-    def __init__(self, driver: Driver, stop: threading.Event) -> None:
-        self._driver, self._stop = driver, stop
-        self.spec = driver.spec
-
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        return self._driver.reset(seed=seed)
-
-    def step(self, action: np.ndarray) -> StepResult:
-        return self._driver.step(action)
-
-    def safe_stop(self) -> None:
-        self._stop.set()
-        self._driver.safe_stop()
-
-    def close(self) -> None:
-        self._driver.close()
-
-
-@dataclass(frozen=True)
-class Episode:
-    seed: int
-    ret: float
-    steps: int
-    end: str  # "time limit", "terminated", or "e-stop (cause): detail"
-    success: bool | None
-    safety: dict[str, int]  # the runner's envelope counters, plus "estops"
-
-    @property
-    def faults(self) -> int:
-        s = self.safety
-        return s["nonfinite_obs"] + s["nonfinite_action"] + s["limit_violations"] + s["estops"]
+# ----- the setup and the measurements -----
 
 
 @dataclass(frozen=True)
 class Setup:
-    """Everything that decides an episode's outcome besides the policy: equal setups give equal episodes."""
+    """What was validated and how: the episodes' setup (equal ones give equal episodes), the robot's preset,
+    every variant judged (the robot's preset first) and the looks of the sequential test."""
 
-    driver: str
-    max_episode_steps: int
+    episode: EpisodeSetup
+    preset: str
     variants: list[str]
-    episodes: int
-    seed: int
-    deterministic: bool
-    max_delta_per_step: float | None
-    success_return: float | None
+    looks: list[int]  # pairs per variant at each look; the last is the budget
 
     @classmethod
     def of(cls, cfg: ValidateConfig, env: EnvConfig) -> Setup:
         steps = cfg.max_episode_steps or env.max_episode_steps
         if steps is None:
             raise ValueError(f"env {env.name!r} has no max_episode_steps: set max_episode_steps")
-        unknown = sorted(set(cfg.variants) - set(preset_names()))
+        variants = cfg.judged()
+        unknown = sorted(set(variants) - set(preset_names()))
         if unknown:
             raise ValueError(f"variants {unknown} are not shift presets (configs/shift/: {preset_names()})")
-        success = cfg.success_return.get(env.name)
-        return cls(
-            env.driver, steps, list(cfg.variants), cfg.episodes, cfg.seed, cfg.deterministic,
-            cfg.max_delta_per_step, success,
+        episode = EpisodeSetup(
+            env.driver, steps, cfg.seed, cfg.deterministic, cfg.max_delta_per_step,
+            cfg.success_return.get(env.name),
         )  # fmt: skip
+        return cls(episode, cfg.preset, variants, look_schedule(cfg.episodes, cfg.reference.looks))
 
 
-def run_episode(driver: Driver, policy: TimedPolicy, setup: Setup, seed: int) -> Episode:
-    """One episode through a fresh Runner (its own envelope counters, the driver reset with `seed`)."""
-    stop = threading.Event()
-    runner = Runner(
-        _EndRunOnStop(driver, stop),
-        policy,
-        deterministic=setup.deterministic,
-        seed=seed,
-        safety=SafetyConfig(max_delta_per_step=setup.max_delta_per_step),
-        realtime=False,
-        transition_buffer=1,
-    )
-    status = runner.run(max_steps=setup.max_episode_steps, max_episodes=1, stop_event=stop)
-    latched = runner.latch.latched
-    if latched:
-        end = f"e-stop ({status['last_stop_cause']}): {status['last_stop_detail']}"
-        ret = float(status["episode_return"])
-    else:
-        last = runner.transitions[-1] if runner.transitions else None
-        end = "terminated" if last is not None and last.terminated else "time limit"
-        ret = float(status["last_episode_return"] if status["episodes_done"] else status["episode_return"])
-    success = None if setup.success_return is None else (not latched and ret >= setup.success_return)
-    safety = {**status["safety"], "estops": int(latched)}
-    return Episode(seed, ret, int(status["steps"]), end, success, safety)
+class Measurement:
+    """One policy's episodes so far, per variant and by index, and its policy steps' durations."""
 
+    def __init__(self, path: Path, label: str, known: dict[str, dict[int, Episode]] | None = None) -> None:
+        self.path, self.label = path, label
+        self.policy = OnnxPolicy.load(path)
+        self.episodes: dict[str, dict[int, Episode]] = {v: dict(e) for v, e in (known or {}).items()}
+        self.reused = sum(len(e) for e in self.episodes.values())
+        self.step_us: dict[str, list[float]] = {}
 
-@dataclass
-class VariantResult:
-    episodes: list[Episode]
-    step_us: list[float]  # policy step durations, microseconds
+    def missing(self, variant: str, pairs: int) -> list[Task]:
+        have = self.episodes.get(variant, {})
+        return [Task(str(self.path.resolve()), variant, i) for i in range(pairs) if i not in have]
 
-    def summary(self) -> dict[str, Any]:
-        returns = np.array([e.ret for e in self.episodes])
-        steps = sum(e.steps for e in self.episodes)
-        safety = {k: sum(e.safety[k] for e in self.episodes) for k in self.episodes[0].safety}
-        successes = [e.success for e in self.episodes]
-        lat = np.array(self.step_us) if self.step_us else np.array([np.nan])
+    def add(self, result: Result) -> None:
+        variant = result.task.variant
+        self.episodes.setdefault(variant, {})[result.task.index] = result.episode
+        self.step_us.setdefault(variant, []).extend(result.step_us)
+
+    def first(self, variant: str, pairs: int) -> list[Episode]:
+        return [self.episodes[variant][i] for i in range(pairs)]
+
+    def returns(self, variant: str, pairs: int) -> np.ndarray:
+        return np.array([e.ret for e in self.first(variant, pairs)])
+
+    def result(self, used: dict[str, int]) -> dict[str, Any]:
+        """The report's record of this policy: per variant, its first `used[variant]` episodes."""
+        meta = self.policy.metadata
+        variants = {v: summarise(self.first(v, n), self.step_us.get(v, [])) for v, n in used.items() if n > 0}
         return {
-            "return_mean": float(returns.mean()),
-            "return_std": float(returns.std()),
-            "returns": returns.tolist(),
-            "steps": steps,
-            "success_rate": None if successes[0] is None else float(np.mean(successes)),
-            "safety": safety,
-            "faults": sum(e.faults for e in self.episodes),
-            "clipped_fraction": safety["clipped"] / max(steps, 1),
-            "rate_limited_fraction": safety["rate_limited"] / max(steps, 1),
-            "step_latency_us": {
-                "p50": float(np.percentile(lat, 50)),
-                "p99": float(np.percentile(lat, 99)),
-                "max": float(lat.max()),
-            },
-            "episodes": [asdict(e) for e in self.episodes],
+            "path": str(self.path),
+            "sha256": self.policy.sha256,
+            "version": meta.version,
+            "parent_version": meta.parent_version,
+            "step": meta.step,
+            "variants": variants,
         }
 
 
-def measure(policy_path: Path, setup: Setup, label: str) -> dict[str, Any]:
-    """Run the policy for `setup.episodes` episodes on every variant; per-episode progress on stderr."""
-    policy: TimedPolicy = TimedPolicy.load(policy_path)  # type: ignore[assignment]
-    results = {}
-    for variant in setup.variants:
-        driver = make_driver(
-            setup.driver, seed=setup.seed, max_episode_steps=setup.max_episode_steps, shift_preset=variant
-        )
-        try:
-            policy.validate(driver.spec)
-            policy.step_ns.clear()
-            episodes = []
-            for i in range(setup.episodes):
-                episode = run_episode(driver, policy, setup, setup.seed + i)
-                episodes.append(episode)
-                print(
-                    f"validate {label:<9} v{policy.version} {variant:<9} episode {i + 1}/{setup.episodes} "
-                    f"seed {episode.seed}: return {episode.ret:9.2f} in {episode.steps} steps, "
-                    f"{episode.end}, faults {episode.faults}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            results[variant] = VariantResult(episodes, [ns / 1e3 for ns in policy.step_ns]).summary()
-        finally:
-            driver.close()
+def summarise(episodes: list[Episode], step_us: list[float]) -> dict[str, Any]:
+    returns = np.array([e.ret for e in episodes])
+    steps = sum(e.steps for e in episodes)
+    safety = {k: sum(e.safety[k] for e in episodes) for k in episodes[0].safety}
+    successes = [e.success for e in episodes]
+    lat = np.array(step_us) if step_us else np.array([np.nan])
     return {
-        "path": str(policy_path),
-        "sha256": policy.sha256,
-        "version": policy.version,
-        "parent_version": policy.metadata.parent_version,
-        "step": policy.metadata.step,
-        "variants": results,
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "returns": returns.tolist(),
+        "steps": steps,
+        "success_rate": None if successes[0] is None else float(np.mean(successes)),
+        "safety": safety,
+        "faults": sum(e.faults for e in episodes),
+        "clipped_fraction": safety["clipped"] / max(steps, 1),
+        "rate_limited_fraction": safety["rate_limited"] / max(steps, 1),
+        "step_latency_us": {
+            "p50": float(np.percentile(lat, 50)),
+            "p99": float(np.percentile(lat, 99)),
+            "max": float(lat.max()),
+        },
+        "episodes": [asdict(e) for e in episodes],
     }
 
 
+def _run(pool: EpisodePool, measurements: list[Measurement], variants: list[str], pairs: int) -> None:
+    """Every episode below index `pairs` that a policy still lacks on these variants, all in one batch."""
+    tasks = [(m, t) for v in variants for m in measurements for t in m.missing(v, pairs)]
+    started = time.monotonic()
+    for (m, _), result in zip(tasks, pool.run([t for _, t in tasks]), strict=True):
+        m.add(result)
+    for m in measurements:
+        ran = sum(1 for owner, _ in tasks if owner is m)
+        print(
+            f"validate {m.label} v{m.policy.version}: {ran} episodes on {', '.join(variants)} (up to "
+            f"{pairs} each) in {time.monotonic() - started:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# ----- the sequential test -----
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a variant is judged against the reference: non-inferiority with `margin` (mean(c) above mean(r)
+    minus margin * mean|r|); `undecided` is the verdict when the budget ends before the bounds decide."""
+
+    name: str  # "improve" (the robot's preset) or "safety_net" (every other variant)
+    margin: float
+    undecided: str  # "fail": must be shown; "pass": fails only when shown below the line
+
+    @classmethod
+    def of(cls, cfg: ValidateConfig, variant: str) -> Rule:
+        if variant == cfg.preset:
+            return cls("improve", cfg.reference.margin, "fail")
+        return cls("safety_net", 1.0 - cfg.reference.safety_floor, "pass")
+
+
+def sequential(
+    cfg: ValidateConfig, setup: Setup, pool: EpisodePool, candidate: Measurement, reference: Measurement
+) -> dict[str, dict[str, Any]]:
+    """Look after each batch of pairs; a variant stops once its test decides (or its candidate faults), the
+    gate once a variant fails or all have passed. Returns each variant's decision path (the report's
+    `sequential`)."""
+    rules = {v: Rule.of(cfg, v) for v in setup.variants}
+    tests = {
+        v: SequentialTest(setup.looks, cfg.reference.confidence, r.margin, r.undecided)
+        for v, r in rules.items()
+    }
+    why: dict[str, str] = {}
+    started = time.monotonic()
+    for k, pairs in enumerate(setup.looks, 1):
+        open_ = [v for v in setup.variants if tests[v].decision is None]
+        _run(pool, [candidate, reference], open_, pairs)
+        for v in open_:
+            test = tests[v]
+            test.update(candidate.returns(v, pairs), reference.returns(v, pairs))
+            step = test.path[-1] | {"seconds": round(time.monotonic() - started, 3)}
+            test.path[-1] = step
+            where = (
+                f"mean difference {step['mean_difference']:+.2f}, bounds [{step['lower']:+.2f}, "
+                f"{step['upper']:+.2f}] vs the line {step['line']:+.2f} at look {k}/{len(setup.looks)} "
+                f"({pairs} pairs, each bound at {step['alpha']:.4f})"
+            )
+            faults = sum(e.faults for e in candidate.first(v, pairs))
+            if faults > cfg.thresholds.max_faults:
+                test.decision = step["decision"] = "fail"
+                why[v] = f"{faults} faults in {pairs} episodes; {where}"
+            elif test.decision is not None:
+                shown = {"pass": "above", "fail": "below"}[test.decision]
+                if step["lower"] > step["line"] or step["upper"] < step["line"]:
+                    why[v] = f"{shown} the line: {where}"
+                else:  # the budget ended first: the rule's verdict for an undecided test
+                    unshown = "below" if shown == "above" else "above"
+                    why[v] = f"not shown {unshown} the line within the budget: {where}"
+            print(
+                f"validate {v:<9} {rules[v].name:<10} {where} -> {test.decision or 'go on'}",
+                file=sys.stderr,
+                flush=True,
+            )
+        failed = [v for v in setup.variants if tests[v].decision == "fail"]
+        if failed or all(t.decision is not None for t in tests.values()):
+            break
+    paths = {}
+    for v, test in tests.items():
+        decision = test.decision or "stopped"
+        paths[v] = {
+            **asdict(rules[v]),
+            "pairs": test.path[-1]["pairs"] if test.path else 0,
+            "decision": decision,
+            "why": why.get(v, f"the gate failed on {failed[0]} first" if failed else ""),
+            "looks": test.path,
+        }
+    return paths
+
+
 # ----- the verdict -----
-
-
-def paired_lower_bound(
-    candidate: np.ndarray, reference: np.ndarray, confidence: float, resamples: int
-) -> float:
-    """One-sided bootstrap lower confidence bound of mean(candidate - reference) over paired episodes."""
-    diff = np.asarray(candidate, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    return float(np.quantile(means, 1.0 - confidence))
 
 
 @dataclass(frozen=True)
@@ -333,8 +335,13 @@ class Check:
     detail: str
 
 
-def judge(cfg: ValidateConfig, candidate: dict[str, Any], reference: dict[str, Any] | None) -> list[Check]:
-    """Every check of the gate, passed or not, so a report says why as well as whether."""
+def judge(
+    cfg: ValidateConfig,
+    candidate: dict[str, Any],
+    paths: dict[str, dict[str, Any]] | None,
+) -> list[Check]:
+    """Every check of the gate, passed or not, so a report says why as well as whether: absolute thresholds
+    on the candidate's episodes, then each variant's sequential decision against the reference."""
     t, checks = cfg.thresholds, []
     for variant, c in candidate["variants"].items():
         floor = t.min_return.get(variant)
@@ -367,43 +374,35 @@ def judge(cfg: ValidateConfig, candidate: dict[str, Any], reference: dict[str, A
         ):
             value = c[f"{kind}_fraction"]
             checks.append(Check(f"{kind}[{variant}]", value <= limit, f"{value:.3f} of steps vs {limit:.3f}"))
-        if reference is not None:
-            r = reference["variants"][variant]
-            bound = paired_lower_bound(
-                np.array(c["returns"]),
-                np.array(r["returns"]),
-                cfg.reference.confidence,
-                cfg.reference.resamples,
-            )
-            allowed = -cfg.reference.margin * abs(r["return_mean"])
-            checks.append(
-                Check(
-                    f"vs_reference[{variant}]",
-                    bound >= allowed,
-                    f"mean difference {c['return_mean'] - r['return_mean']:+.2f}, "
-                    f"{cfg.reference.confidence:.0%} lower bound {bound:+.2f} vs allowed {allowed:+.2f} "
-                    f"(reference mean {r['return_mean']:.2f})",
-                )
-            )
+    for variant, path in (paths or {}).items():
+        if path["decision"] != "stopped":  # undecided when another variant failed: no verdict of its own
+            passed, detail = path["decision"] == "pass", f"{path['name']}: {path['why']}"
+            checks.append(Check(f"vs_reference[{variant}]", passed, detail))
     return checks
 
 
 # ----- the whole gate -----
 
 
-def _reusable(reference: Path, setup: Setup) -> dict[str, Any] | None:
-    """The reference's own measurement from its validation report, if it measured these exact bytes with
-    this exact setup (the episodes are deterministic given both, so running them again changes nothing)."""
-    path = reference.parent / VALIDATION_DIR / REPORT_NAME
+def _reusable(reference: Path, setup: Setup) -> dict[str, dict[int, Episode]]:
+    """The reference's episodes from its own validation report, if it measured these exact bytes with this
+    exact episode setup (an episode is a function of both and its index: running it again changes
+    nothing); empty otherwise."""
+    path = reference.parent / VALIDATION_DIR / REPORT
     try:
         report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    own = report.get("candidate") if isinstance(report, dict) else None
-    sha = hashlib.sha256(reference.read_bytes()).hexdigest()
-    if not isinstance(own, dict) or own.get("sha256") != sha or report.get("setup") != asdict(setup):
-        return None
-    return {**own, "reused_from": str(path)}
+        own = report["candidate"]
+        if own["sha256"] != sha256_bytes(reference.read_bytes()):
+            return {}
+        if report["setup"]["episode"] != asdict(setup.episode):
+            return {}
+        return {
+            v: {e["index"]: Episode(**e) for e in r["episodes"]}
+            for v, r in own["variants"].items()
+            if v in setup.variants
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def validate(
@@ -426,17 +425,24 @@ def validate(
     env = resolve_env(cfg, spec)
     setup = Setup.of(cfg, env)
     if ref is not None:
-        if setup.episodes < MIN_PAIRED_EPISODES:
+        if cfg.episodes < MIN_PAIRED_EPISODES:
             raise ValueError(f"comparing with a reference needs episodes >= {MIN_PAIRED_EPISODES}")
         OnnxPolicy.load(ref, expected_spec=spec)
-    cand_result = {**measure(cand, setup, "candidate"), "signature": trust[cand].state}
+    workers = cfg.workers or default_workers()
+    cand_m = Measurement(cand, "candidate")
+    ref_m = None if ref is None else Measurement(ref, "reference", _reusable(ref, setup))
+    with EpisodePool(setup.episode, workers) as pool:
+        if ref_m is None:  # no comparison: the whole budget, which a later candidate reuses as its reference
+            _run(pool, [cand_m], setup.variants, setup.looks[-1])
+            paths, used = None, dict.fromkeys(setup.variants, setup.looks[-1])
+        else:
+            paths = sequential(cfg, setup, pool, cand_m, ref_m)
+            used = {v: p["pairs"] for v, p in paths.items()}
+    cand_result = {**cand_m.result(used), "signature": trust[cand].state}
     ref_result = None
-    if ref is not None:
-        ref_result = {
-            **(_reusable(ref, setup) or measure(ref, setup, "reference")),
-            "signature": trust[ref].state,
-        }
-    checks = judge(cfg, cand_result, ref_result)
+    if ref_m is not None and ref is not None:
+        ref_result = {**ref_m.result(used), "signature": trust[ref].state, "episodes_reused": ref_m.reused}
+    checks = judge(cfg, cand_result, paths)
     report = {
         "format": REPORT_FORMAT,
         "passed": all(c.passed for c in checks),
@@ -446,6 +452,12 @@ def validate(
         "setup": asdict(setup),
         "thresholds": asdict(cfg.thresholds),
         "reference_test": asdict(cfg.reference),
+        "sequential": paths,
+        "episodes_run": {
+            "candidate": sum(len(e) for e in cand_m.episodes.values()),
+            "reference": None if ref_m is None else sum(map(len, ref_m.episodes.values())) - ref_m.reused,
+            "workers": workers,
+        },
         "candidate": cand_result,
         "reference": ref_result,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -453,8 +465,8 @@ def validate(
     }
     out = cand.parent / VALIDATION_DIR if out is None else out
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode())
-    plot_report(report, out / PLOT_NAME)
+    write_atomic(out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
+    plot_report(report, out / REPORT_PLOT)
     return report
 
 
@@ -508,51 +520,3 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def _print_summary(report: dict[str, Any], out: Path) -> None:
-    ref = report["reference"]
-    for variant, c in report["candidate"]["variants"].items():
-        line = f"  {variant:<10} candidate {c['return_mean']:9.2f} ± {c['return_std']:7.2f}"
-        if ref is not None:
-            r = ref["variants"][variant]
-            line += f" | reference {r['return_mean']:9.2f} ± {r['return_std']:7.2f}"
-        if c["success_rate"] is not None:
-            line += f" | success {c['success_rate']:.0%}"
-        lat = c["step_latency_us"]
-        line += f" | faults {c['faults']} | policy step p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} us"
-        print(line)
-    for reason in report["reasons"]:
-        print(f"  FAILED {reason}")
-    print(f"{'PASS' if report['passed'] else 'FAIL'}: {out / REPORT_NAME}, {out / PLOT_NAME}")
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl validate",
-        description="Validate a policy in simulation before it may reach hardware: the onboard runner on "
-        "nominal and shifted MuJoCo, against thresholds and the deployed reference (configs/validate.yaml). "
-        "Exit 0 on pass, 1 on fail, 2 on bad input.",
-    )
-    parser.add_argument("policy", type=Path, help="DIR/policy.onnx or DIR (with its policy.json)")
-    parser.add_argument(
-        "overrides", nargs="*", help="config overrides key=value, e.g. episodes=20 env=hopper"
-    )
-    parser.add_argument("--reference", type=Path, default=None, help="the deployed policy to compare with")
-    parser.add_argument("--config", type=Path, default=None, help="YAML merged over configs/validate.yaml")
-    parser.add_argument(
-        "--out", type=Path, default=None, help=f"report folder (default: DIR/{VALIDATION_DIR})"
-    )
-    parser.add_argument("--keys", type=Path, default=None, help="key dir whose *.sign.pub verify signatures")
-    parser.add_argument("--allow-unsigned", action="store_true", help="accept policies without policy.sig")
-    args = parser.parse_intermixed_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        report = validate(
-            args.policy, args.reference, cfg, args.out, keydir=args.keys, allow_unsigned=args.allow_unsigned
-        )
-    except (ValueError, OSError, ImportError, DriverFault) as exc:
-        print(f"robot-wsrl validate: {exc}", file=sys.stderr)
-        return 2
-    _print_summary(report, args.out or policy_file(args.policy).parent / VALIDATION_DIR)
-    return 0 if report["passed"] else 1

@@ -23,12 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from robot_wsrl.core.artifacts import POLICY_ONNX, REPORT, VALIDATE_LOG, VALIDATION_DIR, VERDICT, sidecar_path
 from robot_wsrl.core.files import write_atomic
 from robot_wsrl.core.lifetime import die_with_parent
-from robot_wsrl.gate.registry import ONNX_NAME, REPORT_NAME, VALIDATION_DIR, VERDICT_NAME
-from robot_wsrl.robot.policy import sidecar_path
 
-LOG_NAME = "validate.log"
 DEFAULT_TIMEOUT_S = 1800.0
 KILL_WAIT_S = 5.0
 
@@ -88,8 +86,8 @@ class ValidationWorker:
             self._args += ["--keys", str(keydir)]
         if allow_unsigned:
             self._args.append("--allow-unsigned")
-        if not (Path(initial) / ONNX_NAME).is_file():
-            raise ValueError(f"{initial}: no {ONNX_NAME} to validate")
+        if not (Path(initial) / POLICY_ONNX).is_file():
+            raise ValueError(f"{initial}: no {POLICY_ONNX} to validate")
         self.timeout_s = timeout_s
         self._initial_version = initial_version
         self._reference = (initial_version, Path(initial))
@@ -97,7 +95,9 @@ class ValidationWorker:
         self._running: _Job | None = None
         self._pending: _Job | None = None
         self._verdicts: list[Verdict] = []
-        self._start(_Job(initial_version, Path(initial)))
+        initial_job = _Job(initial_version, Path(initial))
+        if not _already_measured(initial_job):  # a restart keeps the deployed version's report
+            self._start(initial_job)
 
     @property
     def reference(self) -> tuple[int, Path]:
@@ -114,8 +114,8 @@ class ValidationWorker:
             raise ValueError(
                 f"version {version} submitted after version {self._latest}: versions must increase"
             )
-        if not (Path(directory) / ONNX_NAME).is_file():
-            raise ValueError(f"{directory}: no {ONNX_NAME} to validate")
+        if not (Path(directory) / POLICY_ONNX).is_file():
+            raise ValueError(f"{directory}: no {POLICY_ONNX} to validate")
         self._latest = version
         if self._pending is not None:
             skipped = self._pending
@@ -172,13 +172,14 @@ class ValidationWorker:
             self._start(job)
 
     def _start(self, job: _Job) -> None:
-        cmd = [sys.executable, "-m", "robot_wsrl.apps.cli", "validate", str(job.directory / ONNX_NAME)]
+        cmd = [sys.executable, "-m", "robot_wsrl.apps.cli", "validate", str(job.directory / POLICY_ONNX)]
         cmd += ["--out", str(job.out), *self._args]
         if job.reference is not None:
-            cmd += ["--reference", str(job.reference[1] / ONNX_NAME)]
+            cmd += ["--reference", str(job.reference[1] / POLICY_ONNX)]
         job.out.mkdir(parents=True, exist_ok=True)
-        (job.out / REPORT_NAME).unlink(missing_ok=True)  # a report left from an earlier run must not count
-        job.log = (job.out / LOG_NAME).open("wb")
+        for stale in (REPORT, VERDICT):  # an earlier run's must not count, nor point to a report now gone
+            (job.out / stale).unlink(missing_ok=True)
+        job.log = (job.out / VALIDATE_LOG).open("wb")
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         try:
             job.process = subprocess.Popen(
@@ -198,7 +199,7 @@ class ValidationWorker:
         self._running = job
 
     def _conclude(self, job: _Job, code: int) -> None:
-        report_path = job.out / REPORT_NAME
+        report_path = job.out / REPORT
         if code not in (0, 1) or not report_path.is_file():
             self._finish(job, "error", [f"robot-wsrl validate exited {code}: {self._log_tail(job)}"])
             return
@@ -223,7 +224,7 @@ class ValidationWorker:
         verdict = Verdict(job.version, status, reasons, report, reference)
         self._verdicts.append(verdict)
         try:
-            sha256 = json.loads(sidecar_path(job.directory / ONNX_NAME).read_text()).get("sha256")
+            sha256 = json.loads(sidecar_path(job.directory / POLICY_ONNX).read_text()).get("sha256")
         except (OSError, ValueError):
             sha256 = None
         record = {
@@ -236,7 +237,7 @@ class ValidationWorker:
             "decided": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         job.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(job.out / VERDICT_NAME, (json.dumps(record, indent=2) + "\n").encode())
+        write_atomic(job.out / VERDICT, (json.dumps(record, indent=2) + "\n").encode())
 
     def _kill(self, job: _Job) -> None:
         if job.process is not None and job.process.poll() is None:
@@ -254,7 +255,19 @@ class ValidationWorker:
     @staticmethod
     def _log_tail(job: _Job) -> str:
         try:
-            lines = (job.out / LOG_NAME).read_text(errors="replace").strip().splitlines()
+            lines = (job.out / VALIDATE_LOG).read_text(errors="replace").strip().splitlines()
         except OSError:
             return "(no log)"
         return lines[-1] if lines else "(empty log)"
+
+
+def _already_measured(job: _Job) -> bool:
+    """Its passed verdict and report, on these very bytes, are on disk (a learner restarted): measuring the
+    deployed version again would only cost the episodes a candidate reuses from its report."""
+    try:
+        verdict = json.loads((job.out / VERDICT).read_text())
+        sha256 = json.loads(sidecar_path(job.directory / POLICY_ONNX).read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        return False
+    same = verdict.get("status") == "passed" and verdict.get("sha256") == sha256
+    return same and (job.out / REPORT).is_file()

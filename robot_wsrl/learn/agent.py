@@ -7,10 +7,7 @@ sampled batch (Polyak after each), then one actor and one temperature step on th
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
-import sys
 from typing import Any
 
 import numpy as np
@@ -19,70 +16,31 @@ from torch import nn
 
 from robot_wsrl.learn.config import AgentConfig
 from robot_wsrl.learn.losses import CQLSettings, actor_loss, cql_alpha_loss, critic_loss, temperature_loss
-from robot_wsrl.learn.networks import ObsNormalizer, QEnsemble, TanhGaussianActor
+from robot_wsrl.learn.networks import Networks
 
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "terminated", "mc_return")
 
 
-# glibc mallopt parameters
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit
-
-
-def tune_cpu_allocator() -> bool:
-    """Make glibc malloc keep and reuse freed blocks of up to 32 MiB instead of returning them to the OS.
-
-    A CPU update allocates and frees hundreds of 0.3-10 MiB activations. By default glibc serves large
-    blocks with mmap (its threshold starts at 128 KiB) and trims the heap top on free, so fresh pages
-    keep being mapped and every first touch faults: measured here, 15k page faults per WSRL round and a
-    round 1.7x slower on one thread. This is the in-process form of PyTorch's CPU tuning advice (use a
-    caching allocator); it changes where freed memory goes, not results. Returns whether it applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    path = ctypes.util.find_library("c")
-    if path is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(path).mallopt
-    except (OSError, AttributeError):  # a libc without mallopt (musl)
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Agent:
-    """Actor, Q-ensemble, target ensemble, temperature (and CQL multiplier) with their optimisers."""
+    """Actor, Q-ensemble, target ensemble, temperature (and CQL multiplier) with their optimisers.
 
-    def __init__(
-        self, obs_dim: int, act_dim: int, cfg: AgentConfig, device: str | torch.device = "cpu"
-    ) -> None:
+    It learns with the networks it is given (`networks.build_networks`, or shapes read from a
+    checkpoint), on their device.
+    """
+
+    def __init__(self, networks: Networks, cfg: AgentConfig) -> None:
         cfg.validate()
-        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        if self.device.type == "cpu":
-            tune_cpu_allocator()
-        self.normalizer = ObsNormalizer(obs_dim)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.actor_hidden, self.normalizer)
-        make_critic = lambda: QEnsemble(  # noqa: E731
-            obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.critic_layer_norm, self.normalizer
-        )
-        self.critic = make_critic()
-        self.target_critic = make_critic().requires_grad_(False)
-        self.target_critic.load_state_dict(self.critic.state_dict())
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
-        self.log_cql_alpha = nn.Parameter(torch.zeros(()))
-        for module in (self.actor, self.critic, self.target_critic):
-            module.to(self.device)
-        self.log_temperature.data = self.log_temperature.data.to(self.device)
-        self.log_cql_alpha.data = self.log_cql_alpha.data.to(self.device)
+        self.cfg = cfg
+        self.actor, self.critic, self.target_critic = networks
+        self.obs_dim, self.act_dim = self.actor.obs_dim, self.actor.act_dim
+        self.device = next(self.actor.parameters()).device
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature), device=self.device))
+        self.log_cql_alpha = nn.Parameter(torch.zeros((), device=self.device))
 
-        self.target_entropy = float(cfg.target_entropy) if cfg.target_entropy is not None else -float(act_dim)
+        # the official default: -dim(A)/2 (its SAC replaces any target >= 0 by that)
+        self.target_entropy = (
+            float(cfg.target_entropy) if cfg.target_entropy is not None else -self.act_dim / 2.0
+        )
         self.cql = self._cql_settings(cfg)
         # one multi-tensor kernel per step: fused Adam on CPU (a loop of small ops costs more than the
         # update itself there), foreach on CUDA where the update may be traced into a compiled graph
@@ -149,8 +107,13 @@ class Agent:
         for k in range(cfg.utd):
             part = {key: value[k * cfg.batch_size : (k + 1) * cfg.batch_size] for key, value in batch.items()}
             info = self._critic_step(part, temperature)
-        actor_info, log_prob = self._actor_step(batch["obs"], temperature)
-        t_loss = temperature_loss(self.log_temperature, log_prob, self.target_entropy)
+        # as the official code: the temperature sees the entropy of fresh samples at s' from the actor
+        # before its step (several per state where the CQL max-target backup samples several)
+        with torch.no_grad():
+            repeat = self.cql.num_samples if self.cql is not None and self.cql.max_target_backup else None
+            next_log_prob = self.actor.sample(batch["next_obs"], repeat)[1]
+        actor_info = self._actor_step(batch["obs"], temperature)
+        t_loss = temperature_loss(self.log_temperature, next_log_prob, self.target_entropy)
         self.temperature_opt.zero_grad(set_to_none=True)
         t_loss.backward()
         self.temperature_opt.step()
@@ -190,14 +153,12 @@ class Agent:
             info["cql_alpha"] = self.log_cql_alpha.detach().exp()
         return info | {"critic_loss": loss.detach()}
 
-    def _actor_step(
-        self, obs: torch.Tensor, temperature: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        loss, log_prob, info = actor_loss(self.actor, self.critic, obs, temperature, self.cfg.actor_objective)
+    def _actor_step(self, obs: torch.Tensor, temperature: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss, info = actor_loss(self.actor, self.critic, obs, temperature, self.cfg.actor_objective)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
-        return info, log_prob
+        return info
 
     @torch.no_grad()
     def mean_q(self, obs: torch.Tensor, action: torch.Tensor) -> float:

@@ -11,6 +11,7 @@ loop (the learner) snapshots its state and goes on while the file is written.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 
 from robot_wsrl.core.spec import EnvSpec
-from robot_wsrl.learn.networks import ObsNormalizer, TanhGaussianActor
+from robot_wsrl.learn.config import AgentConfig
+from robot_wsrl.learn.networks import TanhGaussianActor
 
 FORMAT = "robot-wsrl-checkpoint/1"
 
@@ -119,18 +121,55 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in ("spec", "agent_config", "actor", "step", "config_hash"):
         if key not in payload:
             raise CheckpointError(f"{path}: checkpoint lacks the field {key!r}")
+    _drop_legacy_normaliser(path, payload)
     return payload
 
 
-def build_actor(spec: EnvSpec, actor_hidden: list[int]) -> TanhGaussianActor:
-    return TanhGaussianActor(spec.obs_dim, spec.act_dim, actor_hidden, ObsNormalizer(spec.obs_dim))
+# Checkpoints written while the networks had an observation normaliser hold its buffers in the actor's and
+# the critics' states. Nothing ever fitted it (identity: mean 0, std 1), so they load without it.
+_LEGACY_NORMALISER = ("normalizer.mean", "normalizer.std")
+
+
+def _drop_legacy_normaliser(path: Path, payload: dict[str, Any]) -> None:
+    agent = payload.get("agent", {})
+    states = [payload["actor"], *(agent[k] for k in ("actor", "critic", "target_critic") if k in agent)]
+    for state in states:
+        mean, std = (state.pop(key, None) for key in _LEGACY_NORMALISER)
+        if mean is not None and not (bool((mean == 0).all()) and std is not None and bool((std == 1).all())):
+            raise CheckpointError(
+                f"{path}: holds a fitted observation normaliser, which this version no longer applies"
+            )
+
+
+# The agent-config keys that decide the networks' shapes (what a checkpoint's weights fit), and the
+# value of each key added later for checkpoints written before it existed.
+SHAPE_KEYS = ("actor_hidden", "actor_layer_norm", "critic_hidden", "num_critics", "critic_layer_norm")
+_BEFORE_ADDED = {"actor_layer_norm": False}  # the actor had no LayerNorm before the official default
+
+
+def network_shapes(agent_config: dict[str, Any]) -> dict[str, Any]:
+    """The network shapes a checkpoint's saved agent config describes (old checkpoints included; an
+    actor-only export may describe the actor alone)."""
+    keys = [key for key in SHAPE_KEYS if key in agent_config or key in _BEFORE_ADDED]
+    return {key: agent_config.get(key, _BEFORE_ADDED.get(key)) for key in keys}
+
+
+def with_checkpoint_shapes(cfg: AgentConfig, agent_config: dict[str, Any]) -> AgentConfig:
+    """`cfg` with the network shapes of a checkpoint it starts from: the weights decide them."""
+    return dataclasses.replace(cfg, **network_shapes(agent_config))
+
+
+def build_actor(spec: EnvSpec, actor_hidden: list[int], layer_norm: bool = False) -> TanhGaussianActor:
+    return TanhGaussianActor(spec.obs_dim, spec.act_dim, actor_hidden, layer_norm)
 
 
 def load_actor(path: str | Path) -> tuple[TanhGaussianActor, EnvSpec, dict[str, Any]]:
-    """The actor alone (CPU, eval mode), its spec and the metadata export needs."""
+    """The actor alone (CPU, eval mode, in the shape it was saved with), its spec and the metadata export
+    needs."""
     payload = load_checkpoint(path)
     spec = EnvSpec.from_dict(payload["spec"])
-    actor = build_actor(spec, list(payload["agent_config"]["actor_hidden"]))
+    shapes = network_shapes(payload["agent_config"])
+    actor = build_actor(spec, list(shapes["actor_hidden"]), shapes["actor_layer_norm"])
     actor.load_state_dict(payload["actor"])
     actor.eval()
     meta = {

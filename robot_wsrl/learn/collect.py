@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from robot_wsrl.core.artifacts import MANIFEST, actor_snapshot
 from robot_wsrl.core.driver import Driver
 from robot_wsrl.learn.datasets import OfflineDataset, save_dataset
 from robot_wsrl.robot.drivers import make_driver
@@ -95,7 +95,7 @@ def collect(train_overrides: list[str], out: Path, medium_size: int, fraction: f
     with (run_dir / "eval.csv").open() as f:
         evals = [(int(r["step"]), float(r["return_mean"])) for r in csv.DictReader(f) if int(r["step"]) > 0]
     snap_step, snap_return = pick_medium_snapshot(evals, fraction)
-    actor, spec, _ = load_actor(run_dir / "snapshots" / f"actor-{snap_step:09d}.pt")
+    actor, spec, _ = load_actor(actor_snapshot(run_dir, snap_step))
     torch.manual_seed(seed)
 
     def behaviour(obs: np.ndarray) -> np.ndarray:  # stochastic, as D4RL recorded its medium policies
@@ -147,7 +147,7 @@ def collect(train_overrides: list[str], out: Path, medium_size: int, fraction: f
         "medium_snapshot": {"step": snap_step, "return": snap_return, "fraction_of_best": fraction},
         "datasets": {"medium": describe(medium), "medium-replay": describe(medium_replay)},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -158,7 +158,7 @@ def file_sha256(path: Path) -> str:
 def dataset_entry(path: Path) -> dict[str, str]:
     """What a shipped policy's manifest says about its offline dataset: path, sha256 and the `collect`
     command that made it (from the manifest `collect` wrote beside the file)."""
-    manifest_path = path.parent / "manifest.json"
+    manifest_path = path.parent / MANIFEST
     if not manifest_path.is_file():
         raise ValueError(f"{path}: no collect manifest beside it ({manifest_path})")
     manifest = json.loads(manifest_path.read_text())
@@ -171,83 +171,3 @@ def dataset_entry(path: Path) -> dict[str, str]:
             return {"path": str(path), "sha256": entry["sha256"], "command": manifest["command"]}
     raise ValueError(f"{path}: not listed in {manifest_path}")
 
-
-def fetch(entry: dict[str, str]) -> bool:
-    """Make `entry["path"]` hold the dataset whose sha256 is `entry["sha256"]`: a cached file that matches is
-    kept; otherwise `entry["command"]` regenerates it (paths relative to the current directory, the
-    repository root). Returns whether the result matches. Regeneration is bit-identical only with the same
-    seed, threads=1 and the same CPU and library builds (float rounding differs between machines)."""
-    path = Path(entry["path"])
-    if path.is_file() and file_sha256(path) == entry["sha256"]:
-        print(f"{path}: cached, sha256 matches")
-        return True
-    words = shlex.split(entry["command"])
-    args = _parser().parse_args(words[2:])
-    if words[:2] != ["robot-wsrl", "collect"] or args.out is None or args.out != path.parent:
-        raise ValueError(f"{path}: the dataset command does not write it: {entry['command']!r}")
-    print(
-        f"{path}: {'sha256 differs' if path.is_file() else 'missing'}; regenerating with: {entry['command']}"
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    collect(args.overrides, args.out, args.medium_size, args.fraction, args.seed)
-    actual = file_sha256(path)
-    if actual != entry["sha256"]:
-        print(
-            f"warning: {path} was regenerated but is NOT bit-identical to the shipped policy's dataset "
-            f"(sha256 {actual}, expected {entry['sha256']}): a different CPU or library build rounds "
-            "the behaviour training differently. It is a dataset made by the same recipe, not the same data.",
-            file=sys.stderr,
-        )
-        return False
-    print(f"{path}: regenerated, sha256 matches")
-    return True
-
-
-def _parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl collect",
-        description="Train a behaviour SAC on a nominal sim task and write D4RL-style medium and "
-        "medium-replay datasets with a manifest. Extra Hydra overrides configure the behaviour training, "
-        "e.g.: env=hopper run.steps=300000 run.eval_every=10000. With --fetch MANIFEST: make sure the "
-        "dataset a shipped policy names is on disk (cached when its sha256 matches, else regenerated).",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="folder (default data/<env>-<time>)")
-    parser.add_argument("--medium-size", type=int, default=100_000, help="transitions in medium.npz")
-    parser.add_argument("--fraction", type=float, default=1 / 3, help="medium = this fraction of the best")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fetch", type=Path, default=None, help="a shipped policy's manifest.json")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the behaviour SAC")
-    return parser
-
-
-def cli(argv: list[str]) -> int:
-    import time
-
-    args = _parser().parse_args(argv)
-    if args.fetch is not None:
-        return _fetch_cli(args.fetch, args.overrides)
-    out = args.out or Path("data") / f"collect-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = collect(args.overrides, out, args.medium_size, args.fraction, args.seed)
-    snap = manifest["medium_snapshot"]
-    print(f"medium snapshot: step {snap['step']}, return {snap['return']:.1f}")
-    for name, d in manifest["datasets"].items():
-        print(f"  {name:<14} {d['size']:>8} transitions  {out / d['file']}")
-    print(f"manifest: {out / 'manifest.json'}")
-    return 0
-
-
-def _fetch_cli(manifest_path: Path, overrides: list[str]) -> int:
-    def fail(message: str) -> int:
-        print(f"robot-wsrl collect: {message}", file=sys.stderr)
-        return 2
-
-    if overrides:
-        return fail("--fetch takes no overrides: the command recorded in the manifest is replayed")
-    try:
-        entry = json.loads(manifest_path.read_text())["dataset"]
-        return 0 if fetch(entry) else 1
-    except (OSError, ValueError, KeyError) as exc:
-        return fail(f"{manifest_path}: cannot fetch its dataset: {exc}")

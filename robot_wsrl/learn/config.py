@@ -15,20 +15,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from robot_wsrl.core.artifacts import CONFIG_HASH, RUN_CONFIG
 from robot_wsrl.core.paths import CONFIG_DIR
+from robot_wsrl.sim.env_config import EnvConfig
 
 # Keys that change where and how a run reports, not what it computes: left out of the hash.
 _PRESENTATION_KEYS = ("out_dir", "progress", "tensorboard", "threads", "device")
 # The agent each run starts from unless `agent=` is given: pre-training is CQL, fine-tuning is WSRL.
 DEFAULT_AGENT = {"pretrain": "cql", "finetune": "wsrl"}
-
-
-@dataclass
-class EnvConfig:
-    name: str = "hopper"
-    driver: str = "gym:Hopper-v5"  # see drivers.make_driver
-    max_episode_steps: int | None = 1000
-    shift: str = "nominal"  # dynamics shift preset in configs/shift/
 
 
 @dataclass
@@ -38,8 +32,8 @@ class CQLConfig:
     importance_sampling: bool = True
     temperature: float = 1.0
     lagrange: bool = False
-    target_action_gap: float = 0.8
-    max_target_backup: bool = False
+    target_action_gap: float = 1.0
+    max_target_backup: bool = True
 
 
 @dataclass
@@ -50,6 +44,8 @@ class AgentConfig:
     num_critics: int = 10
     num_target_critics: int = 2
     critic_layer_norm: bool = True
+    actor_layer_norm: bool = True
+    kernel_scale_final: float | None = 1e-2  # init gain of each trunk's last hidden layer (None: sqrt 2)
     actor_objective: str = "min"
     utd: int = 4
     batch_size: int = 256
@@ -76,6 +72,8 @@ class AgentConfig:
             "utd and batch_size must be positive": self.utd > 0 and self.batch_size > 0,
             "discount must be in (0, 1]": 0.0 < self.discount <= 1.0,
             "tau must be in (0, 1]": 0.0 < self.tau <= 1.0,
+            "kernel_scale_final must be positive (or null)": self.kernel_scale_final is None
+            or self.kernel_scale_final > 0,
         }
         bad = [msg for msg, ok in checks.items() if not ok]
         if bad:
@@ -106,6 +104,8 @@ class RunConfig:
         if not 0.0 <= self.offline_ratio <= 1.0:
             raise ValueError(f"run.offline_ratio must be in [0, 1], got {self.offline_ratio}")
         if self.offline_ratio > 0 and not self.dataset:
+            if self.name == "pretrain":
+                raise ValueError("pretrain needs a dataset: run.dataset=PATH (.hdf5, .npz or minari:ID)")
             raise ValueError("run.offline_ratio > 0 needs run.dataset (the offline data to retain)")
         if self.steps < 0 or self.warmup_steps < 0 or self.gate_every < 0:
             raise ValueError("run.steps, run.warmup_steps and run.gate_every must be non-negative")
@@ -130,7 +130,7 @@ def compose_config(run: str, overrides: list[str] | None = None) -> Config:
 
     if not CONFIG_DIR.is_dir():
         raise FileNotFoundError(f"config folder {CONFIG_DIR} not found (set ROBOT_WSRL_CONFIGS)")
-    overrides = list(overrides or [])
+    overrides = [_recipe_override(o, run) for o in overrides or []]
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     if "run" not in given:
         overrides.insert(0, f"run={run}")
@@ -139,6 +139,13 @@ def compose_config(run: str, overrides: list[str] | None = None) -> Config:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         raw = compose(config_name="config", overrides=overrides)
     return to_typed(raw)
+
+
+def _recipe_override(override: str, run: str) -> str:
+    """`recipe=NAME` selects configs/recipe/RUN/NAME.yaml: one name (cpu, paper) for the settings of both
+    pre-training and fine-tuning, each kept beside its run."""
+    key, sep, name = override.partition("=")
+    return f"+recipe/{run}={name}" if sep and key == "recipe" else override
 
 
 def to_typed(raw: DictConfig | dict[str, Any]) -> Config:
@@ -167,8 +174,8 @@ def prepare_out_dir(cfg: Config) -> Path:
         cfg.out_dir = f"runs/{cfg.run.name}/{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    (out / "config_hash.txt").write_text(config_hash(cfg) + "\n")
+    (out / RUN_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    (out / CONFIG_HASH).write_text(config_hash(cfg) + "\n")
     return out
 
 
@@ -177,7 +184,7 @@ def resumed(cfg: Config) -> Config:
     if not cfg.run.resume:
         return cfg
     run_dir = Path(cfg.run.resume)
-    saved = run_dir / "config.yaml"
+    saved = run_dir / RUN_CONFIG
     if not saved.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.yaml, not a run folder to resume")
     restored = to_typed(OmegaConf.load(saved))  # type: ignore[arg-type]

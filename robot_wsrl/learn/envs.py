@@ -12,8 +12,8 @@ from collections.abc import Callable
 import numpy as np
 
 from robot_wsrl.core.driver import Driver, StepResult
-from robot_wsrl.learn.config import EnvConfig
 from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.sim.env_config import EnvConfig
 
 
 def make_env(env_cfg: EnvConfig, seed: int | None = None) -> Driver:

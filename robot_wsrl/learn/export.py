@@ -3,8 +3,8 @@
 Output, in `out_dir`:
   policy.onnx  input `obs` float32 [batch, obs_dim] (dynamic batch), outputs `mean` and `log_std`
                float32 [batch, act_dim] (pre-squash; the runner applies tanh and the action scaling).
-               Observation normalisation is inside the graph. Opset 17, IR version 8, built with the
-               TorchScript exporter, which gives byte-identical files for identical weights.
+               The graph reads raw observations (no normaliser, as in the official WSRL code). Opset 17,
+               IR version 8, built with the TorchScript exporter: byte-identical files for identical weights.
                metadata_props: the keys of `robot_wsrl.robot.policy.METADATA_KEYS`, each a JSON value.
   policy.json  the same metadata plus `sha256`, the hex SHA-256 of policy.onnx's exact bytes, `file`,
                `size_bytes` and, from a learner, `run_id`. The hash lives only here: a file cannot contain
@@ -15,11 +15,9 @@ and its outputs must match torch's on probe observations.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -27,9 +25,10 @@ import numpy as np
 import onnx
 import torch
 
+from robot_wsrl.core.artifacts import POLICY_ONNX, POLICY_SIDECAR
 from robot_wsrl.core.files import write_atomic
 from robot_wsrl.core.spec import EnvSpec
-from robot_wsrl.learn.checkpoint import CheckpointError, load_actor
+from robot_wsrl.learn.checkpoint import load_actor
 from robot_wsrl.learn.networks import TanhGaussianActor
 from robot_wsrl.robot.policy import (
     INPUT_NAME,
@@ -42,8 +41,6 @@ from robot_wsrl.robot.policy import (
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that opset 17 requires; onnxruntime has loaded it since 1.12
-ONNX_NAME = "policy.onnx"
-SIDECAR_NAME = "policy.json"
 PARITY_ATOL = 1e-5
 PARITY_PROBES = 256
 
@@ -134,9 +131,9 @@ def export_policy(
     data = _onnx_bytes(actor, metadata)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path, sidecar = out / ONNX_NAME, out / SIDECAR_NAME
+    onnx_path, sidecar = out / POLICY_ONNX, out / POLICY_SIDECAR
     write_atomic(onnx_path, data)
-    side = {**metadata.to_dict(), "file": ONNX_NAME, "size_bytes": len(data), "sha256": sha256_bytes(data)}
+    side = {**metadata.to_dict(), "file": POLICY_ONNX, "size_bytes": len(data), "sha256": sha256_bytes(data)}
     if run_id is not None:
         side["run_id"] = run_id
     write_atomic(sidecar, (json.dumps(side, indent=2, sort_keys=True) + "\n").encode())
@@ -149,33 +146,3 @@ def export_policy(
             raise
     return onnx_path
 
-
-def cli(argv: list[str]) -> int:
-    if "--policy" in argv:  # the registry form: copy a verified, validated version for deployment
-        from robot_wsrl.gate.registry import export_cli
-
-        return export_cli(argv)
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl export",
-        description="Export a checkpoint's actor to DIR/policy.onnx + DIR/policy.json. "
-        "To copy a verified, validated version for deployment instead: "
-        "robot-wsrl export --policy RUN_OR_POLICY_DIR [--version N] --to DIR [--keys KEYDIR] "
-        "(see robot-wsrl export --policy X --help).",
-    )
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--version", type=int, default=0, help="policy version (default 0)")
-    parser.add_argument(
-        "--parent-version", type=int, default=None, help="version this policy was fine-tuned from"
-    )
-    args = parser.parse_args(argv)
-    try:
-        path = export_policy(
-            args.checkpoint, args.out, version=args.version, parent_version=args.parent_version
-        )
-    except (CheckpointError, PolicyError) as exc:
-        print(f"robot-wsrl export: {exc}", file=sys.stderr)
-        return 2
-    side = json.loads((path.parent / SIDECAR_NAME).read_text())
-    print(f"{path}  version {side['version']}  step {side['step']}  sha256 {side['sha256']}")
-    return 0

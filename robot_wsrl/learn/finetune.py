@@ -4,11 +4,12 @@ Phases: (1) the agent starts from the pre-trained actor, critics and temperature
 pre-trained policy (stochastic samples, never random actions) fills an EMPTY online buffer for K steps,
 no gradient update; (3) online SAC with UTD rounds on online data only. Baselines are configs:
 warmup 0 (no warmup), offline ratio 0.5 with a dataset (RLPD-style retain), no checkpoint (scratch).
+When to update and to validate (the guarded variant) is `trainer.Trainer`'s, as in the networked learner.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import time
 from collections import deque
 from pathlib import Path
@@ -16,11 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from robot_wsrl.core.artifacts import CHECKPOINT, SUMMARY, actor_snapshot
 from robot_wsrl.learn.agent import Agent
-from robot_wsrl.learn.config import Config, compose_config, config_hash, prepare_out_dir, resumed
+from robot_wsrl.learn.checkpoint import load_checkpoint, with_checkpoint_shapes
+from robot_wsrl.learn.config import Config, config_hash, prepare_out_dir, resumed
 from robot_wsrl.learn.envs import make_env, step_normalised
 from robot_wsrl.learn.metrics import MetricsLogger
-from robot_wsrl.learn.replay import MixedSampler, ReplayBuffer
+from robot_wsrl.learn.networks import build_networks
+from robot_wsrl.learn.replay import ReplayBuffer
+from robot_wsrl.learn.trainer import Trainer
 from robot_wsrl.learn.training import (
     evaluate_agent,
     load_agent_checkpoint,
@@ -33,9 +38,7 @@ from robot_wsrl.learn.training import (
 )
 
 if TYPE_CHECKING:
-    from robot_wsrl.learn.guarded import DeployedPolicy
-
-CHECKPOINT = "checkpoint.pt"
+    from robot_wsrl.learn.guarded import DeployedPolicy, Judge
 
 
 def load_offline_buffer(cfg: Config, spec) -> ReplayBuffer:
@@ -54,14 +57,17 @@ def load_offline_buffer(cfg: Config, spec) -> ReplayBuffer:
     )
 
 
-def finetune(cfg: Config) -> dict[str, Any]:
-    """Run fine-tuning to cfg.run.steps environment steps; returns a summary (also in summary.json)."""
+def finetune(cfg: Config, judge: Judge | None = None) -> dict[str, Any]:
+    """Run fine-tuning to cfg.run.steps environment steps; returns a summary (also in summary.json).
+    The guarded variant (run.gate_every) needs the `judge` that validates each candidate."""
     cfg = resumed(cfg)
+    if cfg.run.checkpoint and not cfg.run.resume:  # a warm start keeps the pre-trained networks' shapes
+        cfg.agent = with_checkpoint_shapes(cfg.agent, load_checkpoint(cfg.run.checkpoint)["agent_config"])
     out = prepare_out_dir(cfg)
     rng = seed_everything(cfg.seed, cfg.threads)
     env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 10_000)
     spec = env.spec
-    agent = Agent(spec.obs_dim, spec.act_dim, cfg.agent, cfg.device)
+    agent = Agent(build_networks(spec.obs_dim, spec.act_dim, cfg.agent, cfg.device), cfg.agent)
     run = cfg.run
 
     online = ReplayBuffer(run.buffer_capacity, spec.obs_dim, spec.act_dim, cfg.agent.discount)
@@ -74,22 +80,32 @@ def finetune(cfg: Config) -> dict[str, Any]:
         restore_rng(rng, payload["extra"]["rng"])
     elif run.checkpoint:
         load_agent_checkpoint(run.checkpoint, agent, spec, with_optimizers=True)
-        agent.updates = 0
-    offline = load_offline_buffer(cfg, spec) if run.offline_ratio > 0 else None
     deployed = None
     if run.gate_every:  # the guarded variant: the robot runs only validated versions
         from robot_wsrl.learn.guarded import DeployedPolicy
 
-        deployed = DeployedPolicy(out, spec, run.gate_args, cfg.seed)
+        if judge is None:
+            raise ValueError("run.gate_every needs a judge: the validation of each candidate")
+        deployed = DeployedPolicy(out, spec, judge, cfg.seed)
         deployed.start(agent.actor, int(payload["extra"]["deployed"]) if run.resume else 0)
-    sampler = MixedSampler(online, offline, run.offline_ratio)
 
     logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
+    trainer = Trainer(
+        agent,
+        online,
+        rng,
+        run.warmup_steps,
+        offline=load_offline_buffer(cfg, spec) if run.offline_ratio > 0 else None,
+        offline_ratio=run.offline_ratio,
+        updates=agent.updates if run.resume else 0,  # a pre-trained checkpoint's rounds are not this run's
+        publish_every=run.gate_every,
+        on_publish=None if deployed is None else functools.partial(_gate, deployed, agent, online, logger),
+        anchor="transitions",  # the guarded variant validates after the rounds of steps N, 2N, ...
+    )
     recent_returns: deque[float] = deque(maxlen=10)
     obs, _ = env.reset(seed=cfg.seed + episode)
     episode_return, episode_len = 0.0, 0
     last_eval: dict[str, float] = {}
-    info: dict[str, Any] = {}
     if step == 0 and run.eval_every > 0:
         last_eval = evaluate_agent(agent, eval_env, run.eval_episodes, seed=cfg.seed + 20_000)
         logger.log("eval", 0, {"phase": "pretrained", **last_eval})
@@ -120,35 +136,32 @@ def finetune(cfg: Config) -> dict[str, Any]:
             obs, _ = env.reset(seed=cfg.seed + episode)
             episode_return, episode_len = 0.0, 0
 
-        phase = "warmup" if len(online) < run.warmup_steps else "online"
-        if phase == "online" and len(online) >= cfg.agent.batch_size:
-            batch = agent.to_batch(sampler.sample(cfg.agent.utd, cfg.agent.batch_size, rng))
-            info = agent.update(batch)
-            if deployed is not None and step % run.gate_every == 0:
-                logger.log("gate", step, deployed.consider(agent.actor, step))
+        phase = "warmup" if trainer.warming_up else "online"
+        while trainer.owed:  # in-process pacing: every round owed, right after the step that owes it
+            trainer.update()
         if run.log_every and step % run.log_every == 0:
             row = {
                 "phase": phase,
-                "updates": agent.updates,
+                "updates": trainer.updates,
                 "buffer": len(online),
                 "recent_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
                 "steps_per_s": (step - first_step) / max(time.perf_counter() - started, 1e-9),
                 "q_online": _q_online(agent, online),
-                **{k: float(v) for k, v in info.items()},
+                **{k: float(v) for k, v in trainer.last_info.items()},
             }
             logger.log("train", step, row)
         if run.eval_every and step % run.eval_every == 0:
             last_eval = evaluate_agent(agent, eval_env, run.eval_episodes, seed=cfg.seed + 20_000)
             logger.log("eval", step, {"phase": phase, **last_eval})
             if run.snapshots:  # the actor as evaluated, for datasets recorded from intermediate policies
-                save_actor_snapshot(out / "snapshots" / f"actor-{step:09d}.pt", agent, spec, cfg, step)
+                save_actor_snapshot(actor_snapshot(out, step), agent, spec, cfg, step)
         if run.checkpoint_every and step % run.checkpoint_every == 0:
             _save(out, agent, spec, cfg, step, episode, online, rng, deployed)
         bar.update(1)
         if step % 100 == 0:
             bar.set_postfix(
                 phase=phase,
-                updates=agent.updates,
+                updates=trainer.updates,
                 ret=f"{recent_returns[-1]:.0f}" if recent_returns else "-",
                 eval=f"{last_eval.get('return_mean', float('nan')):.0f}",
                 refresh=False,
@@ -161,14 +174,21 @@ def finetune(cfg: Config) -> dict[str, Any]:
     summary = {
         "out_dir": str(out),
         "steps": step,
-        "updates": agent.updates,
+        "updates": trainer.updates,
         "episodes": episode,
         "final_eval": last_eval,
         "config_hash": config_hash(cfg),
         "checkpoint": str(out / CHECKPOINT),
     }
-    (out / "summary.json").write_text(_json(summary))
+    (out / SUMMARY).write_text(_json(summary))
     return summary
+
+
+def _gate(deployed: DeployedPolicy, agent: Agent, online: ReplayBuffer, logger: MetricsLogger) -> None:
+    """The guarded variant's publishing hook: validate the current actor against the deployed version (the
+    robot runs the last pass), at the step the last transition was."""
+    step = online.total_added
+    logger.log("gate", step, deployed.consider(agent.actor, step))
 
 
 def _q_online(agent: Agent, online: ReplayBuffer, n: int = 256) -> float:
@@ -209,20 +229,3 @@ def _json(d: dict[str, Any]) -> str:
     import json
 
     return json.dumps(d, indent=2, default=float) + "\n"
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl finetune",
-        description="Warm-start fine-tuning. Hydra overrides, e.g.: env=hopper agent.utd=4 "
-        "run.checkpoint=policies/hopper/checkpoint.pt run.warmup_steps=5000",
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    args = parser.parse_args(argv)
-    summary = finetune(compose_config("finetune", args.overrides))
-    print(
-        f"fine-tuning done: {summary['steps']} steps, {summary['updates']} updates, "
-        f"final eval return {summary['final_eval'].get('return_mean', float('nan')):.1f}"
-    )
-    print(f"outputs: {summary['out_dir']}")
-    return 0

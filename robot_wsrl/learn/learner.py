@@ -1,31 +1,28 @@
-"""`robot-wsrl learner`: the off-board WSRL learner that runners feed over ZeroMQ (torch lives here).
+"""The off-board WSRL learner service that runners feed over ZeroMQ (torch here; apps/learner.py runs it).
 
 One ROUTER socket, one thread, no blocking waits: it receives transition batches, de-duplicates them by
 (runner, seq), appends the new ones to a durable log and acknowledges them only after fsyncing it (one
 fsync per receive round), so an ack never covers data a crash could lose; it inserts them into an online-only
-replay buffer. Phases are WSRL's: warmup until `run.warmup_steps` transitions (from all runners
-together) with no update, then one UTD round per transition, exactly as the in-process loop
-(`finetune.py`) does. Two pacings: lockstep (sim) — a runner may produce only up to the `Credit` it was
-granted, and the learner extends credit only once it has done every update its data is owed, so the UTD
-ratio is exact, runs are reproducible and a runner is never more than `credit` transitions ahead of the
-policy being trained; real time (hardware) — credit is unbounded, the robot never waits, and the learner
-does as many of the owed updates as it can (status reports the effective UTD ratio). Every
-`publish_every` updates it exports, signs and pushes a new ONNX policy, and saves its state; on restart it
-replays the log (buffer and dedup state) and continues from that state, so nothing acknowledged is lost
-and nothing is counted twice.
+replay buffer. When to update is WSRL's schedule, `trainer.Trainer`, the one the in-process loop
+(`finetune.py`) runs: warmup until `run.warmup_steps` transitions (from all runners together) with no
+update, then one UTD round per transition; this service only paces the rounds owed. Two pacings: lockstep
+(sim) — a runner may produce only up to the `Credit` it was granted, and the learner extends credit only
+once it has done every update its data is owed, so the UTD ratio is exact, runs are reproducible and a
+runner is never more than `credit` transitions ahead of the policy being trained; real time (hardware) —
+credit is unbounded, the robot never waits, and the learner does as many of the owed updates as it can
+(status reports the effective UTD ratio). Every `publish_every` updates (the trainer's publishing hook) it
+exports, signs and pushes a new ONNX policy, and saves its state; on restart it replays the log (buffer
+and dedup state) and continues from that state, so nothing acknowledged is lost and nothing is counted
+twice.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import logging
 import math
-import os
 import re
 import secrets
-import sys
 import threading
 import time
 from collections import deque
@@ -35,21 +32,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from robot_wsrl.core.artifacts import (
+    INGEST_LOG,
+    LEARNER_STATE,
+    POLICY_DIR,
+    POLICY_ONNX,
+    POLICY_SIDECAR,
+    RUN_ID,
+    version_dir,
+)
 from robot_wsrl.core.files import write_atomic
-from robot_wsrl.core.lifetime import stop_on_signals
 from robot_wsrl.core.spec import EnvSpec
-from robot_wsrl.gate.registry import validation_state
-from robot_wsrl.gate.worker import ValidationWorker, Verdict
 from robot_wsrl.learn.agent import Agent
-from robot_wsrl.learn.checkpoint import CheckpointError, CheckpointWriter, load_checkpoint
-from robot_wsrl.learn.config import Config, compose_config, config_hash, prepare_out_dir
-from robot_wsrl.learn.export import ONNX_NAME, SIDECAR_NAME, export_policy
+from robot_wsrl.learn.checkpoint import (
+    CheckpointError,
+    CheckpointWriter,
+    load_checkpoint,
+    with_checkpoint_shapes,
+)
+from robot_wsrl.learn.config import Config, config_hash
+from robot_wsrl.learn.export import export_policy
+from robot_wsrl.learn.gating import PolicyGate, Validator, Verdict
 from robot_wsrl.learn.ingest_log import IngestLog
-from robot_wsrl.learn.replay import MixedSampler, ReplayBuffer
+from robot_wsrl.learn.networks import build_networks
+from robot_wsrl.learn.replay import ReplayBuffer
+from robot_wsrl.learn.trainer import Trainer
 from robot_wsrl.learn.training import (
     checkpoint_snapshot,
     config_header,
@@ -57,7 +67,7 @@ from robot_wsrl.learn.training import (
     seed_everything,
 )
 from robot_wsrl.robot.safety import RunnerState
-from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire import transport
 from robot_wsrl.wire.protocol import (
     Ack,
     BatchRules,
@@ -80,11 +90,8 @@ from robot_wsrl.wire.spool import DedupLog
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "learner.pt"
-LOG_FILE = "transitions.log"  # a folder of segments (see ingest_log)
 SEGMENTS_PER_CAPACITY = 4  # log segment = a quarter of the replay capacity: dead data on disk stays below it
 _VERSION_DIR = re.compile(r"v\d{6}")
-POLICY_DIR = "policies"
 UPDATE_SLICE_S = 0.05  # longest run of updates between two looks at the socket
 SEND_TIMEOUT_S = 0.0  # never wait: a ROUTER that cannot send now drops (a full peer queue holds no one)
 RECEIVE_ROUND = 256  # messages handled between two group commits of the log
@@ -98,7 +105,6 @@ ACCEPTED = (
     Command,
 )  # what runners and consoles send
 REALTIME_CREDIT = 2**40  # real-time pacing: a window no runner reaches
-RUN_ID_FILE = "run_id"  # out_dir/run_id: this run's identity, carried (signed) by every policy it exports
 _RUN_ID = re.compile(r"[0-9a-f]{32}\Z")
 # What each key role may send the learner (a heartbeat only under its own role). The learner itself only
 # ever sends policies, credit, acks, heartbeats, status and replies: never a command.
@@ -122,8 +128,6 @@ class LearnerOptions:
     publish_every: int = 1000  # updates between two published policies
     credit: int = 1000  # lockstep: transitions a runner may produce ahead of the updates its data is owed
     pacing: Pacing = "lockstep"
-    gate: bool = True  # hardware runners get only versions that passed `robot-wsrl validate`
-    validate_args: tuple[str, ...] = ()  # passed to every validation (overrides, --config)
     heartbeat_s: float = 0.5
     deadline_s: float = 3.0
 
@@ -166,10 +170,10 @@ class Learner:
         signing_key: Ed25519PrivateKey,
         options: LearnerOptions = LearnerOptions(),
         secure: bool = True,
-        keydir: Path | None = None,
         roles: Mapping[str, str] | None = None,
+        gate: PolicyGate | None = None,
     ) -> None:
-        """`keydir` holds the public signing keys the validations verify policies with."""
+        """With a `gate`, hardware runners get only versions that passed it; without, every version."""
         if not cfg.run.checkpoint:
             raise ValueError("the learner starts from a pre-trained checkpoint: run.checkpoint=PATH")
         if cfg.run.offline_ratio > 0:
@@ -178,49 +182,63 @@ class Learner:
             raise ValueError(f"pacing must be 'lockstep' or 'realtime', got {options.pacing!r}")
         self.cfg, self.sock, self.out, self.options, self.secure = cfg, sock, out_dir, options, secure
         self._signing_key = signing_key
-        self.rng = seed_everything(cfg.seed, cfg.threads)
-        self.spec = EnvSpec.from_dict(load_checkpoint(cfg.run.checkpoint)["spec"])
-        self.agent = Agent(self.spec.obs_dim, self.spec.act_dim, cfg.agent, cfg.device)
+        rng = seed_everything(cfg.seed, cfg.threads)
+        pretrained = load_checkpoint(cfg.run.checkpoint)
+        self.spec = EnvSpec.from_dict(pretrained["spec"])
+        kind, _, env_id = cfg.env.driver.partition(":")
+        made_for_gym = re.fullmatch(r"[\w]+-v\d+", self.spec.name or "") is not None  # e.g. Hopper-v5
+        if kind == "gym" and made_for_gym and env_id != self.spec.name:  # the runners drive cfg.env
+            raise CheckpointError(
+                f"{cfg.run.checkpoint}: made for {self.spec.name} (obs_dim={self.spec.obs_dim}, "
+                f"act_dim={self.spec.act_dim}); env={cfg.env.name} drives {env_id}"
+            )
+        cfg.agent = with_checkpoint_shapes(cfg.agent, pretrained["agent_config"])  # the weights decide them
+        networks = build_networks(self.spec.obs_dim, self.spec.act_dim, cfg.agent, cfg.device)
+        self.agent = Agent(networks, cfg.agent)
         self.buffer = ReplayBuffer(
             cfg.run.buffer_capacity, self.spec.obs_dim, self.spec.act_dim, cfg.agent.discount
         )
-        self.sampler = MixedSampler(self.buffer, None, 0.0)
         self.rejects = RejectCounter()
         self.learning_paused = False
         self.roles = roles  # CURVE: {key name: runner|console} (keys.load_key_roles); None in plain mode
         self.peers: dict[bytes, Peer] = {}
         self._acks: dict[bytes, str] = {}  # acks owed once the log is synced: identity -> runner id
-        self.online_updates = 0
         self.version = 0
-        self.published_at = 0  # online_updates when the current version was made
-        self.last_info: dict[str, torch.Tensor] = {}
         self.returns: dict[str, Returns] = {}
         self._hash = config_hash(cfg)
-        state = out_dir / STATE_FILE
+        state, updates = out_dir / LEARNER_STATE, 0
         if state.exists():  # a restart: the state saved at the last publish (or at close)
             payload = load_agent_checkpoint(str(state), self.agent, self.spec, with_optimizers=True)
             self.version = int(payload["extra"]["policy_version"])
-            self.online_updates = self.published_at = int(payload["extra"]["online_updates"])
+            updates = int(payload["extra"]["online_updates"])
         else:
             load_agent_checkpoint(cfg.run.checkpoint, self.agent, self.spec, with_optimizers=True)
+        self.trainer = Trainer(
+            self.agent,
+            self.buffer,
+            rng,
+            cfg.run.warmup_steps,
+            updates=updates,
+            publish_every=options.publish_every,
+            on_publish=self.publish,
+        )
         # A version exported (and maybe sent) after the last state save keeps its number: never reused.
         exported = [
             int(d.name[1:]) for d in (out_dir / POLICY_DIR).glob("v*") if _VERSION_DIR.fullmatch(d.name)
         ]
         self.version = max([self.version, *exported])
-        self.agent.updates = self.online_updates
         header = config_header(self.spec, cfg)  # once: converting the config is slow
         self.checkpoints = CheckpointWriter(
-            out_dir / STATE_FILE,
+            out_dir / LEARNER_STATE,
             lambda: checkpoint_snapshot(
                 self.agent,
                 header,
                 self.transitions,
-                {"policy_version": self.version, "online_updates": self.online_updates},
+                {"policy_version": self.version, "online_updates": self.trainer.updates},
             ),
         )
         self.dedup = DedupLog()
-        self.log = IngestLog(out_dir / LOG_FILE, max(1, cfg.run.buffer_capacity // SEGMENTS_PER_CAPACITY))
+        self.log = IngestLog(out_dir / INGEST_LOG, max(1, cfg.run.buffer_capacity // SEGMENTS_PER_CAPACITY))
         if self.log.base is not None:  # compacted: the state where the oldest segment left begins
             self.dedup = DedupLog.from_state(self.log.base.state["dedup"])
             self.buffer.total_added = self.log.base.transitions  # the ring's slots as they were
@@ -228,16 +246,11 @@ class Learner:
         for batch in self.log.replay():
             self._insert(batch, self._accepted(batch))
         self.policy = self._make_policy()
-        self.gate: ValidationWorker | None = None
-        self.deployed = self._deployed_on_start()
+        self.gate: Validator | None = None
+        self.deployed = self._policy_message(0) if gate is None else self._deployed_on_start(gate)
         self.verdicts: deque[Verdict] = deque(maxlen=RECENT_VERDICTS)
-        if options.gate:
-            self.gate = ValidationWorker(
-                self._version_dir(self.deployed.version),
-                initial_version=self.deployed.version,
-                overrides=list(options.validate_args),
-                keydir=keydir,
-            )
+        if gate is not None:
+            self.gate = gate.start(self.deployed.version, self._version_dir(self.deployed.version))
             if self.version > self.deployed.version:
                 self.gate.submit(self.version, self._version_dir(self.version))
         log.info(
@@ -245,7 +258,7 @@ class Learner:
             self.buffer.total_added,
             self.log.path,
             self.version,
-            self.online_updates,
+            self.trainer.updates,
         )
 
     # ----- phases and updates -----
@@ -256,49 +269,42 @@ class Learner:
 
     @property
     def phase(self) -> RunnerState:
-        return RunnerState.WARMUP if self.transitions < self.cfg.run.warmup_steps else RunnerState.FINE_TUNING
+        return RunnerState.WARMUP if self.trainer.warming_up else RunnerState.FINE_TUNING
 
     def owed_updates(self) -> int:
-        """UTD rounds the data so far is owed: one per transition once the buffer holds K (and a batch),
-        as in the in-process loop."""
-        start = max(self.cfg.run.warmup_steps, self.cfg.agent.batch_size, 1)
-        target = self.transitions - start + 1 if self.transitions >= start else 0
-        return max(0, target - self.online_updates)
+        """UTD rounds the data so far is owed and not yet done (the trainer's count): what the loop paces
+        and lockstep credit waits for."""
+        return self.trainer.owed
 
     def _may_update(self) -> bool:
         """Updates are owed and no operator paused learning (lockstep runners then wait for credit)."""
         return not self.learning_paused and self.owed_updates() > 0
 
     def update_once(self) -> None:
-        batch = self.agent.to_batch(
-            self.sampler.sample(self.cfg.agent.utd, self.cfg.agent.batch_size, self.rng)
-        )
-        self.last_info = self.agent.update(batch)  # tensors: read (and synced) only for a status report
-        self.online_updates += 1
-        if self.online_updates - self.published_at >= self.options.publish_every:
-            self.publish()
+        """One owed round (and a publish when one is due): the loop's unit of work between two looks at
+        the socket."""
+        self.trainer.update()
 
     def publish(self) -> None:
-        """Export, sign and push a new version to every runner, then save the learner's state (without
-        waiting for the write)."""
+        """The trainer's publishing hook: export, sign and push a new version to every runner, then save
+        the learner's state (without waiting for the write)."""
         self.version += 1
-        self.published_at = self.online_updates
         self.policy = self._make_policy()
         if self.gate is not None:
             self.gate.submit(self.version, self._version_dir(self.version))
         self._push_policies()
         self.checkpoints.save()  # a CPU copy now; the file is written in the background
-        log.info("published policy version %d after %d updates", self.version, self.online_updates)
+        log.info("published policy version %d after %d updates", self.version, self.trainer.updates)
 
     def _version_dir(self, version: int) -> Path:
-        return self.out / POLICY_DIR / f"v{version:06d}"
+        return version_dir(self.out / POLICY_DIR, version)
 
     @functools.cached_property
     def run_id(self) -> str:
         """This run's identity: random, made once per out_dir and kept across restarts. Every policy it
         exports carries it inside what is signed, so a runner following this run takes only newer versions
         of this run, never an old or foreign one signed with the same key."""
-        path = self.out / RUN_ID_FILE
+        path = self.out / RUN_ID
         if not path.exists():
             write_atomic(path, (secrets.token_hex(16) + "\n").encode())
         run_id = path.read_text().strip()
@@ -310,34 +316,32 @@ class Learner:
         """Export and sign the current version (once; a restart reuses the files, so a version number
         always names the same bytes and versions only move forward), and its message."""
         directory = self._version_dir(self.version)
-        if not (directory / SIDECAR_NAME).exists():
+        if not (directory / POLICY_SIDECAR).exists():
             export_policy(
                 self.agent.actor,
                 directory,
                 version=self.version,
                 parent_version=self.version - 1 if self.version else None,
                 spec=self.spec,
-                step=self.online_updates,
+                step=self.trainer.updates,
                 config_hash=self._hash,
                 run_id=self.run_id,
             )
-            write_signature(directory / ONNX_NAME, self._signing_key)  # stays verifiable on disk
+            write_signature(directory / POLICY_ONNX, self._signing_key)  # stays verifiable on disk
         return self._policy_message(self.version)
 
     def _policy_message(self, version: int) -> PolicyMessage:
         directory = self._version_dir(version)
-        onnx = (directory / ONNX_NAME).read_bytes()
-        sidecar = (directory / SIDECAR_NAME).read_text()
+        onnx = (directory / POLICY_ONNX).read_bytes()
+        sidecar = (directory / POLICY_SIDECAR).read_text()
         return signed_policy_message(self.options.name, self._signing_key, onnx, sidecar)
 
     # ----- the sim-first gate -----
 
-    def _deployed_on_start(self) -> PolicyMessage:
+    def _deployed_on_start(self, gate: PolicyGate) -> PolicyMessage:
         """The newest version that passed validation (a restart keeps what hardware may run); else 0."""
         for version in range(self.version, 0, -1):
-            directory = self._version_dir(version)
-            sha256 = json.loads((directory / SIDECAR_NAME).read_text())["sha256"]
-            if validation_state(directory, sha256) == "passed":  # a verdict on these very bytes
+            if gate.passed(self._version_dir(version)):
                 return self._policy_message(version)
         return self._policy_message(0)
 
@@ -640,7 +644,7 @@ class Learner:
         it every MEAN_Q_EVERY_S rather than each status request (no message may hold the loop)."""
         if not len(self.buffer) or time.monotonic() - self._mean_q_at < MEAN_Q_EVERY_S:
             return
-        probe = np.random.default_rng()  # not self.rng: a status report must not change training
+        probe = np.random.default_rng()  # not the trainer's: a status report must not change training
         sample = self.buffer.gather(self.buffer.sample_indices(min(256, len(self.buffer)), probe))
         batch = self.agent.to_batch(sample)
         self.mean_q = float(self.agent.mean_q(batch["obs"], batch["action"]))
@@ -684,9 +688,8 @@ class Learner:
     # ----- reporting -----
 
     def status(self) -> dict[str, Any]:
-        start = max(self.cfg.run.warmup_steps, self.cfg.agent.batch_size, 1)
-        online_steps = max(0, self.transitions - start + 1)
         mean_q = self.mean_q  # strict JSON: None before there is data; refreshed by the loop (_heartbeats)
+        losses = {k: float(v) for k, v in self.trainer.last_info.items()}  # synced only for a report
         peers_of: dict[str, list[Peer]] = {}
         for peer in self.peers.values():
             peers_of.setdefault(peer.name, []).append(peer)
@@ -694,14 +697,14 @@ class Learner:
             "phase": RunnerState.PAUSED.value if self.learning_paused else self.phase.value,
             "pacing": self.options.pacing,
             "step": self.transitions,
-            "updates": self.online_updates,
+            "updates": self.trainer.updates,
             "owed_updates": self.owed_updates(),
-            "effective_utd": self.online_updates * self.cfg.agent.utd / online_steps if online_steps else 0.0,
+            "effective_utd": self.trainer.effective_utd,
             "buffer": len(self.buffer),
             "policy_version": self.version,
             "gate": self._gate_status(),
             "mean_q": mean_q if mean_q is not None and math.isfinite(mean_q) else None,
-            "losses": {k: x if math.isfinite(x := float(v)) else None for k, v in self.last_info.items()},
+            "losses": {k: x if math.isfinite(x) else None for k, x in losses.items()},
             "log_records": self.log.records,
             "log_segments": self.log.segments(),
             "log_bytes": self.log.disk_bytes(),
@@ -737,101 +740,3 @@ class Learner:
             self.gate.close()
         self.log.close()
         self.checkpoints.close()
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl learner",
-        description="Serve the WSRL learner to runners over ZeroMQ. Hydra overrides, e.g.: "
-        "run.checkpoint=CKPT out_dir=runs/session1 run.warmup_steps=5000 agent.utd=4",
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    parser.add_argument(
-        "--bind", default="tcp://0.0.0.0:5555", help="endpoint the ROUTER binds (tcp port 0: a free one)"
-    )
-    parser.add_argument(
-        "--ready-file",
-        type=Path,
-        default=None,
-        help="once serving, write {endpoint, pid} here as JSON (for a supervisor that bound port 0)",
-    )
-    parser.add_argument("--keys", type=Path, required=True, help="key dir: NAME.key_secret, NAME.sign, peers")
-    parser.add_argument("--name", default="learner", help="this learner's key name")
-    parser.add_argument("--plain", action="store_true", help="no CURVE (loopback endpoints only)")
-    parser.add_argument("--publish-every", type=int, default=LearnerOptions.publish_every, help="updates")
-    parser.add_argument(
-        "--credit", type=int, default=LearnerOptions.credit, help="lockstep window, transitions"
-    )
-    parser.add_argument(
-        "--pacing",
-        choices=("lockstep", "realtime"),
-        default=LearnerOptions.pacing,
-        help="lockstep (sim: exact UTD, reproducible) or realtime (hardware: the robot never waits)",
-    )
-    parser.add_argument(
-        "--no-gate",
-        action="store_true",
-        help="send every version to hardware runners too, unvalidated (sim-only setups)",
-    )
-    parser.add_argument(
-        "--validate-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="passed to every `robot-wsrl validate` of a new version (repeat; e.g. episodes=5)",
-    )
-    parser.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = compose_config("finetune", args.overrides)
-    ctx = zmq.Context()
-    try:
-        signing_key = keys.load_signing_key(args.keys, args.name)
-        if args.plain:
-            sock = transport.plain_server(ctx, zmq.ROUTER, args.bind)
-        else:
-            sock = transport.secure_server(
-                ctx,
-                zmq.ROUTER,
-                args.bind,
-                keys.load_curve_keys(args.keys, args.name),
-                keys.load_public_keys(args.keys, roles=("runner", "console")),
-            )
-        learner = Learner(
-            cfg,
-            sock,
-            prepare_out_dir(cfg),
-            signing_key,
-            LearnerOptions(
-                args.name,
-                args.publish_every,
-                args.credit,
-                pacing=args.pacing,
-                gate=not args.no_gate,
-                validate_args=tuple(args.validate_arg),
-            ),
-            secure=not args.plain,
-            keydir=args.keys,
-            roles=None if args.plain else keys.load_key_roles(args.keys, ("runner", "console")),
-        )
-    except (keys.KeyFileError, transport.TransportError, CheckpointError, ValueError, zmq.ZMQError) as exc:
-        transport.shutdown(ctx)
-        print(f"robot-wsrl learner: {exc}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-    stop_on_signals([stop])
-    if args.max_seconds is not None:
-        timer = threading.Timer(args.max_seconds, stop.set)
-        timer.daemon = True
-        timer.start()
-    endpoint = transport.bound_endpoint(sock)
-    if args.ready_file is not None:
-        write_atomic(args.ready_file, json.dumps({"endpoint": endpoint, "pid": os.getpid()}).encode())
-    print(f"learner {args.name} on {endpoint}, outputs in {learner.out}", flush=True)
-    try:
-        learner.serve(stop)
-    finally:
-        learner.close()
-        transport.shutdown(ctx)
-    print(learner.status())
-    return 0

@@ -27,8 +27,13 @@ class CQLSettings:
     temperature: float = 1.0
     calql: bool = False
     lagrange: bool = False
-    target_action_gap: float = 0.8
-    max_target_backup: bool = False
+    target_action_gap: float = 1.0
+    max_target_backup: bool = True
+
+
+def draw_members(ensemble_size: int, count: int, device: torch.device) -> torch.Tensor:
+    """`count` ensemble members drawn uniformly with replacement (the official code's randint)."""
+    return torch.randint(ensemble_size, (count,), device=device)
 
 
 def td_target(
@@ -104,12 +109,14 @@ def critic_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean squared TD error over all critics, plus the CQL / Cal-QL regulariser when `cql` is given.
 
-    `cql_alpha` is the Lagrange multiplier when settings.lagrange (its own loss is the negated
-    penalty, see `cql_alpha_loss`); otherwise settings.alpha is used.
+    As the official code: the target is the min over `num_target_critics` target members drawn at
+    random (with replacement), and the CQL gap is taken on that many members drawn again, so only their
+    sampled-action Q-values are computed. `cql_alpha` is the Lagrange multiplier when settings.lagrange
+    (its own loss is the negated penalty, see `cql_alpha_loss`); otherwise settings.alpha is used.
     """
     obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
     with torch.no_grad():
-        members = torch.randperm(critic.ensemble_size, device=obs.device)[:num_target_critics]
+        members = draw_members(critic.ensemble_size, num_target_critics, obs.device)
         if cql is not None and cql.max_target_backup:
             next_action, next_log_prob = actor.sample(next_obs, cql.num_samples)
             next_obs_rep = next_obs.unsqueeze(1).expand(-1, cql.num_samples, -1)
@@ -135,11 +142,13 @@ def critic_loss(
         random_action = torch.rand(batch_size, n, action.shape[-1], device=obs.device) * 2.0 - 1.0
         pi_action, pi_log_prob = actor.sample(obs, n)
         next_pi_action, next_pi_log_prob = actor.sample(next_obs, n)
-    # one critic pass over all 3N sampled actions of every state
-    q_sampled = critic(obs_rep.repeat(1, 3, 1), torch.cat([random_action, pi_action, next_pi_action], dim=1))
+        penalised = draw_members(critic.ensemble_size, num_target_critics, obs.device)
+    # one critic pass over all 3N sampled actions of every state, for the penalised members only
+    sampled = torch.cat([random_action, pi_action, next_pi_action], dim=1)
+    q_sampled = critic(obs_rep.repeat(1, 3, 1), sampled, penalised)
     q_random, q_pi, q_pi_next = q_sampled.split(n, dim=-1)
     gap, floored = cql_gap(
-        q,
+        q.index_select(0, penalised),
         q_random,
         q_pi,
         q_pi_next,
@@ -174,15 +183,12 @@ def actor_loss(
     obs: torch.Tensor,
     temperature: torch.Tensor,
     objective: str,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """alpha log pi(a|s) - Q(s, a), a ~ pi, with Q the min (WSRL) or mean (RLPD) over all critics.
-
-    Returns (loss, log-probabilities for the temperature step, info).
-    """
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """alpha log pi(a|s) - Q(s, a), a ~ pi, with Q the min (WSRL) or mean (RLPD) over all critics."""
     action, log_prob = actor.sample(obs)
     q = critic.actor_value(obs, action, objective)
     loss = (temperature.detach() * log_prob - q).mean()
-    return loss, log_prob.detach(), {"actor_loss": loss.detach(), "entropy": -log_prob.detach().mean()}
+    return loss, {"actor_loss": loss.detach(), "entropy": -log_prob.detach().mean()}
 
 
 def temperature_loss(

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
 
+from robot_wsrl.core.artifacts import CHECKPOINT, SUMMARY
 from robot_wsrl.learn.agent import Agent
-from robot_wsrl.learn.config import Config, compose_config, config_hash, prepare_out_dir, resumed
+from robot_wsrl.learn.calibration import CALIBRATION_TOLERANCE, calibrated, make_probe, measure
+from robot_wsrl.learn.config import Config, config_hash, prepare_out_dir, resumed
 from robot_wsrl.learn.datasets import load_dataset
 from robot_wsrl.learn.envs import make_env
 from robot_wsrl.learn.metrics import MetricsLogger
+from robot_wsrl.learn.networks import build_networks
+from robot_wsrl.learn.plots import plot_calibration
 from robot_wsrl.learn.replay import MixedSampler, ReplayBuffer
 from robot_wsrl.learn.training import (
     evaluate_agent,
@@ -22,8 +25,6 @@ from robot_wsrl.learn.training import (
     save_training_checkpoint,
     seed_everything,
 )
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def pretrain(cfg: Config) -> dict[str, Any]:
@@ -51,7 +52,8 @@ def pretrain(cfg: Config) -> dict[str, Any]:
         ds.episode_ends(),
     )
     sampler = MixedSampler(None, offline, 1.0)
-    agent = Agent(spec.obs_dim, spec.act_dim, cfg.agent, cfg.device)
+    probe = make_probe(offline, seed=cfg.seed)
+    agent = Agent(build_networks(spec.obs_dim, spec.act_dim, cfg.agent, cfg.device), cfg.agent)
     step = 0
     if cfg.run.resume:
         payload = load_agent_checkpoint(str(out / CHECKPOINT), agent, spec, with_optimizers=True)
@@ -69,6 +71,8 @@ def pretrain(cfg: Config) -> dict[str, Any]:
         if run.log_every and step % run.log_every == 0:
             rate = (step - first_step) / max(time.perf_counter() - started, 1e-9)
             logger.log("train", step, {"updates_per_s": rate, **{k: float(v) for k, v in info.items()}})
+            calibration = measure(agent, offline, probe)
+            logger.log("calibration", step, calibration)
         if run.eval_every and step % run.eval_every == 0:
             last_eval = evaluate_agent(agent, eval_env, run.eval_episodes, seed=cfg.seed + 20_000)
             logger.log("eval", step, last_eval)
@@ -79,30 +83,25 @@ def pretrain(cfg: Config) -> dict[str, Any]:
             bar.set_postfix(eval=f"{last_eval['return_mean']:.0f}", refresh=False)
     bar.close()
     save_training_checkpoint(out / CHECKPOINT, agent, spec, cfg, step, {"rng": rng_state(rng)})
+    calibration = measure(agent, offline, probe)
+    logger.log("calibration", step, calibration)
     logger.close()
     eval_env.close()
+    plot_calibration(
+        out / "calibration.csv", out / "calibration.png", CALIBRATION_TOLERANCE,
+        f"critic calibration on {ds.size:,} dataset transitions ({cfg.agent.regularizer}, {step:,} updates)",
+    )
     summary = {
         "out_dir": str(out),
         "steps": step,
         "dataset": run.dataset,
         "dataset_size": ds.size,
         "final_eval": last_eval,
+        "calibration": calibration,
+        "calibrated": calibrated(calibration["q_calibration"]),
         "config_hash": config_hash(cfg),
         "checkpoint": str(out / CHECKPOINT),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl pretrain",
-        description="Offline CQL (agent=cql, default) or Cal-QL (agent=calql) pre-training. Hydra overrides, "
-        "e.g.: env=hopper run.dataset=data/hopper-medium.hdf5 run.steps=250000",
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    args = parser.parse_args(argv)
-    summary = pretrain(compose_config("pretrain", args.overrides))
-    print(f"pre-training done: {summary['steps']} updates on {summary['dataset_size']} transitions")
-    print(f"checkpoint: {summary['checkpoint']}")
-    return 0

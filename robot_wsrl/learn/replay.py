@@ -257,8 +257,9 @@ class ReplayBuffer:
             for k in FIELDS:
                 getattr(buf, k)[:size] = data[k]
             buf.size, buf.cursor, buf.total_added = size, cursor, total
-            parts = np.split(data["open_index"], np.cumsum(data["open_lengths"])[:-1])
-            buf._open = {str(key): [part] for key, part in zip(data["open_keys"], parts, strict=True)}
+            keys = data["open_keys"]  # np.split of nothing is one empty part, not none
+            parts = np.split(data["open_index"], np.cumsum(data["open_lengths"])[:-1]) if len(keys) else []
+            buf._open = {str(key): [part] for key, part in zip(keys, parts, strict=True)}
         return buf
 
     @classmethod

@@ -1,4 +1,4 @@
-"""`robot-wsrl ship`: package a pre-trained checkpoint as a shipped policy under `policies/NAME/`.
+"""Package a pre-trained checkpoint as a shipped policy under `policies/NAME/` (`robot-wsrl ship`).
 
 The folder holds what the learner starts from (`checkpoint.pt`, the full agent state), what robots run
 (`policy.onnx` + `policy.json`) and `manifest.json`: how it was made and its measured return on the
@@ -7,11 +7,9 @@ nominal simulator and on every dynamics-shift preset (the sim-to-real gap a fine
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,14 +18,13 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from robot_wsrl.core.artifacts import CHECKPOINT, MANIFEST, signature_path
 from robot_wsrl.learn.checkpoint import load_actor, load_checkpoint
-from robot_wsrl.learn.collect import dataset_entry
 from robot_wsrl.learn.envs import evaluate
 from robot_wsrl.learn.export import export_policy
 from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.sim.shift import preset_names
-from robot_wsrl.wire.keys import load_signing_key
-from robot_wsrl.wire.signing import signature_path, write_signature
+from robot_wsrl.wire.signing import write_signature
 
 
 def measure_returns(checkpoint: Path, episodes: int, seed: int) -> dict[str, dict[str, float]]:
@@ -67,7 +64,7 @@ def ship(
     dataset: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    target = out / "checkpoint.pt"
+    target = out / CHECKPOINT
     if checkpoint.resolve() != target.resolve():
         shutil.copyfile(checkpoint, target)
     payload = load_checkpoint(target)
@@ -87,32 +84,6 @@ def ship(
         "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (target, onnx_path)},
         "shipped": time.strftime("%Y-%m-%d"),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl ship", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoint", type=Path, help="a pre-training checkpoint.pt")
-    parser.add_argument("--out", type=Path, required=True, help="policies/NAME")
-    parser.add_argument("--recipe", type=Path, default=None, help="JSON describing how it was made")
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--keys", type=Path, default=None, help="sign policy.onnx with KEYS/SIGNER.sign")
-    parser.add_argument("--dataset", type=Path, default=None, help="the offline dataset (from collect)")
-    parser.add_argument("--signer", default="learner", help="signing key name in --keys (default learner)")
-    args = parser.parse_args(argv)
-    recipe = json.loads(args.recipe.read_text()) if args.recipe else {}
-    try:
-        key = None if args.keys is None else load_signing_key(args.keys, args.signer)
-        dataset = None if args.dataset is None else dataset_entry(args.dataset)
-    except ValueError as exc:  # KeyFileError, SignatureError, a dataset without its collect manifest
-        print(f"robot-wsrl ship: {exc}", file=sys.stderr)
-        return 2
-    manifest = ship(args.checkpoint, args.out, recipe, args.episodes, args.seed, key, dataset)
-    for preset, r in manifest["returns"].items():
-        print(f"  {preset:<10} return {r['return_mean']:8.1f} ± {r['return_std']:.1f}")
-    print(f"shipped to {args.out}")
-    return 0

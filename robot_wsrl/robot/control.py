@@ -22,12 +22,13 @@ The thread does nothing but serve the channel, and runs at a raised priority whe
 channel also has its own ZeroMQ context, whose I/O thread gets SCHED_FIFO where permitted: the learner's
 bulk traffic runs on another context and never competes with a stop at that priority.
 
-`apply_command` is the one mapping of an operator's Command onto a runner.
+`apply_command` is the one mapping of an operator's Command onto a runner. Both talk to `Controlled`, the
+few calls they make, which the Runner has: this module never imports the runner (nor onnxruntime, so
+consoles may import its constants). The command line's part (options, binding) is in robot_wsrl.apps.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import logging
@@ -38,13 +39,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import zmq
 
+from robot_wsrl.core.artifacts import LATCH_STATE, RUNNER_LOCK
 from robot_wsrl.core.durable import DurableRecord, RecordError
 from robot_wsrl.robot.safety import EStopCause, EStopLatch, RunnerState
-from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire import transport
 from robot_wsrl.wire.protocol import (
     Command,
     HeartbeatMessage,
@@ -54,9 +56,6 @@ from robot_wsrl.wire.protocol import (
     StatusRequest,
     encode,
 )
-
-if TYPE_CHECKING:  # consoles import this module's constants: keep onnxruntime out of them
-    from robot_wsrl.robot.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +70,42 @@ CONSOLE_FORGET_S = 60.0  # a console connection silent this long is dropped from
 CONTROL_RT_PRIORITY = 10  # SCHED_FIFO priority of the control thread, where permitted
 CONTROL_NICE = -10  # its nice value otherwise, where permitted
 SWITCH_INTERVAL_S = 2e-4  # GIL hand-off in a runner process: the control thread waits at most this long
-LATCH_FILE = "latch.state"
-LOCK_FILE = "runner.lock"  # held (flock) by the one runner using the folder
 _STATE_LOCKS: dict[int, int] = {}  # id(latch) -> the descriptor holding its folder's lock
 
 Hold = Callable[[bool], None]
 
 
+class Outcome(Protocol):
+    """Whether a request was taken, and why not."""
+
+    @property
+    def accepted(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+class Controlled(Protocol):
+    """What the control channel drives (the Runner, structurally): its latch, pause, rollback, phase."""
+
+    @property
+    def latch(self) -> EStopLatch: ...
+
+    def release(self, operator: str) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def rollback(self) -> Outcome: ...
+
+    def set_phase(self, phase: RunnerState) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
 def apply_command(
-    runner: Runner | None,
+    runner: Controlled | None,
     cmd: Command,
     *,
     name: str,
@@ -152,7 +178,7 @@ class ControlServer:
         self._hold, self._extra_status, self._ctx, self._clock = hold, extra_status, ctx, clock
         self._latch, self._boost, self._owns_context = latch, boost, owns_context
         self.rejects = RejectCounter()
-        self._runner: Runner | None = None
+        self._runner: Controlled | None = None
         self._consoles: dict[bytes, tuple[str, float]] = {}  # connection -> (key name, last heard)
         self._supervisors: dict[bytes, tuple[str, float]] = {}  # connections holding the deadman
         self.priority = "normal"  # what the control thread got: "fifo", "nice" or "normal"
@@ -174,7 +200,7 @@ class ControlServer:
             return self.deadman_s
         return DEFAULT_DEADMAN_S if self._supervisors else None
 
-    def attach(self, runner: Runner) -> None:
+    def attach(self, runner: Controlled) -> None:
         if self._latch is not None and runner.latch is not self._latch:
             raise ValueError("the runner must be built with this control server's latch")
         self._runner = runner
@@ -355,7 +381,7 @@ def open_latch(state_dir: Path) -> EStopLatch:
     two runners sharing one latch record would release each other's e-stops."""
     lock = _hold_state_dir(state_dir)
     try:
-        latch = EStopLatch(store=DurableRecord(state_dir / LATCH_FILE))
+        latch = EStopLatch(store=DurableRecord(state_dir / LATCH_STATE))
     except BaseException:
         os.close(lock)
         raise
@@ -379,7 +405,7 @@ def _hold_state_dir(state_dir: Path) -> int:
     however it ends), with our pid in the lock file for the error another runner gets; its descriptor."""
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(state_dir / RUNNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise RecordError(f"state folder {state_dir}: {exc.strerror or exc}") from None
     try:
@@ -394,86 +420,3 @@ def _hold_state_dir(state_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-# ----- starting one from a command line (runner and link-runner) -----
-
-
-def bind(ctx: zmq.Context, endpoint: str, name: str, keydir: Path | None, plain: bool) -> zmq.Socket:
-    """The runner's control ROUTER: CURVE admitting only console keys, or plain on loopback."""
-    if plain:
-        return transport.plain_server(ctx, zmq.ROUTER, endpoint)
-    if keydir is None:
-        raise ValueError("--control needs --keys (or --plain on a loopback endpoint)")
-    consoles = keys.load_public_keys(keydir, roles=("console",))
-    if not consoles:
-        raise keys.KeyFileError(
-            f"{keydir}: no console keys (robot-wsrl keys new NAME --dir {keydir} --role console): "
-            "nobody could stop this runner"
-        )
-    return transport.secure_server(ctx, zmq.ROUTER, endpoint, keys.load_curve_keys(keydir, name), consoles)
-
-
-def add_arguments(parser: argparse.ArgumentParser, *, identity: bool) -> None:
-    """--control and --deadman-s (and, for a command without them, --keys, --name and --plain)."""
-    parser.add_argument(
-        "--control", metavar="ENDPOINT", default=None, help="bind the operator control channel (consoles)"
-    )
-    parser.add_argument(
-        "--deadman-s",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"e-stop when a supervising console is silent this long (>= {MIN_DEADMAN_S}; needs --control)",
-    )
-    if identity:
-        parser.add_argument("--keys", type=Path, default=None, help="key dir: NAME.key_secret, console keys")
-        parser.add_argument("--name", default="runner", help="this runner's key name (its runner id)")
-        parser.add_argument("--plain", action="store_true", help="no CURVE (loopback endpoints only)")
-
-
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.deadman_s is not None and args.control is None:
-        parser.error("--deadman-s needs --control")
-    if args.deadman_s is not None and args.deadman_s < MIN_DEADMAN_S:
-        parser.error(f"--deadman-s must be at least {MIN_DEADMAN_S} s")
-    if args.control is not None and not args.plain and args.keys is None:
-        parser.error("--control needs --keys (or --plain on a loopback endpoint)")
-
-
-def serve_from_args(
-    args: argparse.Namespace,
-    latch: EStopLatch,
-    *,
-    hold: Hold | None = None,
-    extra_status: Callable[[], dict[str, Any]] | None = None,
-) -> ControlServer:
-    """Bind `args.control` on a context of its own (`control_context`, shut down by `close`) and serve
-    `latch` at once (e-stop, release, status), the runner once it is `attach`ed. Raises KeyFileError,
-    TransportError or ZMQError."""
-    ctx = control_context()
-    try:
-        sock = bind(ctx, args.control, args.name, args.keys, args.plain)
-    except BaseException:
-        transport.shutdown(ctx)
-        raise
-    server = ControlServer(
-        sock,
-        args.name,
-        secure=not args.plain,
-        deadman_s=args.deadman_s,
-        hold=hold,
-        extra_status=extra_status,
-        ctx=ctx,
-        latch=latch,
-        boost=True,
-        owns_context=True,
-    )
-    server.start()
-    log.warning(
-        "%s: control channel on %s (deadman %s)",
-        args.name,
-        args.control,
-        args.deadman_s or f"{DEFAULT_DEADMAN_S} s once a console supervises",
-    )
-    return server

@@ -21,12 +21,8 @@ for lockstep credit alone only stops stepping: a simulator's episode goes on whe
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,18 +32,14 @@ from typing import Any, Literal
 import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from robot_wsrl.core.driver import DriverFault
+from robot_wsrl.core.artifacts import POLICY_ONNX, POLICY_SIDECAR, version_dir
 from robot_wsrl.core.durable import DurableRecord
 from robot_wsrl.core.files import write_atomic
-from robot_wsrl.core.lifetime import stop_on_signals
-from robot_wsrl.robot import control
-from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.robot.policy import OnnxPolicy, PolicyError
-from robot_wsrl.robot.runner import Runner, Transition
-from robot_wsrl.robot.safety import EStopLatch, RunnerState
-from robot_wsrl.wire import keys, transport
+from robot_wsrl.robot.runner import Runner
+from robot_wsrl.robot.safety import RunnerState
+from robot_wsrl.wire import transport
 from robot_wsrl.wire.protocol import (
-    RUNNER_TAGS,
     Ack,
     Command,
     Credit,
@@ -57,8 +49,10 @@ from robot_wsrl.wire.protocol import (
     PolicyRequest,
     RejectCounter,
     Reply,
+    RunnerTag,
     Status,
     StatusRequest,
+    Transition,
     encode,
     try_decode,
 )
@@ -68,13 +62,8 @@ from robot_wsrl.wire.spool import SpoolFull, TransitionSpool
 log = logging.getLogger(__name__)
 
 LearnerLost = Literal["keep", "hold"]
-RunnerTag = Literal["sim", "hardware"]
-HARDWARE_DRIVERS = ("emulated:",)  # drivers that stand for a real robot (the sim-first gate applies)
 POLL_S = 0.01
 COMMAND_REFUSED = "the learner's channel takes no commands: operators use the runner's control channel"
-ONNX_NAME, SIDECAR_NAME = "policy.onnx", "policy.json"
-DRAIN_S, DRAIN_ON_SIGNAL_S = 30.0, 3.0  # waiting for the last acks at the end of a run, or when told to stop
-POLICY_RECORD = "policy.state"  # in the state folder: the (run_id, version) this runner took last
 WAIT_HOLDS = frozenset({"credit"})  # holds a simulator waits out mid-episode (no safe stop)
 
 
@@ -378,11 +367,11 @@ class LearnerLink:
         if backwards is not None:
             self._refuse(msg.version, backwards)
             return
-        directory = self.policy_dir / f"v{msg.version:06d}"
+        directory = version_dir(self.policy_dir, msg.version)
         directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(directory / SIDECAR_NAME, msg.sidecar.encode())
-        write_atomic(directory / ONNX_NAME, msg.onnx)
-        path = directory / ONNX_NAME
+        write_atomic(directory / POLICY_SIDECAR, msg.sidecar.encode())
+        write_atomic(directory / POLICY_ONNX, msg.onnx)
+        path = directory / POLICY_ONNX
         if self._runner is None:
             try:
                 OnnxPolicy.load(path)
@@ -436,202 +425,3 @@ class LearnerLink:
     def operator_hold(self, on: bool) -> None:
         """An operator's pause/resume (from the learner or a console) is one of the link's holds."""
         self._hold("operator", on)
-
-
-# ----- command line -----
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="robot-wsrl link-runner",
-        description="Run a robot for a learner: its policies in, the transitions out (no torch).",
-    )
-    parser.add_argument("--learner", required=True, help="the learner's endpoint, e.g. tcp://HOST:5555")
-    parser.add_argument("--keys", type=Path, required=True, help="key dir: NAME.key_secret, learner files")
-    parser.add_argument("--name", required=True, help="this runner's key name (its runner id)")
-    parser.add_argument("--learner-name", default="learner", help="the learner's key name")
-    parser.add_argument("--plain", action="store_true", help="no CURVE (loopback endpoints only)")
-    parser.add_argument(
-        "--driver", required=True, help="gym:ENV_ID | dmc:DOMAIN-TASK | null | emulated:ENDPOINT"
-    )
-    parser.add_argument(
-        "--tag",
-        choices=RUNNER_TAGS,
-        default=None,
-        help="hardware: receive only validated policy versions (default: hardware for emulated:*, else sim)",
-    )
-    parser.add_argument(
-        "--state", type=Path, default=None, help="spool and policies (default runs/link/NAME)"
-    )
-    parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes")
-    parser.add_argument("--steps", type=int, default=None, help="stop after N control ticks")
-    parser.add_argument(
-        "--transitions", type=int, default=None, help="stop after handing N transitions to the learner"
-    )
-    parser.add_argument(
-        "--driver-timeout", type=float, default=None, help="emulated:* request deadline, s (a busy host)"
-    )
-    parser.add_argument("--driver-retries", type=int, default=None, help="emulated:* resends of a request")
-    parser.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument(
-        "--rt-priority",
-        type=int,
-        default=None,
-        help="run the control loop SCHED_FIFO at this priority (1-99), where permitted: on a busy host its "
-        "missed deadlines are run-queue waits, which only a real-time policy removes",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--on-learner-lost", choices=("hold", "keep"), default="hold")
-    parser.add_argument("--no-lockstep", action="store_true", help="do not wait for the learner's credit")
-    parser.add_argument(
-        "--wait-policy", type=float, default=60.0, help="seconds to wait for the first policy"
-    )
-    control.add_arguments(parser, identity=False)
-    parser.add_argument(
-        "--ready-file",
-        type=Path,
-        default=None,
-        help="once up, write {pid, control} (the bound control endpoint) here as JSON, for a supervisor",
-    )
-    args = parser.parse_args(argv)
-    if args.episodes is None and args.steps is None and args.transitions is None:
-        parser.error("give --episodes, --steps and/or --transitions")
-    control.check_arguments(parser, args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = args.state or Path("runs/link") / args.name
-    stop, signalled = threading.Event(), threading.Event()
-    stop_on_signals([signalled, stop])  # stop between ticks, then drain briefly: the spool keeps the rest
-    control.reserve_process_resources()
-    handed = 0
-
-    def on_transition(transition: Transition) -> None:
-        # Ticks held for credit produce nothing, so a data budget is counted here, exactly.
-        nonlocal handed
-        assert link is not None
-        link.on_transition(transition)
-        handed += 1
-        if args.transitions is not None and handed >= args.transitions:
-            stop.set()
-
-    ctx = zmq.Context()
-    link: LearnerLink | None = None
-    server: control.ControlServer | None = None
-    latch: EStopLatch | None = None
-    spool: TransitionSpool | None = None
-    driver = None
-    try:
-        # First the latch and the channel that stops it: a stop is taken (and kept) from the first moment.
-        latch = control.open_latch(state)
-        if args.control is not None:  # up before the first policy: a console sees the runner waiting
-            server = control.serve_from_args(
-                args,
-                latch,
-                hold=lambda on: link is not None and link.operator_hold(on),
-                extra_status=lambda: {} if link is None else {"link": link.status()},
-            )
-        if args.plain:
-            sock = transport.plain_client(ctx, zmq.DEALER, args.learner)
-        else:
-            sock = transport.secure_client(
-                ctx,
-                zmq.DEALER,
-                args.learner,
-                keys.load_curve_keys(args.keys, args.name),
-                keys.load_public_key(args.keys, args.learner_name),
-            )
-        tag = args.tag or ("hardware" if args.driver.startswith(HARDWARE_DRIVERS) else "sim")
-        options = LinkOptions(on_learner_lost=args.on_learner_lost, lockstep=not args.no_lockstep, tag=tag)
-        spool = TransitionSpool(state / "spool", args.name)
-        link = LearnerLink(
-            sock,
-            spool,
-            keys.load_verify_keys(args.keys),
-            state / "policies",
-            options,
-            record=DurableRecord(state / POLICY_RECORD),
-        )
-        link.start()
-        if args.ready_file is not None:
-            control_endpoint = None if server is None else transport.bound_endpoint(server.sock)
-            ready = {"pid": os.getpid(), "control": control_endpoint}
-            write_atomic(args.ready_file, json.dumps(ready).encode())
-        deadline, path = time.monotonic() + args.wait_policy, None
-        while path is None and not stop.is_set() and time.monotonic() < deadline:
-            path = link.wait_for_policy(0.2)  # a stop request is honoured while waiting too
-        if path is None:
-            if stop.is_set():
-                _close_link_runner(server, link, driver, spool, latch, ctx)
-                print("robot-wsrl link-runner: stopped while waiting for the first policy", file=sys.stderr)
-                return 0
-            raise ValueError(f"no valid policy from {args.learner} within {args.wait_policy} s")
-        policy = OnnxPolicy.load(path)
-        driver = make_driver(
-            args.driver,
-            seed=args.seed,
-            spec=policy.spec,
-            timeout_s=args.driver_timeout,
-            retries=args.driver_retries,
-        )
-        runner = Runner(
-            driver,
-            policy,
-            seed=args.seed,
-            realtime=args.realtime,
-            rt_priority=args.rt_priority,
-            on_transition=on_transition,
-            latch=latch,
-        )
-    except (
-        keys.KeyFileError,
-        transport.TransportError,
-        PolicyError,
-        DriverFault,
-        ValueError,
-        OSError,
-        zmq.ZMQError,
-    ) as exc:
-        _close_link_runner(server, link, driver, spool, latch, ctx)
-        print(f"robot-wsrl link-runner: {exc}", file=sys.stderr)
-        return 2
-    link.attach(runner)
-    if server is not None:
-        server.attach(runner)
-    try:
-        summary = runner.run(max_steps=args.steps, max_episodes=args.episodes, stop_event=stop)
-        # Drain only to a learner that is there: the spool keeps the rest durably for the next start.
-        drain_s = DRAIN_ON_SIGNAL_S if signalled.is_set() else DRAIN_S
-        if not (link.learner.alive() and link.drain(timeout_s=drain_s)) and link.spool.pending():
-            print("robot-wsrl link-runner: unacknowledged transitions stay in the spool", file=sys.stderr)
-    finally:
-        _close_link_runner(server, link, driver, spool, latch, ctx)
-    print(
-        f"{args.name}: {summary['steps']} steps, {summary['episodes_done']} episodes, "
-        f"policy version {summary['policy_version']}, link {link.status()}"
-    )
-    return 0
-
-
-def _close_link_runner(
-    server: control.ControlServer | None,
-    link: LearnerLink | None,
-    driver: Any,
-    spool: TransitionSpool | None,
-    latch: EStopLatch | None,
-    ctx: zmq.Context,
-) -> None:
-    """Tear down whatever was set up, each part whatever state the others are in (a full disk, a dead
-    robot): a stop never ends in a traceback."""
-    if server is not None:
-        server.close()
-    if link is not None:
-        link.close()
-    parts = (("driver", driver), ("spool", spool))
-    closers = [(name, part.close) for name, part in parts if part is not None]
-    if latch is not None:
-        closers.append(("latch", lambda: control.close_latch(latch)))
-    for name, close in closers:
-        try:
-            close()
-        except Exception as exc:  # reported, and the rest is still closed
-            log.error("closing the %s: %s: %s", name, type(exc).__name__, exc)
-    transport.shutdown(ctx)

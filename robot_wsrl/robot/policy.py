@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from robot_wsrl.core.artifacts import sidecar_path
 from robot_wsrl.core.spec import EnvSpec
 
 FORMAT = "robot-wsrl-policy/1"
 INPUT_NAME = "obs"
 OUTPUT_NAMES = ("mean", "log_std")
-SIDECAR_SUFFIX = ".json"
 # Keys of the ONNX metadata_props (values are JSON); the sidecar holds the same keys plus "sha256".
 METADATA_KEYS = (
     "format",
@@ -95,11 +95,6 @@ class PolicyMetadata:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sidecar_path(onnx_path: str | Path) -> Path:
-    """`DIR/policy.onnx` -> `DIR/policy.json`."""
-    return Path(onnx_path).with_suffix(SIDECAR_SUFFIX)
 
 
 def spec_mismatches(expected: EnvSpec, actual: EnvSpec) -> list[str]:

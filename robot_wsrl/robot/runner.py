@@ -16,14 +16,11 @@ control thread beside the loop and shares its interpreter lock.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import logging
 import math
 import os
-import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -34,10 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from robot_wsrl.core.driver import Driver, DriverFault
-from robot_wsrl.core.lifetime import stop_on_signals
+from robot_wsrl.core.driver import Driver
 from robot_wsrl.core.spec import EnvSpec
-from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.robot.policy import OnnxPolicy, PolicyError
 from robot_wsrl.robot.safety import (
     EStopCause,
@@ -48,6 +43,7 @@ from robot_wsrl.robot.safety import (
     SafetyConfig,
     SafetyEnvelope,
 )
+from robot_wsrl.wire.protocol import Transition
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +51,8 @@ SwapMode = Literal["between_episodes", "immediate"]
 SPIN_S = 200e-6  # sleep until this long before a deadline, then spin
 JITTER_WINDOW = 10_000  # ticks of timing kept for the percentiles (10 s at 1 kHz)
 TRANSITION_BUFFER = 10_000
-STATUS_PERIOD_S = 0.25  # how often the CLI redraws its status line
 IDLE_SLEEP_S = 1e-3  # tick interval of a paused or stopped loop that keeps no schedule
-DRIVER_TIMEOUT_PERIODS = 5  # default per-request deadline of a driver behind a link, in control periods
 STATUS_CACHE_S = 0.2  # the jitter percentiles in status are at most this old
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One step as the replay buffer wants it; `action` is the executed action, normalised to [-1, 1]."""
-
-    obs: np.ndarray
-    action: np.ndarray
-    reward: float
-    next_obs: np.ndarray
-    terminated: bool
-    truncated: bool
-    episode: int
-    step: int
-    policy_version: int
 
 
 @dataclass(frozen=True)
@@ -591,152 +570,6 @@ class Runner:
         return phase
 
 
-# ----- command line -----
-
-
 def _finite(value: float | None) -> float | None:
     """Status is strict JSON: a non-finite number (a simulator's NaN reward) is reported as null."""
     return value if value is not None and math.isfinite(value) else None
-
-
-def _num(value: float | None, spec: str) -> str:
-    return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
-
-
-def _status_line(s: dict[str, Any]) -> str:
-    faults = s["safety"]["nonfinite_obs"] + s["safety"]["nonfinite_action"] + s["safety"]["limit_violations"]
-    return (
-        f"{s['state']:<11} v{s['policy_version']} | ep {s['episode']} step {s['episode_step']} "
-        f"return {_num(s['episode_return'], '9.2f')} | {s['loop_rate_hz']:7.1f} Hz | "
-        f"jitter p50 {_num(s['jitter_p50_us'], '6.1f')} p99 {_num(s['jitter_p99_us'], '6.1f')} us | "
-        f"overruns {s['overruns']} | "
-        f"clip {s['safety']['clipped']} rate {s['safety']['rate_limited']} faults {faults}"
-    )
-
-
-def _supervise(runner: Runner, stop: threading.Event, done: threading.Event, releasable: bool) -> None:
-    """Redraw the status line; end the run once the e-stop latches unless a console can release it (the
-    latch has already stopped the robot, so waiting out --steps/--episodes would only hang)."""
-    while not done.wait(STATUS_PERIOD_S):
-        if runner.latch.latched and not releasable:
-            stop.set()
-        print("\r" + _status_line(runner.status()), end="", file=sys.stderr, flush=True)
-
-
-def _close_all(server: Any, driver: Driver | None, latch: EStopLatch, handlers: dict[int, Any]) -> None:
-    """Tear down what `cli` set up, in reverse order."""
-    from robot_wsrl.robot import control  # the command line's part, as in `cli`
-
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-    if server is not None:
-        server.close()
-    if driver is not None:
-        driver.close()
-    control.close_latch(latch)
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="robot-wsrl runner", description="Run an ONNX policy on a driver.")
-    parser.add_argument(
-        "--policy", type=Path, required=True, help="DIR/policy.onnx (its policy.json beside it)"
-    )
-    parser.add_argument(
-        "--driver", required=True, help="gym:ENV_ID | dmc:DOMAIN-TASK | null | emulated:ENDPOINT"
-    )
-    parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes")
-    parser.add_argument("--steps", type=int, default=None, help="stop after N control ticks")
-    parser.add_argument("--deterministic", action="store_true", help="tanh(mean) instead of sampling")
-    parser.add_argument(
-        "--realtime",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep the control period (default) or step as fast as possible",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--rt-priority", type=int, default=None, help="run the loop SCHED_FIFO at this priority (1-99)"
-    )
-    parser.add_argument("--max-delta", type=float, default=None, help="rate limit, robot units per step")
-    parser.add_argument(
-        "--driver-timeout",
-        type=float,
-        default=None,
-        help="emulated driver: seconds to wait for each reply before a retry, then a driver fault "
-        f"(default {DRIVER_TIMEOUT_PERIODS} control periods)",
-    )
-    import zmq  # only the CLI's control channel needs pyzmq, not the Runner class
-
-    from robot_wsrl.robot import control
-
-    parser.add_argument(
-        "--state", type=Path, default=None, help="the e-stop latch's record (default runs/runner/NAME)"
-    )
-    control.add_arguments(parser, identity=True)
-    args = parser.parse_args(argv)
-    if args.episodes is None and args.steps is None:
-        parser.error("give --episodes and/or --steps")
-    control.check_arguments(parser, args)
-    logging.basicConfig(level=logging.WARNING, format="\n%(asctime)s %(levelname)s %(name)s: %(message)s")
-    control.reserve_process_resources()
-    try:  # the latch, and the channel that stops it, before the driver: a stop is taken from the start
-        latch = control.open_latch(args.state or Path("runs/runner") / args.name)
-    except (ValueError, OSError) as exc:
-        print(f"robot-wsrl runner: {exc}", file=sys.stderr)
-        return 2
-    server = None
-    stop, done = threading.Event(), threading.Event()
-    handlers = stop_on_signals([stop])
-    driver = None
-    try:
-        if args.control is not None:
-            server = control.serve_from_args(args, latch)
-        policy = OnnxPolicy.load(args.policy)
-        timeout_s = args.driver_timeout
-        if timeout_s is None and args.driver.startswith("emulated:"):
-            timeout_s = DRIVER_TIMEOUT_PERIODS * policy.spec.control_period_s
-        driver = make_driver(args.driver, seed=args.seed, spec=policy.spec, timeout_s=timeout_s)
-        runner = Runner(
-            driver,
-            policy,
-            deterministic=args.deterministic,
-            seed=args.seed,
-            safety=SafetyConfig(max_delta_per_step=args.max_delta),
-            realtime=args.realtime,
-            rt_priority=args.rt_priority,
-            latch=latch,
-        )
-        if server is not None:
-            server.attach(runner)
-    # KeyFileError, TransportError and PolicyError are ValueErrors
-    except (ValueError, ImportError, DriverFault, OSError, zmq.ZMQError) as exc:
-        _close_all(server, driver, latch, handlers)
-        print(f"robot-wsrl runner: {exc}", file=sys.stderr)
-        return 2
-    printer = threading.Thread(target=_supervise, args=(runner, stop, done, server is not None), daemon=True)
-    printer.start()
-    try:
-        summary = runner.run(max_steps=args.steps, max_episodes=args.episodes, stop_event=stop)
-    finally:
-        done.set()
-        printer.join()
-        _close_all(server, driver, latch, handlers)
-    print("\r" + _status_line(summary), file=sys.stderr)
-    print(f"policy {args.policy} version {summary['policy_version']} on {args.driver}")
-    for key in (
-        "state",
-        "steps",
-        "episodes_done",
-        "last_episode_return",
-        "loop_rate_hz",
-        "jitter_p50_us",
-        "jitter_p99_us",
-        "overruns",
-        "sched_fifo",
-        "last_stop_cause",
-        "last_fault",
-        "safety",
-        "dropped_transitions",
-    ):
-        print(f"  {key:<20} {summary[key]}")
-    return 1 if summary["state"] in (RunnerState.FAULTED.value, RunnerState.ESTOPPED.value) else 0

@@ -1,4 +1,4 @@
-"""`robot-wsrl keys`: CURVE key pairs for every peer and the learner's policy-signing key (no torch).
+"""CURVE key pairs for every peer and the learner's policy-signing key (no torch).
 
 A key directory holds, per peer NAME:
 
@@ -13,12 +13,10 @@ file that group or others can read, as ssh does: a leaked secret lets anyone pos
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import re
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,47 +175,3 @@ def load_verify_keys(keydir: str | Path) -> dict[str, Ed25519PublicKey]:
     """{key id: key} of every `*.sign.pub` in `keydir`: the learners whose policies a runner accepts."""
     keys = [signing.load_public_key(path) for path in sorted(Path(keydir).glob(f"*{SIGN_PUB}"))]
     return {signing.key_id(key): key for key in keys}
-
-
-def _list(keydir: Path) -> int:
-    certificates = sorted(keydir.glob(f"*{PUBLIC}"))
-    if not certificates:
-        print(f"no keys in {keydir}")
-        return 0
-    print(f"{'name':<20} {'role':<8} {'curve public key':<40} {'secret':<12} signing key id")
-    for path in certificates:
-        name = path.name[: -len(PUBLIC)]
-        secret = keydir / f"{name}{SECRET}"
-        if not secret.exists():
-            secret_state = "-"
-        else:
-            secret_state = "TOO OPEN" if stat.S_IMODE(secret.stat().st_mode) & 0o077 else "present"
-        sign_pub = keydir / f"{name}{SIGN_PUB}"
-        sign_id = signing.key_id(signing.load_public_key(sign_pub)) if sign_pub.exists() else "-"
-        public = load_public_key(keydir, name).decode()
-        print(f"{name:<20} {read_role(path) or '?':<8} {public:<40} {secret_state:<12} {sign_id}")
-    return 0
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="robot-wsrl keys", description="Make and list CURVE/signing keys.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    new = sub.add_parser("new", help="make a key pair for a peer (and a signing key for a learner)")
-    new.add_argument("name", help="peer name, e.g. learner, robot1, console")
-    new.add_argument("--dir", type=Path, required=True, help="key directory")
-    new.add_argument("--role", choices=ROLES, default="runner", help="learner also gets a signing key")
-    new.add_argument("--force", action="store_true", help="replace existing key files")
-    listing = sub.add_parser("list", help="list the keys in a directory")
-    listing.add_argument("--dir", type=Path, required=True, help="key directory")
-    args = parser.parse_args(argv)
-    try:
-        if args.action == "list":
-            if not args.dir.is_dir():
-                raise KeyFileError(f"{args.dir}: no such key directory")
-            return _list(args.dir)
-        for path in new_identity(args.dir, args.name, args.role, force=args.force):
-            print(path)
-    except (KeyFileError, signing.SignatureError, OSError) as exc:
-        print(f"robot-wsrl keys: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -22,7 +22,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, get_args
 
 import msgpack
 import numpy as np
@@ -38,7 +38,8 @@ DTYPES: dict[str, np.dtype] = {
 }
 HEADER_KEYS = frozenset({"v", "type", "sender", "body", "arrays"})
 ROLES = ("runner", "learner", "console")
-RUNNER_TAGS = ("sim", "hardware")
+RunnerTag = Literal["sim", "hardware"]  # a runner drives a simulator or hardware
+RUNNER_TAGS: tuple[RunnerTag, ...] = get_args(RunnerTag)
 COMMANDS = ("estop", "release", "pause", "resume", "rollback", "set_phase")
 MAX_TEXT = 4096  # characters in a free-text field (state, error, command name, signer)
 MAX_SIGNATURE = 256  # bytes; an Ed25519 signature is 64
@@ -251,8 +252,12 @@ class Message:
         return cls(sender=sender, **body)
 
 
-class StepLike(Protocol):
-    """What `Transitions.from_steps` reads from each step (the runner's Transition has these)."""
+@dataclass(frozen=True)
+class Transition:
+    """One step as the replay buffer wants it; `action` is the executed action, normalised to [-1, 1].
+
+    The runner makes one per tick; `Transitions.from_steps` stacks them into the wire batch, which numbers
+    them by `seq` instead of carrying `step` (the step within its episode stays on the robot)."""
 
     obs: np.ndarray
     action: np.ndarray
@@ -261,6 +266,7 @@ class StepLike(Protocol):
     terminated: bool
     truncated: bool
     episode: int
+    step: int
     policy_version: int
 
 
@@ -384,7 +390,7 @@ class Transitions(Message):
         )
 
     @classmethod
-    def from_steps(cls, runner_id: str, first_seq: int, steps: Sequence[StepLike]) -> Transitions:
+    def from_steps(cls, runner_id: str, first_seq: int, steps: Sequence[Transition]) -> Transitions:
         """Stack the runner's per-step transitions into one batch."""
         return cls.make(
             runner_id,

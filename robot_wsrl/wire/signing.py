@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from robot_wsrl.core.artifacts import sidecar_path, signature_path
 from robot_wsrl.core.files import write_atomic
 from robot_wsrl.wire.protocol import PolicyMessage
 
@@ -145,16 +146,10 @@ def verify_policy_message(msg: PolicyMessage, trusted: Mapping[str, Ed25519Publi
 # ----- detached signature files: policy.sig beside policy.onnx and policy.json -----
 
 SIGNATURE_FORMAT = "robot-wsrl-policy-signature/1"
-SIGNATURE_SUFFIX = ".sig"
-
-
-def signature_path(onnx_path: str | Path) -> Path:
-    """`DIR/policy.onnx` -> `DIR/policy.sig` (the sidecar is `DIR/policy.json`, as in robot.policy)."""
-    return Path(onnx_path).with_suffix(SIGNATURE_SUFFIX)
 
 
 def _policy_files(onnx_path: Path) -> tuple[bytes, dict[str, Any]]:
-    sidecar = onnx_path.with_suffix(".json")
+    sidecar = sidecar_path(onnx_path)
     try:
         return onnx_path.read_bytes(), json.loads(sidecar.read_text())
     except (OSError, ValueError) as exc:

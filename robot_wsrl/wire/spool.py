@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from robot_wsrl.core.durable import DurableRecord
-from robot_wsrl.wire.protocol import ProtocolError, StepLike, Transitions, decode, encode
+from robot_wsrl.wire.protocol import ProtocolError, Transition, Transitions, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class TransitionSpool:
 
     # ----- runner side -----
 
-    def append(self, steps: Sequence[StepLike]) -> Transitions:
+    def append(self, steps: Sequence[Transition]) -> Transitions:
         """Number and store a batch of the runner's steps durably (per `fsync`), then return it for sending.
 
         Raises SpoolFull (and stores nothing) when the batch does not fit; ValueError when it never could;

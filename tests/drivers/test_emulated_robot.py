@@ -6,6 +6,8 @@ client and subprocess is cleaned up by a fixture finalizer and every wait has a 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,15 +20,9 @@ import pytest
 import zmq
 
 from robot_wsrl.core.driver import Driver, DriverFault
-from robot_wsrl.robot.drivers.emulated_robot import (
-    EmulatedRobotDriver,
-    EmulatedRobotProcess,
-    EmulatedRobotServer,
-    ProtocolError,
-    decode,
-    encode,
-    spawn_emulated_robot,
-)
+from robot_wsrl.robot.drivers.emulated_robot import EmulatedRobotDriver
+from robot_wsrl.sim.emulated_robot import EmulatedRobotProcess, EmulatedRobotServer, spawn_emulated_robot
+from robot_wsrl.sim.emulated_wire import ProtocolError, decode, encode
 from robot_wsrl.sim.gym_mujoco import GymMujocoDriver
 
 ACTIONS = (np.random.default_rng(5).uniform(-1.5, 1.5, size=(30, 3))).astype(np.float32)
@@ -324,3 +320,25 @@ def test_killed_robot_raises_driver_fault_within_deadline(spawned, connect) -> N
         with pytest.raises(DriverFault):
             call()
         assert time.perf_counter() - t0 < d.worst_case_s + 0.3
+
+
+def test_the_emulated_driver_runs_without_the_simulator(
+    make_server: Callable[..., EmulatedRobotServer],
+) -> None:
+    """The `emulated:` driver is for a robot image without the sim extra: it never imports the simulator."""
+    server = make_server()
+    code = (
+        "import sys\n"
+        "for name in ('gymnasium', 'mujoco', 'dm_control'):\n"
+        "    sys.modules[name] = None  # any import of it now raises\n"
+        "import numpy as np\n"
+        "from robot_wsrl.robot.drivers import make_driver\n"
+        f"driver = make_driver('emulated:{server.endpoint}', timeout_s=5.0)\n"
+        "obs, _ = driver.reset(seed=0)\n"
+        "result = driver.step(np.zeros(driver.spec.act_dim, dtype=np.float32))\n"
+        "driver.close()\n"
+        "print(driver.spec.name, obs.shape, result.obs.shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "Hopper-v5" and server.stats["steps"] == 1

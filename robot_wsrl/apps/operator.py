@@ -15,9 +15,9 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
+from robot_wsrl.apps.options import CommandParser, UsageError, add_connection, endpoints_from_args
 from robot_wsrl.console.client import (
     HARDWARE_ESTOP,
     ClientError,
@@ -27,73 +27,20 @@ from robot_wsrl.console.client import (
     PeerView,
     tool_tag,
 )
-from robot_wsrl.wire.endpoints import Endpoints, EndpointsError, load_endpoints, parse_named
+from robot_wsrl.wire.endpoints import Endpoints, EndpointsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 STOPPED = ("estopped", "faulted")
 TIMEOUT_S = 5.0  # a busy 2-core host may take seconds to start a tool and finish the CURVE handshakes
 
 
-class UsageError(ValueError):
-    """Arguments that name no peer, or a runner the session does not have."""
-
-
-def add_connection_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    learner: bool = True,
-    timeout_s: float = TIMEOUT_S,
-    timeout_help: str = "seconds to wait for the peers",
-) -> None:
-    """Where the peers are and who we are: shared by the console and the three commands."""
-    parser.add_argument("--session", type=Path, default=None, help="a session dir with endpoints.json")
-    parser.add_argument(
-        "--runner",
-        action="append",
-        default=[],
-        metavar="NAME[=ENDPOINT]",
-        help="a runner by name (from --session) or NAME=tcp://HOST:PORT; repeatable; default: all",
-    )
-    if learner:
-        parser.add_argument("--learner", default=None, metavar="[NAME=]ENDPOINT", help="the learner")
-    parser.add_argument("--keys", type=Path, default=None, help="key dir: our NAME.key_secret, peers' .key")
-    parser.add_argument("--name", default="console", help="this console's key name")
-    parser.add_argument("--plain", action="store_true", help="no CURVE (loopback endpoints only)")
-    parser.add_argument("--timeout", type=float, default=timeout_s, help=timeout_help)
-
-
-def endpoints_from_args(args: argparse.Namespace) -> Endpoints:
-    """The peers named on the command line (runners: those given with --runner, else all the session's)."""
-    session = load_endpoints(args.session) if args.session is not None else Endpoints()
-    known, chosen = dict(session.runners), {}
-    for item in args.runner:
-        if "=" in item:
-            name, endpoint = parse_named(item, "--runner")
-        elif item in known:
-            name, endpoint = item, known[item]
-        else:
-            raise UsageError(
-                f"unknown runner {item!r} (known: {', '.join(known) or 'none'}; or NAME=ENDPOINT)"
-            )
-        chosen[name] = endpoint
-    learner = session.learner
-    if getattr(args, "learner", None):
-        learner = parse_named(args.learner, "--learner") if "=" in args.learner else ("learner", args.learner)
-    endpoints = Endpoints(chosen or known, learner, args.plain or session.plain, args.keys or session.keys)
-    if not endpoints.runners and endpoints.learner is None:
-        raise UsageError("no runner to talk to: give --session DIR or --runner NAME=ENDPOINT")
-    return endpoints
-
-
 def _client(args: argparse.Namespace, endpoints: Endpoints) -> ControlClient:
     return ControlClient(endpoints, args.name, ClientOptions(reply_timeout_s=args.timeout))
 
 
-def _run(prog: str, parser: argparse.ArgumentParser, argv: list[str], body: Any) -> int:
+def _run(prog: str, parser: CommandParser, argv: list[str], body: Any) -> int:
     """Parse, build the client, run `body(args, client)`; every setup error is `prog: message`, exit 2."""
     args = parser.parse_args(argv)
-    if args.timeout <= 0:
-        parser.error("--timeout must be positive")
     try:
         endpoints = endpoints_from_args(args)
         client = _client(args, endpoints)
@@ -120,12 +67,15 @@ def _report(results: list[CommandResult], verb: str, failed_hint: str = "") -> i
 
 
 def stop_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="robot-wsrl stop",
         description="E-stop runners (all of them by default); exit 0 only if every one confirmed.",
     )
-    add_connection_arguments(
-        parser, learner=False, timeout_help="seconds to keep resending until every runner confirmed"
+    add_connection(
+        parser,
+        learner=False,
+        timeout_s=TIMEOUT_S,
+        timeout_help="seconds to keep resending until every runner confirmed",
     )
     parser.add_argument("--reason", default="", help="recorded with the stop")
 
@@ -138,11 +88,11 @@ def stop_cli(argv: list[str]) -> int:
 
 
 def release_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="robot-wsrl release",
         description="Release ONE runner's e-stop. Make sure the robot is safe to move first.",
     )
-    add_connection_arguments(parser, learner=False)
+    add_connection(parser, learner=False, timeout_s=TIMEOUT_S)
     parser.add_argument("--yes", action="store_true", help="confirm without the typed prompt")
 
     def body(args: argparse.Namespace, client: ControlClient) -> int:
@@ -195,12 +145,12 @@ def finite(value: Any) -> Any:
 
 
 def status_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="robot-wsrl status",
         description="Every runner's and the learner's state. Exit 0: all reported, none stopped; "
         "1: a runner is e-stopped or faulted; 3: a peer did not report.",
     )
-    add_connection_arguments(parser)
+    add_connection(parser, timeout_s=TIMEOUT_S)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 
     def body(args: argparse.Namespace, client: ControlClient) -> int:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The paper's full recipe, unattended and resumable, for a GPU machine (benchmarks/gpu/README.md):
+#   1. the offline dataset: `make data`'s recorded collect command (skipped when data/hopper/medium.npz exists);
+#   2. CQL pre-training, `recipe=paper`: 250,000 updates, 10 critics, 10 sampled actions, batch 256, with the
+#      critics' calibration in calibration.csv/png;
+#   3. WSRL fine-tuning, `recipe=paper`: K = 5,000 warmup steps, then online-only SAC at UTD 4 (1,024 per
+#      round) for 100,000 online steps, on the shifted robot (env.shift=real) from step 2's checkpoint.
+#
+#   benchmarks/gpu/paper_recipe.sh [--out DIR] [--device cuda|cpu] [--dry-run]
+#
+# Rerun the same command after an interruption: a step whose summary.json exists is done, one with a
+# checkpoint continues from it (run.resume), one with neither starts. Progress: each step's tqdm bar and
+# CSVs under DIR/<step>/; DIR/progress.log says which step runs. Environment: PYTHON (python3).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+OUT="runs/paper-recipe"
+DEVICE=cuda
+DRY=0
+while (($#)); do
+    case "$1" in
+        --out) OUT="${2:?--out needs a folder}"; shift ;;
+        --device) DEVICE="${2:?--device needs cuda or cpu}"; shift ;;
+        --dry-run) DRY=1 ;;
+        -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "paper_recipe.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+PY="${PYTHON:-python3}"
+RW=("$PY" -c 'import sys; from robot_wsrl.apps.cli import main; sys.exit(main())')
+DATASET=data/hopper/medium.npz
+mkdir -p "$OUT"
+
+run() {
+    echo "$(date -u +%FT%TZ) + $*" | tee -a "$OUT/progress.log"
+    ((DRY)) || "$@"
+}
+
+# `phase NAME COMMAND OVERRIDES...`: start, resume or skip one training run in $OUT/NAME.
+phase() {
+    local name="$1" command="$2" dir="$OUT/$1"
+    shift 2
+    if [[ -f "$dir/summary.json" ]]; then
+        echo "$name: done ($dir/summary.json)" | tee -a "$OUT/progress.log"
+    elif [[ -f "$dir/checkpoint.pt" ]]; then
+        run "${RW[@]}" "$command" "run.resume=$dir"
+    else
+        run "${RW[@]}" "$command" recipe=paper env=hopper "device=$DEVICE" "out_dir=$dir" "$@"
+    fi
+}
+
+[[ -f "$DATASET" ]] || run "${RW[@]}" collect --fetch policies/hopper/manifest.json
+phase pretrain pretrain "run.dataset=$DATASET"
+phase finetune finetune "run.checkpoint=$OUT/pretrain/checkpoint.pt" env.shift=real
+echo "$(date -u +%FT%TZ) done: $OUT/pretrain/summary.json, $OUT/finetune/summary.json" | tee -a "$OUT/progress.log"

@@ -1,0 +1,67 @@
+"""`robot-wsrl validate POLICY [key=value ...]`: the sim-first gate (robot_wsrl.gate.validate) on one
+policy, against thresholds and the deployed reference. Exit 0 on pass, 1 on fail, 2 on bad input.
+
+The options are read before the gate (omegaconf, the simulator) is imported, so `--help` works without it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from robot_wsrl.apps.cli import missing_extra
+from robot_wsrl.apps.options import CommandParser
+from robot_wsrl.core.artifacts import REPORT, REPORT_PLOT, VALIDATION_DIR
+from robot_wsrl.core.driver import DriverFault
+from robot_wsrl.gate.registry import policy_file
+
+
+def parser() -> CommandParser:
+    p = CommandParser(
+        prog="robot-wsrl validate",
+        description="Validate a policy in simulation before it may reach hardware: the onboard runner on "
+        "nominal and shifted MuJoCo, against thresholds and the deployed reference (configs/validate.yaml). "
+        "Exit 0 on pass, 1 on fail, 2 on bad input.",
+    )
+    p.add_argument("policy", type=Path, help="DIR/policy.onnx or DIR (with its policy.json)")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. episodes=20 env=hopper")
+    p.add_argument("--reference", type=Path, default=None, help="the deployed policy to compare with")
+    p.add_argument("--config", type=Path, default=None, help="YAML merged over configs/validate.yaml")
+    p.add_argument("--out", type=Path, default=None, help=f"report folder (default: DIR/{VALIDATION_DIR})")
+    p.add_argument("--keys", type=Path, default=None, help="key dir whose *.sign.pub verify signatures")
+    p.add_argument("--allow-unsigned", action="store_true", help="accept policies without policy.sig")
+    return p
+
+
+def _print_summary(report: dict[str, Any], out: Path) -> None:
+    ref = report["reference"]
+    for variant, c in report["candidate"]["variants"].items():
+        line = f"  {variant:<10} candidate {c['return_mean']:9.2f} ± {c['return_std']:7.2f}"
+        r = None if ref is None else ref["variants"].get(variant)
+        if r is not None:
+            line += f" | reference {r['return_mean']:9.2f} ± {r['return_std']:7.2f}"
+        if c["success_rate"] is not None:
+            line += f" | success {c['success_rate']:.0%}"
+        lat = c["step_latency_us"]
+        line += f" | faults {c['faults']} | policy step p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} us"
+        print(line)
+    for reason in report["reasons"]:
+        print(f"  FAILED {reason}")
+    print(f"{'PASS' if report['passed'] else 'FAIL'}: {out / REPORT}, {out / REPORT_PLOT}")
+
+
+def cli(argv: list[str]) -> int:
+    args = parser().parse_intermixed_args(argv)
+    from robot_wsrl.gate.validate import load_config, validate  # omegaconf and the simulator from here on
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        report = validate(
+            args.policy, args.reference, cfg, args.out, keydir=args.keys, allow_unsigned=args.allow_unsigned
+        )
+    except (ValueError, OSError, ImportError, DriverFault) as exc:
+        print(f"robot-wsrl validate: {missing_extra(exc) or exc}", file=sys.stderr)
+        return 2
+    _print_summary(report, args.out or policy_file(args.policy).parent / VALIDATION_DIR)
+    return 0 if report["passed"] else 1
