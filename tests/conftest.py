@@ -13,11 +13,29 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
 import pytest
+import zmq
 from helpers import NULL_SPEC, RUNNERS, SMALL_AGENT, tiny_checkpoint
 
 from robot_wsrl.bench.estop import write_policy
 from robot_wsrl.core.artifacts import CHECKPOINT
 from robot_wsrl.wire import keys
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _leaked_contexts_never_hang_the_suite():
+    """Sockets in this process default to linger 0. A context a failed test leaves behind is terminated by
+    the garbage collector, in whatever test runs then; a socket of it still holding unsent messages with
+    linger -1 would block that term() forever and hang the whole suite instead of reporting the one
+    failure. A socket that sets its own linger keeps it."""
+    original = zmq.Context.__init__
+
+    def without_linger(ctx: zmq.Context, *args: object, **kwargs: object) -> None:
+        original(ctx, *args, **kwargs)
+        ctx.setsockopt(zmq.LINGER, 0)
+
+    zmq.Context.__init__ = without_linger
+    yield
+    zmq.Context.__init__ = original
 
 
 @pytest.fixture

@@ -570,3 +570,9 @@ def start_runner_thread(
     thread = threading.Thread(target=runner.run, kwargs={"stop_event": stop}, daemon=True)
     thread.start()
     return RunnerThread(link, runner, spool, ctx, thread, stop)
+
+
+# Gate settings under which every version with positive returns passes: the candidate need only be shown
+# above 1% of the reference's return, at 51% confidence (a larger margin alone is no pass: the paired test
+# of c - (1 - margin) r grows noisier with the margin, and 3 pairs leave it undecided).
+PASS_EVERY_VERSION = ("reference.margin=0.99", "reference.confidence=0.51")

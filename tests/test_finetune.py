@@ -5,6 +5,7 @@ import csv
 import gymnasium as gym
 import numpy as np
 import pytest
+from helpers import PASS_EVERY_VERSION
 
 from robot_wsrl.apps.finetune import sim_judge
 from robot_wsrl.learn import finetune as finetune_module
@@ -154,8 +155,8 @@ def test_guarded_variant_runs_only_validated_versions(small_overrides, monkeypat
         )
 
     monkeypatch.setattr(Agent, "act", no_torch_acting)
-    extra = "reference.margin=1000" if verdict == "pass" else "thresholds.min_return={nominal: 1e9}"
-    gate_args = ",".join(f"'{arg}'" for arg in (*QUICK_GATE, extra))  # Hydra's list syntax, items quoted
+    extra = PASS_EVERY_VERSION if verdict == "pass" else ("thresholds.min_return={nominal: 1e9}",)
+    gate_args = ",".join(f"'{arg}'" for arg in (*QUICK_GATE, *extra))  # Hydra's list syntax, items quoted
     cfg = _cfg(
         small_overrides,
         "run.steps=60",

@@ -19,6 +19,7 @@ from helpers import (
     CREDIT,
     EPISODE_STEPS,
     LEARNER_WAIT_S,
+    PASS_EVERY_VERSION,
     RUNNERS,
     TINY_WARMUP,
     LearnerProcess,
@@ -214,7 +215,7 @@ def _verdicts(out: Path) -> dict[int, dict[str, Any]]:
 @pytest.mark.parametrize(
     "session",
     [
-        {"gate": (*QUICK_VALIDATION, "reference.margin=1000"), "hardware": "robot2"},  # every version passes
+        {"gate": (*QUICK_VALIDATION, *PASS_EVERY_VERSION), "hardware": "robot2"},
         {"gate": (*QUICK_VALIDATION, "thresholds.min_return={nominal: 1e9}"), "hardware": "robot2"},  # none
     ],
     indirect=True,
