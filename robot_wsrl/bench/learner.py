@@ -124,16 +124,20 @@ class NaiveWSRL:
             x = torch.cat([part["obs"], part["action"]], dim=-1)
             losses = [(critic(x).squeeze(-1) - target).pow(2).mean() for critic in self.critics]
             loss = torch.stack(losses).mean()
-            self.critic_opt.zero_grad()
-            loss.backward()
-            self.critic_opt.step()
-            with torch.no_grad():
-                for p_target, p in zip(self.target_params, self.critic_params, strict=True):
-                    p_target.mul_(1.0 - cfg.tau).add_(p, alpha=cfg.tau)
+            self.critic_step(loss)
 
         with torch.no_grad():
             next_log_prob = self._sample(batch["next_obs"])[1]
         self.actor_and_temperature_step(batch["obs"], next_log_prob, alpha)
+
+    def critic_step(self, loss: torch.Tensor) -> None:
+        """One optimiser step of every critic on `loss`, then Polyak averaging into the targets."""
+        self.critic_opt.zero_grad()
+        loss.backward()
+        self.critic_opt.step()
+        with torch.no_grad():
+            for p_target, p in zip(self.target_params, self.critic_params, strict=True):
+                p_target.mul_(1.0 - self.cfg.tau).add_(p, alpha=self.cfg.tau)
 
     def actor_and_temperature_step(
         self, obs: torch.Tensor, entropy_log_prob: torch.Tensor, alpha: torch.Tensor

@@ -80,12 +80,7 @@ class NaiveCQL(NaiveWSRL):
             )
             gaps.append(torch.logsumexp(candidates, dim=-1) - q_data[i])
         loss = td_loss + cfg.cql.alpha * torch.stack(gaps).mean()
-        self.critic_opt.zero_grad()
-        loss.backward()
-        self.critic_opt.step()
-        with torch.no_grad():
-            for p_target, p in zip(self.target_params, self.critic_params, strict=True):
-                p_target.mul_(1.0 - cfg.tau).add_(p, alpha=cfg.tau)
+        self.critic_step(loss)
 
         with torch.no_grad():
             entropy_log_prob = self._sample(next_obs_rep)[1]

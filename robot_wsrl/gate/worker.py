@@ -26,6 +26,7 @@ from typing import IO
 from robot_wsrl.core.artifacts import POLICY_ONNX, REPORT, VALIDATE_LOG, VALIDATION_DIR, VERDICT, sidecar_path
 from robot_wsrl.core.files import write_atomic
 from robot_wsrl.core.lifetime import die_with_parent
+from robot_wsrl.gate.registry import validation_state
 
 DEFAULT_TIMEOUT_S = 1800.0
 KILL_WAIT_S = 5.0
@@ -223,13 +224,9 @@ class ValidationWorker:
         reference = None if job.reference is None else job.reference[0]
         verdict = Verdict(job.version, status, reasons, report, reference)
         self._verdicts.append(verdict)
-        try:
-            sha256 = json.loads(sidecar_path(job.directory / POLICY_ONNX).read_text()).get("sha256")
-        except (OSError, ValueError):
-            sha256 = None
         record = {
             "version": job.version,
-            "sha256": sha256,
+            "sha256": _sha256(job.directory),
             "status": status,
             "reasons": reasons,
             "report": None if report is None else str(report),
@@ -261,13 +258,17 @@ class ValidationWorker:
         return lines[-1] if lines else "(empty log)"
 
 
+def _sha256(directory: Path) -> str | None:
+    """The policy's sha256 as its sidecar states it (None if unreadable)."""
+    try:
+        return json.loads(sidecar_path(directory / POLICY_ONNX).read_text()).get("sha256")
+    except (OSError, ValueError):
+        return None
+
+
 def _already_measured(job: _Job) -> bool:
     """Its passed verdict and report, on these very bytes, are on disk (a learner restarted): measuring the
     deployed version again would only cost the episodes a candidate reuses from its report."""
-    try:
-        verdict = json.loads((job.out / VERDICT).read_text())
-        sha256 = json.loads(sidecar_path(job.directory / POLICY_ONNX).read_text())["sha256"]
-    except (OSError, ValueError, KeyError):
-        return False
-    same = verdict.get("status") == "passed" and verdict.get("sha256") == sha256
-    return same and (job.out / REPORT).is_file()
+    sha256 = _sha256(job.directory)
+    passed = sha256 is not None and validation_state(job.directory, sha256) == "passed"
+    return passed and (job.out / REPORT).is_file()
