@@ -116,7 +116,8 @@ def test_cuda_update_stays_on_device():
     assert all(v.device.type == "cuda" for v in info.values())
 
 
-SHIPPED = Path(__file__).resolve().parents[1] / "policies" / "hopper" / "checkpoint.pt"
+# The policy shipped before the actor had LayerNorm (the same bytes as policies/hopper had until 2026-11-29)
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-hopper" / "checkpoint.pt"
 
 
 def _old_checkpoint(path: Path) -> tuple[Agent, Path]:
@@ -151,12 +152,22 @@ def test_an_old_architecture_checkpoint_still_loads(tmp_path):
         _agent(_cfg()).load_state_dict(load_checkpoint(path)["agent"])
 
 
-def test_the_shipped_checkpoint_loads_in_its_own_shape():
-    saved = load_checkpoint(SHIPPED)
-    actor, spec, _ = load_actor(SHIPPED)
+def test_the_legacy_shipped_checkpoint_loads_in_its_own_shape():
+    saved = load_checkpoint(LEGACY)
+    actor, spec, _ = load_actor(LEGACY)
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in actor.net)
     cfg = with_checkpoint_shapes(AgentConfig(compile="off"), saved["agent_config"])
     agent = Agent(build_networks(spec.obs_dim, spec.act_dim, cfg), cfg)
     agent.load_state_dict(saved["agent"])  # critics, targets, optimisers: a warm start
     obs = torch.randn(3, spec.obs_dim)
     torch.testing.assert_close(agent.actor(obs), actor(obs))
+
+
+def test_the_shipped_checkpoint_has_the_official_networks_and_warm_starts_the_default_agent():
+    """policies/hopper is pre-trained with the official defaults: the default agent takes it as it is."""
+    shipped = Path(__file__).resolve().parents[1] / "policies" / "hopper" / "checkpoint.pt"
+    saved = load_checkpoint(shipped)
+    _, spec, _ = load_actor(shipped)
+    cfg = AgentConfig(compile="off")
+    assert with_checkpoint_shapes(cfg, saved["agent_config"]) == cfg
+    Agent(build_networks(spec.obs_dim, spec.act_dim, cfg), cfg).load_state_dict(saved["agent"])

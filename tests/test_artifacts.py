@@ -13,6 +13,7 @@ from robot_wsrl.core.artifacts import (
     POLICY_SIDECAR,
     POLICY_SIGNATURE,
     actor_snapshot,
+    kept_checkpoint,
     sidecar_path,
     signature_path,
     version_dir,
@@ -42,6 +43,8 @@ def test_the_names_on_disk_are_unchanged() -> None:
         "CONFIG_HASH": "config_hash.txt",
         "SUMMARY": "summary.json",
         "SNAPSHOT_DIR": "snapshots",
+        "CALIBRATION_LOG": "calibration.csv",
+        "KEPT_CHECKPOINT_DIR": "checkpoints",
         "LEARNER_STATE": "learner.pt",
         "INGEST_LOG": "transitions.log",
         "RUN_ID": "run_id",
@@ -60,6 +63,7 @@ def test_paths_derived_from_a_policy_file_and_a_version() -> None:
     assert sidecar_path("any/name.onnx") == Path("any/name.json")
     assert version_dir("run/policies", 7) == onnx.parent
     assert actor_snapshot("run", 1200) == Path("run/snapshots/actor-000001200.pt")
+    assert kept_checkpoint("run", 1200) == Path("run/checkpoints/checkpoint-000001200.pt")
 
 
 def test_the_shipped_policy_folder_is_found_under_these_names() -> None:

@@ -91,8 +91,16 @@ def test_bench_finetune_tiny_scale_writes_every_output(tmp_path, checkpoint, pen
     assert summary["variants"]["frozen"]["updates"] == [0] * len(SEEDS)  # the pre-trained policy as is
     assert all(u == STEPS - WARMUP + 1 for u in summary["variants"]["wsrl"]["updates"])
     wsrl, frozen = summary["variants"]["wsrl"], summary["variants"]["frozen"]
-    assert wsrl["lowest_return_after_switch_mean"] <= wsrl["final_return_mean"]  # the final eval is one
-    assert math.isnan(frozen["lowest_return_after_switch_mean"]) and frozen["initial_return_mean"] > 0
+    assert wsrl["lowest_after_switch_mean"] <= wsrl["final_mean"]  # the final eval is one
+    assert math.isnan(frozen["lowest_after_switch_mean"]) and frozen["initial_mean"] > 0
+    low, high = wsrl["final_ci95"]
+    assert wsrl["seeds"] == list(SEEDS) and low <= wsrl["final_mean"] <= high
+    reproduction = json.loads((out / "reproduction.json").read_text())
+    assert set(reproduction["variants"]) == set(VARIANTS)
+    keys = {"final_mean", "final_ci95", "lowest_after_switch_mean", "seeds"}
+    assert set(reproduction["variants"]["wsrl"]) >= keys
+    ratio = wsrl["final_mean"] / frozen["final_mean"]
+    assert reproduction["targets"]["wsrl_over_frozen"] == pytest.approx(ratio)
     assert set(summary["memory_growth_mb"]) == {"wsrl", "retain_offline"}
     assert f"{STEPS} steps" in summary["scale"] and "2 seeds" in summary["scale"]
     assert "4 critics 32x32" in summary["scale"] and "device: cpu" in summary["scale"]

@@ -67,7 +67,8 @@ def test_a_checkpoint_for_another_robot_is_refused(tmp_path: Path, learner_keydi
     argv = ["learner", f"service.keys={learner_keydir}", "service.bind=tcp://127.0.0.1:0", "env=walker2d"]
     result = _run([*argv, "run.checkpoint=policies/hopper/checkpoint.pt", f"out_dir={tmp_path / 'l'}"])
     _one_line_error(result, "made for Hopper-v5", "env=walker2d drives Walker2d-v5")
-    _one_line_error(_run(["pretrain", f"out_dir={tmp_path / 'p'}"]), "pretrain needs a dataset: run.dataset=")
+    no_dataset = _run(["pretrain", f"out_dir={tmp_path / 'p'}"])
+    _one_line_error(no_dataset, "run.dataset=null: pretrain needs a dataset")
 
 
 def test_session_names_the_child_that_failed_and_its_log(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from robot_wsrl.learn.checkpoint import CheckpointError, load_actor, load_checkp
 from robot_wsrl.learn.export import export_policy
 from robot_wsrl.robot.policy import OnnxPolicy
 
-SHIPPED = Path(__file__).resolve().parents[1] / "policies" / "hopper"
+# The policy shipped with identity normaliser buffers (policies/hopper until 2026-11-29, the same bytes)
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-hopper"
 LEGACY_KEYS = ("normalizer.mean", "normalizer.std")
 
 
@@ -39,21 +40,21 @@ def _reads_obs(path: Path) -> list[str]:
 
 
 def test_the_shipped_checkpoint_holds_identity_normaliser_buffers_and_loads_without_them() -> None:
-    raw = torch.load(SHIPPED / CHECKPOINT, weights_only=True)
+    raw = torch.load(LEGACY / CHECKPOINT, weights_only=True)
     for state in (raw["actor"], raw["agent"]["actor"], raw["agent"]["critic"], raw["agent"]["target_critic"]):
         assert torch.equal(state["normalizer.mean"], torch.zeros_like(state["normalizer.mean"]))
         assert torch.equal(state["normalizer.std"], torch.ones_like(state["normalizer.std"]))
-    payload = load_checkpoint(SHIPPED / CHECKPOINT)
+    payload = load_checkpoint(LEGACY / CHECKPOINT)
     for state in (payload["actor"], *(payload["agent"][k] for k in ("actor", "critic", "target_critic"))):
         assert not set(LEGACY_KEYS) & set(state)
-    actor, _, _ = load_actor(SHIPPED / CHECKPOINT)
+    actor, _, _ = load_actor(LEGACY / CHECKPOINT)
     assert not list(actor.buffers())
 
 
 def test_a_fresh_export_of_the_shipped_checkpoint_matches_the_shipped_graph(tmp_path: Path) -> None:
     """Same inputs and outputs (names, shapes), no normaliser constants or ops, the same numbers."""
-    fresh = export_policy(SHIPPED / CHECKPOINT, tmp_path / "policy")
-    shipped = SHIPPED / POLICY_ONNX
+    fresh = export_policy(LEGACY / CHECKPOINT, tmp_path / "policy")
+    shipped = LEGACY / POLICY_ONNX
     assert _io(fresh) == _io(shipped)
     assert [n for n in _initializers(shipped) if n.startswith("normalizer.")] == list(LEGACY_KEYS)
     assert not [n for n in _initializers(fresh) if n.startswith("normalizer.")]
@@ -67,7 +68,7 @@ def test_a_fresh_export_of_the_shipped_checkpoint_matches_the_shipped_graph(tmp_
 
 
 def test_a_fitted_normaliser_is_refused(tmp_path: Path) -> None:
-    raw = torch.load(SHIPPED / CHECKPOINT, weights_only=True)
+    raw = torch.load(LEGACY / CHECKPOINT, weights_only=True)
     raw["actor"]["normalizer.mean"] = torch.full_like(raw["actor"]["normalizer.mean"], 0.5)
     path = save_checkpoint(tmp_path / CHECKPOINT, {k: v for k, v in raw.items() if k != "format"})
     with pytest.raises(CheckpointError, match="fitted observation normaliser"):

@@ -210,8 +210,8 @@ def test_returns_plot_marks_promotions_and_baseline(tmp_path: Path) -> None:
         {"step": 50 * i, "runner": "robot1", "return": float(i), "length": 50, "policy_version": v}
         for i, v in enumerate([0, 0, 0, 2, 2, 3], start=1)
     ]
-    promotions = promotion_steps(rows, [2, 3, 1], policies)
-    assert promotions == [(2, 200), (3, 300), (1, 40)]  # v1 never ran: the step it was made at
+    promotions = promotion_steps(rows, [2, 3, 1], policies, warmup=60, utd=4)
+    assert promotions == [(2, 200), (3, 300), (1, 69)]  # v1 never ran: made after 40 updates at UTD 4
     csv_path = tmp_path / "returns.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -117,6 +117,7 @@ cuda_tests() {
         "${files[@]}"
 }
 
+((DRY)) || rm -rf "$WORK"  # a rerun into the same --out starts its training runs afresh (they refuse to overwrite)
 mkdir -p "$WORK"
 echo "robot-wsrl GPU check, mode $MODE, results in $OUT" | tee "$OUT/run.log"
 install

@@ -6,9 +6,9 @@ Exit 0 when the console closed, 2 when it could not start.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from robot_wsrl.apps.errors import report
 from robot_wsrl.apps.options import CommandParser, UsageError, add_connection, endpoints_from_args
 from robot_wsrl.console.client import BackgroundClient, ClientError, ClientOptions, ControlClient
 from robot_wsrl.wire.endpoints import EndpointsError
@@ -48,8 +48,7 @@ def cli(argv: list[str]) -> int:
     try:
         client = BackgroundClient(ControlClient(endpoints_from_args(args), args.name, options))
     except (EndpointsError, UsageError, ClientError) as exc:
-        print(f"robot-wsrl console: {exc}", file=sys.stderr)
-        return 2
+        return report("console", exc)
     client.start()
     snapshot = None if args.snapshot is None else args.snapshot.resolve()
     try:

@@ -43,10 +43,13 @@ def _missing_option(exc: BaseException) -> str | None:
 
 
 def _unknown_key(exc: BaseException) -> str | None:
-    """Hydra's "Could not override" of a key the config lacks: the closest key it has, or all of them."""
-    cause = exc.__cause__
+    """A key the config lacks: the closest key its section has, or all of them. Hydra's "Could not override"
+    (`agent.uttd=4`) carries it as the cause; the typed schema's merge raises it itself, for a key added
+    with `+` (`+run.foo=1`, which Hydra lets through) and for a validate override (`episode=4`)."""
+    unknown = ("ConfigAttributeError", "ConfigKeyError")
+    cause = next((e for e in (exc, exc.__cause__) if type(e).__name__ in unknown), None)
     parent = getattr(cause, "parent_node", None)
-    if type(cause).__name__ not in ("ConfigAttributeError", "ConfigKeyError") or parent is None:
+    if cause is None or parent is None:
         return None
     key = str(getattr(cause, "key", ""))
     full_key = str(getattr(cause, "full_key", None) or key)
@@ -69,7 +72,7 @@ def _first_line(exc: BaseException) -> str:
     if exc.__cause__ is not None and (why := str(exc.__cause__).strip().splitlines()):
         return f"{first.rstrip('.')}: {why[0]}"  # "Error merging override x=y" + why
     if len(lines) > 1 and not lines[1].startswith("See "):
-        return f"{first}: {lines[1]}"  # an override that does not parse: where
+        return f"{first.rstrip('.')}: {lines[1]}"  # an override that does not parse: where
     return first
 
 
@@ -85,8 +88,16 @@ def run(prog: str, command: Command, argv: list[str]) -> int:
         line = None if os.environ.get(DEBUG_ENV) else user_error(exc)
         if line is None:
             raise
-        print(f"robot-wsrl {prog}: {line}", file=sys.stderr)
-        return 2
+        return report(prog, exc, line)
+
+
+def report(prog: str, exc: BaseException, line: str | None = None) -> int:
+    """For a command that catches its own user errors: `robot-wsrl PROG: LINE` (default: `exc`'s message)
+    on stderr, exit code 2; under --debug (ROBOT_WSRL_DEBUG=1) `exc` is raised again, with its traceback."""
+    if os.environ.get(DEBUG_ENV):
+        raise exc
+    print(f"robot-wsrl {prog}: {line or exc}", file=sys.stderr)
+    return 2
 
 
 def reports_errors(prog: str) -> Callable[[Command], Command]:

@@ -36,7 +36,10 @@ def sim_judge(gate_args: list[str]) -> Judge:
 @reports_errors("finetune")
 def cli(argv: list[str]) -> int:
     cfg = COMMAND.compose(COMMAND.parse(argv))
+    from robot_wsrl.learn.config import refuse_overwrite
     from robot_wsrl.learn.finetune import finetune
+
+    refuse_overwrite(cfg)
 
     summary = finetune(cfg, sim_judge(cfg.run.gate_args) if cfg.run.gate_every else None)
     print(

@@ -4,9 +4,9 @@ key folder with each secret's state. Exit 0 done, 2 on a bad name, an existing k
 from __future__ import annotations
 
 import stat
-import sys
 from pathlib import Path
 
+from robot_wsrl.apps.errors import report
 from robot_wsrl.apps.options import CommandParser
 from robot_wsrl.wire import signing
 from robot_wsrl.wire.keys import (
@@ -64,6 +64,5 @@ def cli(argv: list[str]) -> int:
         for path in new_identity(args.dir, args.name, args.role, force=args.force):
             print(path)
     except (KeyFileError, signing.SignatureError, OSError) as exc:
-        print(f"robot-wsrl keys: {exc}", file=sys.stderr)
-        return 2
+        return report("keys", exc)
     return 0

@@ -26,7 +26,7 @@ from robot_wsrl.wire import keys, transport
 
 if TYPE_CHECKING:
     from robot_wsrl.gate.worker import ValidationWorker
-    from robot_wsrl.learn.config import Config
+    from robot_wsrl.learn.config import Config, Rule
 
 SERVICE = "service"
 PEER_ROLES = ("runner", "console")  # who may connect: runners feed it, consoles pause it and ask status
@@ -104,6 +104,18 @@ def _is_service(override: str) -> bool:
     return key == SERVICE or key.startswith(f"{SERVICE}.")
 
 
+def service_rules() -> tuple[Rule, ...]:
+    """The value ranges of `service.*`, in learn/config.py's form (which needs the learner extra)."""
+    from robot_wsrl.learn.config import above, at_least, one_of
+
+    return (
+        one_of(f"{SERVICE}.pacing", "lockstep", "realtime"),
+        at_least(f"{SERVICE}.publish_every", 1),
+        at_least(f"{SERVICE}.credit", 1),
+        above(f"{SERVICE}.max_seconds", 0, null="no limit"),
+    )
+
+
 def compose_service(overrides: list[str]) -> LearnerService:
     """`service.*` overrides (Hydra's syntax) over LearnerService's defaults, typed."""
     from hydra import compose, initialize_config_dir
@@ -111,11 +123,16 @@ def compose_service(overrides: list[str]) -> LearnerService:
     from omegaconf import OmegaConf
 
     from robot_wsrl.core.paths import CONFIG_DIR
+    from robot_wsrl.learn.config import check
 
     ConfigStore.instance().store(name="learner_service", node=_ServiceConfig)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         raw = compose(config_name="learner_service", overrides=overrides)
-    service: LearnerService = OmegaConf.to_object(raw).service
+    # merged into the schema again: Hydra lets `+service.foo=1` add a key, the schema refuses it
+    service: LearnerService = OmegaConf.to_object(
+        OmegaConf.merge(_ServiceConfig, OmegaConf.to_container(raw))
+    ).service
+    check(service, service_rules(), under=SERVICE)
     if service.keys is None:
         raise ValueError(f"{SERVICE}.keys=DIR is required: the folder with {service.name}.sign, CURVE keys")
     return service
@@ -181,7 +198,7 @@ def serve(cfg: Config, service: LearnerService) -> int:
     finally:
         learner.close()
         transport.shutdown(ctx)
-    print(learner.status())
+    print(json.dumps(learner.status(), indent=2))  # strict JSON: for a person, and for `jq`
     return 0
 
 

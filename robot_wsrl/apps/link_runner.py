@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from robot_wsrl.apps.errors import report
 from robot_wsrl.apps.options import (
     CommandParser,
     DriverOptions,
@@ -27,6 +28,7 @@ from robot_wsrl.apps.options import (
     add_control,
     check_control,
     client_socket,
+    endpoint,
     positive_int,
     serve_control,
     write_ready_file,
@@ -64,7 +66,9 @@ def parser() -> CommandParser:
         prog="robot-wsrl link-runner",
         description="Run a robot for a learner: its policies in, the transitions out (no torch).",
     )
-    p.add_argument("--learner", required=True, help="the learner's endpoint, e.g. tcp://HOST:5555")
+    p.add_argument(
+        "--learner", type=endpoint, required=True, help="the learner's endpoint, e.g. tcp://HOST:5555"
+    )
     IDENTITY.add(p)
     p.add_argument("--learner-name", default="learner", help="the learner's key name")
     DRIVER.add(p)
@@ -210,8 +214,7 @@ def cli(argv: list[str]) -> int:
         zmq.ZMQError,
     ) as exc:
         process.close()
-        print(f"robot-wsrl link-runner: {exc}", file=sys.stderr)
-        return 2
+        return report("link-runner", exc)
     link = process.link
     assert link is not None
     try:

@@ -17,6 +17,7 @@ import math
 import sys
 from typing import Any
 
+from robot_wsrl.apps.errors import report
 from robot_wsrl.apps.options import CommandParser, UsageError, add_connection, endpoints_from_args
 from robot_wsrl.console.client import (
     HARDWARE_ESTOP,
@@ -45,10 +46,11 @@ def _run(prog: str, parser: CommandParser, argv: list[str], body: Any) -> int:
         endpoints = endpoints_from_args(args)
         client = _client(args, endpoints)
     except (EndpointsError, UsageError, ClientError) as exc:
-        print(f"robot-wsrl {prog}: {exc}", file=sys.stderr)
-        if prog == "stop":  # nothing was sent: the operator must not read this as a stop
-            print(f"robot-wsrl stop: NOTHING STOPPED: {HARDWARE_ESTOP}", file=sys.stderr)
-        return EXIT_USAGE
+        try:
+            return report(prog, exc)
+        finally:
+            if prog == "stop":  # nothing was sent: the operator must not read this as a stop
+                print(f"robot-wsrl stop: NOTHING STOPPED: {HARDWARE_ESTOP}", file=sys.stderr)
     try:
         return int(body(args, client))
     finally:

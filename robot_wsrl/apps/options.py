@@ -1,7 +1,8 @@
 """Option groups every command app shares: one mechanism each, a small config where commands differ.
 
-- `CommandParser`: an ArgumentParser whose usage errors are one line, `PROG: message`, exit 2.
-- `positive_int`, `positive_float`: argparse types that refuse zero and below in that one line.
+- `CommandParser`: an ArgumentParser whose usage errors are one line, `PROG: message`, exit 2, and that
+  takes `--debug` (errors.py: a traceback instead of the one line, like ROBOT_WSRL_DEBUG=1).
+- `positive_int`, `positive_float`, `endpoint`: argparse types that refuse bad values in that one line.
 - Who we are on the wire: `Identity(...).add(parser)` adds --keys, --name, --plain; then
   `server_socket(ctx, kind, endpoint, args, roles)` binds and `client_socket(ctx, kind, endpoint, args,
   server)` connects, plain (loopback only) with --plain, else CURVE from the key folder.
@@ -30,6 +31,7 @@ from typing import Any, NoReturn, Protocol
 
 import zmq
 
+from robot_wsrl.apps.errors import DEBUG_ENV, DEBUG_FLAG
 from robot_wsrl.core.driver import Driver
 from robot_wsrl.core.files import write_atomic
 from robot_wsrl.core.spec import EnvSpec
@@ -37,16 +39,35 @@ from robot_wsrl.robot import control
 from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.robot.safety import EStopLatch
 from robot_wsrl.wire import keys, transport
-from robot_wsrl.wire.endpoints import Endpoints, load_endpoints, parse_named
+from robot_wsrl.wire.endpoints import Endpoints, check_endpoint, endpoint_problem, load_endpoints, parse_named
 
 log = logging.getLogger(__name__)
 
 PLAIN_HELP = "no CURVE (loopback endpoints only)"
 NEEDS_KEYS = "needs --keys (or --plain on a loopback endpoint)"
+RT_PRIORITIES = range(1, 100)  # Linux SCHED_FIFO
+
+
+class _Debug(argparse.Action):
+    """--debug: set ROBOT_WSRL_DEBUG=1 as soon as it is parsed, so the command's error reporting (errors.py)
+    and its children show tracebacks."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        os.environ[DEBUG_ENV] = "1"
 
 
 class CommandParser(argparse.ArgumentParser):
-    """Usage errors as one line, `robot-wsrl CMD: message` (exit 2), like every other setup error."""
+    """Usage errors as one line, `robot-wsrl CMD: message` (exit 2), like every other setup error; --debug
+    (a sub-command's parser has it too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            DEBUG_FLAG, action=_Debug, help="on an error, show the traceback (or set ROBOT_WSRL_DEBUG=1)"
+        )
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message}\n")
@@ -70,6 +91,37 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def endpoint(text: str) -> str:
+    """A ZeroMQ endpoint ZeroMQ can use: a malformed one is refused here, not as zmq's 'Invalid argument'."""
+    problem = endpoint_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def rt_priority(text: str) -> int:
+    """--rt-priority: a SCHED_FIFO priority, checked as it is parsed (not when the loop starts)."""
+    wrong = argparse.ArgumentTypeError(
+        f"must be a SCHED_FIFO priority {RT_PRIORITIES[0]}-{RT_PRIORITIES[-1]}, got {text!r}"
+    )
+    try:
+        value = int(text)
+    except ValueError:
+        raise wrong from None
+    if value not in RT_PRIORITIES:
+        raise wrong
+    return value
+
+
+def driver_name(text: str) -> str:
+    """--driver: an `emulated:ENDPOINT` with a malformed endpoint is refused as it is parsed."""
+    kind, _, address = text.partition(":")
+    problem = endpoint_problem(address) if kind == "emulated" else None
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"emulated:ENDPOINT: {problem}")
+    return text
 
 
 # ----- who we are on the wire -----
@@ -184,7 +236,10 @@ def endpoints_from_args(args: argparse.Namespace) -> Endpoints:
         chosen[name] = endpoint
     learner = session.learner
     if getattr(args, "learner", None):
-        learner = parse_named(args.learner, "--learner") if "=" in args.learner else ("learner", args.learner)
+        if "=" in args.learner:
+            learner = parse_named(args.learner, "--learner")
+        else:
+            learner = ("learner", check_endpoint(args.learner, "--learner"))
     endpoints = Endpoints(chosen or known, learner, args.plain or session.plain, args.keys or session.keys)
     if not endpoints.runners and endpoints.learner is None:
         raise UsageError("no runner to talk to: give --session DIR or --runner NAME=ENDPOINT")
@@ -223,7 +278,10 @@ class DriverOptions:
 
     def add(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
-            "--driver", required=True, help="gym:ENV_ID | dmc:DOMAIN-TASK | null | emulated:ENDPOINT"
+            "--driver",
+            type=driver_name,
+            required=True,
+            help="gym:ENV_ID | dmc:DOMAIN-TASK | null | emulated:ENDPOINT",
         )
         default = (
             "the driver's own" if self.timeout_periods is None else f"{self.timeout_periods} control periods"
@@ -248,21 +306,25 @@ class DriverOptions:
         )
         parser.add_argument(
             "--rt-priority",
-            type=int,
+            type=rt_priority,
             default=None,
             help="run the control loop SCHED_FIFO at this priority (1-99), where permitted: on a busy host "
-            "its missed deadlines are run-queue waits, which only a real-time policy removes",
+            "its missed deadlines are run-queue waits, which only a real-time policy removes "
+            "(needs the realtime loop)",
         )
         parser.add_argument("--episodes", type=positive_int, default=None, help="stop after N episodes")
         parser.add_argument("--steps", type=positive_int, default=None, help="stop after N control ticks")
 
     @staticmethod
     def check(parser: argparse.ArgumentParser, args: argparse.Namespace, *limits: str) -> None:
-        """At least one of --episodes, --steps and the command's other `limits` (attribute names)."""
+        """At least one of --episodes, --steps and the command's other `limits` (attribute names); no
+        --rt-priority with --no-realtime (a loop that never waits has no deadline to keep)."""
         names = ["episodes", "steps", *limits]
         if all(getattr(args, name) is None for name in names):
             flags = [f"--{name}" for name in names]
             parser.error(f"give {', '.join(flags[:-1])} and/or {flags[-1]}")
+        if args.rt_priority is not None and not args.realtime:
+            parser.error("--rt-priority applies to the realtime loop: drop --no-realtime or --rt-priority")
 
     def open(self, args: argparse.Namespace, spec: EnvSpec) -> Driver:
         """The driver --driver names, for a policy of `spec`. Raises ValueError, ImportError, DriverFault."""
@@ -300,7 +362,11 @@ class StateDir:
 def add_control(parser: argparse.ArgumentParser) -> None:
     """--control and --deadman-s (the identity comes from `Identity`)."""
     parser.add_argument(
-        "--control", metavar="ENDPOINT", default=None, help="bind the operator control channel (consoles)"
+        "--control",
+        type=endpoint,
+        metavar="ENDPOINT",
+        default=None,
+        help="bind the operator control channel (consoles): tcp://HOST:PORT or ipc://PATH",
     )
     parser.add_argument(
         "--deadman-s",

@@ -31,7 +31,8 @@ class OverridesCommand:
             description=self.description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog="Overrides use Hydra's syntax (configs/ holds the groups and defaults): KEY=VALUE, "
-            "GROUP=OPTION (e.g. env=walker2d), +KEY=VALUE to add a key. --debug shows a traceback on errors.",
+            "GROUP=OPTION (e.g. env=walker2d). The keys are a typed schema's: one it lacks is refused, with "
+            "or without +. --debug shows a traceback on errors.",
         )
         parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
         return list(parser.parse_args(argv).overrides)

@@ -5,13 +5,13 @@ Exit 0 listed, 2 on a missing folder or an unreadable key."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from robot_wsrl.apps.errors import reports_errors
 from robot_wsrl.apps.options import CommandParser
 from robot_wsrl.gate.registry import PolicyEntry, RegistryError, load_trusted, produced, shipped
-from robot_wsrl.wire import keys
-from robot_wsrl.wire.signing import SignatureError
+
+SHIPPED = Path("policies")  # listed when it exists and --shipped names no other folder
 
 
 def _row(e: PolicyEntry) -> tuple[str, ...]:
@@ -47,30 +47,30 @@ def parser() -> CommandParser:
         description="List shipped and produced policies: version, parent, training step, validation, sha256 "
         "(TAMPERED when the file disagrees with its sidecar) and signature.",
     )
-    p.add_argument("--shipped", type=Path, default=Path("policies"), help="shipped policies (policies/)")
+    p.add_argument(
+        "--shipped", type=Path, default=None, help=f"shipped policies (default: {SHIPPED}/, if any)"
+    )
     p.add_argument("--runs", type=Path, nargs="*", default=[], help="learner run or session folders")
     p.add_argument("--keys", type=Path, default=None, help="key dir whose *.sign.pub verify signatures")
     p.add_argument("--json", action="store_true", help="one JSON list instead of a table")
     return p
 
 
+@reports_errors("policies")
 def cli(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    try:
-        trusted = load_trusted(args.keys)
-        for run in args.runs:
-            if not run.is_dir():
-                raise RegistryError(f"{run}: no such folder")
-        entries = shipped(args.shipped, trusted) if args.shipped.is_dir() else []
-        for run in args.runs:
-            entries += produced(run, trusted)
-    except (RegistryError, SignatureError, keys.KeyFileError) as exc:
-        print(f"robot-wsrl policies: {exc}", file=sys.stderr)
-        return 2
+    trusted = load_trusted(args.keys)
+    for folder in [args.shipped, *args.runs]:
+        if folder is not None and not folder.is_dir():
+            raise RegistryError(f"{folder}: no such folder")
+    shipped_dir = args.shipped or SHIPPED
+    entries = shipped(shipped_dir, trusted) if shipped_dir.is_dir() else []
+    for run in args.runs:
+        entries += produced(run, trusted)
     if args.json:
         print(json.dumps([e.to_dict() for e in entries], indent=2))
     elif entries:
         print(_format(entries))
     else:
-        print(f"no policies under {[str(args.shipped), *map(str, args.runs)]}")
+        print(f"no policies under {', '.join(map(str, [shipped_dir, *args.runs]))}")
     return 0

@@ -16,7 +16,10 @@ COMMAND = OverridesCommand(
 @reports_errors("pretrain")
 def cli(argv: list[str]) -> int:
     cfg = COMMAND.compose(COMMAND.parse(argv))
+    from robot_wsrl.learn.config import refuse_overwrite
     from robot_wsrl.learn.pretrain import pretrain
+
+    refuse_overwrite(cfg)
 
     summary = pretrain(cfg)
     print(f"pre-training done: {summary['steps']} updates on {summary['dataset_size']} transitions")

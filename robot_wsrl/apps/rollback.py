@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from robot_wsrl.apps.errors import report
 from robot_wsrl.apps.operator import TIMEOUT_S
 from robot_wsrl.apps.options import CommandParser, UsageError, add_connection, endpoints_from_args
 from robot_wsrl.console.client import ClientError, ClientOptions, ControlClient
@@ -51,8 +52,7 @@ def cli(argv: list[str]) -> int:
             endpoints_from_args(args), args.name, ClientOptions(reply_timeout_s=args.timeout)
         )
     except (RegistryError, EndpointsError, UsageError, ClientError) as exc:
-        print(f"robot-wsrl rollback: {exc}", file=sys.stderr)
-        return 2
+        return report("rollback", exc)
     try:
         if len(client.runner_names) != 1:
             print("robot-wsrl rollback: rollback is per runner: name exactly one --runner", file=sys.stderr)

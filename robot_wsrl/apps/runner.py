@@ -14,6 +14,7 @@ from typing import Any
 import zmq
 
 from robot_wsrl.apps.cli import missing_extra
+from robot_wsrl.apps.errors import report
 from robot_wsrl.apps.options import (
     CommandParser,
     DriverOptions,
@@ -55,7 +56,9 @@ SUMMARY_KEYS = (
 
 def parser() -> CommandParser:
     p = CommandParser(prog="robot-wsrl runner", description="Run an ONNX policy on a driver.")
-    p.add_argument("--policy", type=Path, required=True, help="DIR/policy.onnx (its policy.json beside it)")
+    p.add_argument(
+        "--policy", type=Path, required=True, help="DIR or DIR/policy.onnx (its policy.json beside it)"
+    )
     DRIVER.add(p)
     p.add_argument("--deterministic", action="store_true", help="tanh(mean) instead of sampling")
     p.add_argument("--max-delta", type=float, default=None, help="rate limit, robot units per step")
@@ -141,15 +144,14 @@ def cli(argv: list[str]) -> int:
     try:  # the latch, and the channel that stops it, before the driver: a stop is taken from the start
         latch = control.open_latch(STATE.path(args))
     except (ValueError, OSError) as exc:
-        print(f"robot-wsrl runner: {exc}", file=sys.stderr)
-        return 2
+        return report("runner", exc)
     stop, done = threading.Event(), threading.Event()
     handlers = stop_on_signals([stop])
     server, driver, runner, failure = _build(args, latch)
     if runner is None:
         _close_all(server, driver, latch, handlers)
-        print(f"robot-wsrl runner: {missing_extra(failure) or failure}", file=sys.stderr)
-        return 2
+        assert failure is not None
+        return report("runner", failure, missing_extra(failure))
     printer = threading.Thread(target=_supervise, args=(runner, stop, done, server is not None), daemon=True)
     printer.start()
     try:

@@ -310,7 +310,14 @@ def gate_summary(policies: Path) -> dict[str, Any]:
     return {"promoted": promoted, "held_back": held_back}
 
 
-def validated_versions(policies: Path, preset: str, warmup: int) -> list[tuple[int, float, bool]]:
+def made_at_step(sidecar: Path, warmup: int, utd: int) -> int:
+    """The environment step a learner's version was made at, from its sidecar's update count: in lockstep
+    the learner owes `utd` updates per step from the last warmup step on (0 for the pre-trained v0)."""
+    updates = int(json.loads(sidecar.read_text()).get("step") or 0)
+    return warmup + -(-updates // utd) - 1 if updates else 0
+
+
+def validated_versions(policies: Path, preset: str, warmup: int, utd: int) -> list[tuple[int, float, bool]]:
     """Each judged version of the learner as (environment step it was made at, its validation return on the
     robot's preset, or the mean over the variants validated, promoted?): the learner's side of the plot."""
     points = []
@@ -321,8 +328,7 @@ def validated_versions(policies: Path, preset: str, warmup: int) -> list[tuple[i
             continue
         variants = json.loads(report_path.read_text())["candidate"]["variants"]
         chosen = [variants[preset]] if preset in variants else list(variants.values())
-        updates = int(json.loads((verdict_path.parents[1] / POLICY_SIDECAR).read_text()).get("step") or 0)
-        step = warmup + updates - 1 if updates else 0  # lockstep: one update per step after warmup
+        step = made_at_step(verdict_path.parents[1] / POLICY_SIDECAR, warmup, utd)
         points.append(
             (step, sum(v["return_mean"] for v in chosen) / len(chosen), verdict["status"] == "passed")
         )
@@ -369,7 +375,9 @@ def robot_returns(rows: list[dict[str, Any]], total_steps: int) -> dict[str, Any
     }
 
 
-def promotion_steps(rows: list[dict[str, Any]], promoted: list[int], policies: Path) -> list[tuple[int, int]]:
+def promotion_steps(
+    rows: list[dict[str, Any]], promoted: list[int], policies: Path, warmup: int, utd: int
+) -> list[tuple[int, int]]:
     """Where each promoted version shows on the returns plot, as (version, step): the end of the first
     episode the robot finished on it; for one it never finished an episode on, the step it was made at."""
     first: dict[int, int] = {}
@@ -382,7 +390,7 @@ def promotion_steps(rows: list[dict[str, Any]], promoted: list[int], policies: P
             points.append((version, first[version]))
         elif version in made:
             with contextlib.suppress(OSError, ValueError):
-                points.append((version, int(json.loads(made[version].read_text()).get("step") or 0)))
+                points.append((version, made_at_step(made[version], warmup, utd)))
     return points
 
 
@@ -607,8 +615,8 @@ class Session:
             writer.writerows(rows)
         title = f"robot-wsrl session: {self.args.env_id} ({self.args.preset}), {self.args.policy_dir}"
         policies = self.out / "learner" / POLICY_DIR
-        versions = validated_versions(policies, self.args.preset, self.args.warmup)
-        promotions = promotion_steps(rows, promoted, policies)
+        versions = validated_versions(policies, self.args.preset, self.args.warmup, self.args.utd)
+        promotions = promotion_steps(rows, promoted, policies, self.args.warmup, self.args.utd)
         plot_episode_returns(
             csv_path, self.out / "returns.png", self.args.warmup, title, versions, promotions, baseline
         )

@@ -2,19 +2,23 @@
 policy, against thresholds and the deployed reference. Exit 0 on pass, 1 on fail, 2 on bad input.
 
 The options are read before the gate (omegaconf, the simulator) is imported, so `--help` works without it.
+Validating is read-only for the policy: the report goes under runs/ (git-ignored) unless --out says where.
 """
 
 from __future__ import annotations
 
-import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from robot_wsrl.apps.cli import missing_extra
+from robot_wsrl.apps.errors import reports_errors
 from robot_wsrl.apps.options import CommandParser
-from robot_wsrl.core.artifacts import REPORT, REPORT_PLOT, VALIDATION_DIR
+from robot_wsrl.core.artifacts import REPORT, REPORT_PLOT
 from robot_wsrl.core.driver import DriverFault
 from robot_wsrl.gate.registry import policy_file
+
+REPORTS = Path("runs/validate")  # the default report folders' parent, relative to the working directory
 
 
 def parser() -> CommandParser:
@@ -28,7 +32,12 @@ def parser() -> CommandParser:
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. episodes=20 env=hopper")
     p.add_argument("--reference", type=Path, default=None, help="the deployed policy to compare with")
     p.add_argument("--config", type=Path, default=None, help="YAML merged over configs/validate.yaml")
-    p.add_argument("--out", type=Path, default=None, help=f"report folder (default: DIR/{VALIDATION_DIR})")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"report folder (default: {REPORTS}/NAME-UTCTIME, NAME: the policy's)",
+    )
     p.add_argument("--keys", type=Path, default=None, help="key dir whose *.sign.pub verify signatures")
     p.add_argument("--allow-unsigned", action="store_true", help="accept policies without policy.sig")
     return p
@@ -51,17 +60,25 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     print(f"{'PASS' if report['passed'] else 'FAIL'}: {out / REPORT}, {out / REPORT_PLOT}")
 
 
+def default_out(policy: Path) -> Path:
+    """runs/validate/NAME-UTCTIME: nothing is written beside the policy (for a shipped one, into the
+    repository's policies/); the learner's gate, which records verdicts beside its versions, passes --out."""
+    name = policy_file(policy).resolve().parent.name
+    return REPORTS / f"{name}-{time.strftime('%Y%m%d-%H%M%SZ', time.gmtime())}"
+
+
+@reports_errors("validate")
 def cli(argv: list[str]) -> int:
     args = parser().parse_intermixed_args(argv)
     from robot_wsrl.gate.validate import load_config, validate  # omegaconf and the simulator from here on
 
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or default_out(args.policy)
     try:
-        cfg = load_config(args.config, args.overrides)
         report = validate(
-            args.policy, args.reference, cfg, args.out, keydir=args.keys, allow_unsigned=args.allow_unsigned
+            args.policy, args.reference, cfg, out, keydir=args.keys, allow_unsigned=args.allow_unsigned
         )
-    except (ValueError, OSError, ImportError, DriverFault) as exc:
-        print(f"robot-wsrl validate: {missing_extra(exc) or exc}", file=sys.stderr)
-        return 2
-    _print_summary(report, args.out or policy_file(args.policy).parent / VALIDATION_DIR)
+    except (ImportError, DriverFault) as exc:  # the simulator the policy needs is missing or cannot run
+        raise ValueError(missing_extra(exc) or str(exc)) from exc
+    _print_summary(report, out)
     return 0 if report["passed"] else 1

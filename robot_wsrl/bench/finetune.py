@@ -27,6 +27,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from robot_wsrl.bench.deployed import compare as compare_deployed
+from robot_wsrl.bench.intervals import bootstrap_ci, iqm
 from robot_wsrl.core.artifacts import SUMMARY
 from robot_wsrl.core.paths import CONFIG_DIR, REPO_ROOT
 from robot_wsrl.learn.config import Config, compose_config
@@ -34,6 +35,7 @@ from robot_wsrl.learn.config import Config, compose_config
 BENCH_CONFIG = CONFIG_DIR / "bench" / "finetune.yaml"
 
 
+REPRODUCTION = "reproduction.json"  # the headline per variant and the issue's targets (benchmarks/results/)
 RUN_RECORD = "bench-run.json"  # a finished run's overrides and outcome: an identical run is not repeated
 
 
@@ -139,6 +141,7 @@ def run_finetune_benchmark(cfg: DictConfig) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (out / REPRODUCTION).write_text(json.dumps(_reproduction(result), indent=2, default=float) + "\n")
     return result
 
 
@@ -366,24 +369,56 @@ def _q_rows(runs: list[Run]) -> list[list[Any]]:
 
 
 def _variant_summary(name: str, runs: list[Run], composed: Config) -> dict[str, Any]:
-    """Per variant, means over seeds: the return before any update, the lowest evaluation after the switch
-    to online updates (the dip the paper describes) and the final one."""
+    """Per variant, over seeds: the return before any update, the lowest evaluation after the switch to
+    online updates (the dip the paper describes) and the final one, each mean with a 95% bootstrap
+    interval over seeds (and the final IQM, robust to one diverged seed)."""
     mine = [r for r in runs if r.variant == name]
-    finals = [r.summary()["final_eval"].get("return_mean", float("nan")) for r in mine]
+    finals = np.array([r.summary()["final_eval"].get("return_mean", float("nan")) for r in mine])
     evals = [r.rows("eval") for r in mine]
     initial = [float(e["return_mean"]) for rows in evals for e in rows if int(e["step"]) == 0]
     online = [[float(e["return_mean"]) for e in rows if e["phase"] == "online"] for rows in evals]
-    lowest = [min(returns) for returns in online if returns]  # from the first update on
+    lowest = np.array([min(returns) for returns in online if returns])  # from the first update on
     return {
-        "seeds_done": len(mine),
+        "seeds": [r.seed for r in mine],
         "updates": [r.summary()["updates"] for r in mine],
-        "initial_return_mean": float(np.mean(initial)) if initial else float("nan"),
-        "lowest_return_after_switch_mean": float(np.mean(lowest)) if lowest else float("nan"),
-        "final_return_mean": float(np.mean(finals)) if finals else float("nan"),
-        "final_return_std": float(np.std(finals)) if finals else float("nan"),
+        "initial_mean": _mean(np.array(initial)),
+        "final_mean": _mean(finals),
+        "final_ci95": list(bootstrap_ci(finals)),
+        "final_iqm": iqm(finals),
+        "final_per_seed": finals.tolist(),
+        "lowest_after_switch_mean": _mean(lowest),
+        "lowest_after_switch_ci95": list(bootstrap_ci(lowest)),
         "peak_rss_mb_max": max((r.peak_rss_mb for r in mine), default=float("nan")),
         "warmup_steps": composed.run.warmup_steps,
     }
+
+
+def _reproduction(result: dict[str, Any]) -> dict[str, Any]:
+    """The paper's claims as checks on this run: WSRL ends at least as high as retaining the offline data
+    and 1.3x above the frozen pre-trained policy; without warmup the post-switch dip is deeper."""
+    keys = ("seeds", "final_mean", "final_ci95", "final_iqm", "lowest_after_switch_mean", "initial_mean")
+    variants = {name: {key: v[key] for key in keys} for name, v in result["variants"].items()}
+    final = {name: v["final_mean"] for name, v in variants.items()}
+    targets: dict[str, Any] = {}
+    if {"wsrl", "retain_offline"} <= final.keys():
+        targets["wsrl_final_ge_retain_offline"] = bool(final["wsrl"] >= final["retain_offline"])
+    if {"wsrl", "frozen"} <= final.keys():
+        targets["wsrl_over_frozen"] = final["wsrl"] / final["frozen"]
+        targets["wsrl_over_frozen_ge_1_3"] = bool(targets["wsrl_over_frozen"] >= 1.3)
+    if {"wsrl", "no_warmup"} <= final.keys():
+        dips = {name: variants[name]["lowest_after_switch_mean"] for name in ("wsrl", "no_warmup")}
+        targets["no_warmup_dip_deeper"] = bool(dips["no_warmup"] < dips["wsrl"])
+    return {
+        "scale": result["scale"],
+        "device": result["device"],
+        "variants": variants,
+        "targets": targets,
+        "memory_growth_mb": result["memory_growth_mb"],
+    }
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if values.size else float("nan")
 
 
 def _growth(sweep: list[Run]) -> dict[str, float]:
@@ -442,14 +477,15 @@ def _plot(out: Path, cfg: DictConfig, labels: tuple[str, str], runs: list[Run], 
             if not mine:
                 continue
             steps, values = _by_step(mine, stream, column)
-            mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+            mean = np.nanmean(values, axis=0)
+            low, high = np.array([bootstrap_ci(at_step[~np.isnan(at_step)]) for at_step in values.T]).T
             ax.plot(steps, mean, label=f"{variant} (n={len(mine)})")
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            ax.fill_between(steps, low, high, alpha=0.2)
         ax.axvline(cfg.warmup, color="grey", linestyle="--", label=f"end of warmup (K={cfg.warmup:,})")
         ax.set(xlabel="environment steps", ylabel=ylabel)
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
-        _caption(fig, f"{ylabel}: mean ± std over seeds", labels[0])
+        _caption(fig, f"{ylabel}: mean over seeds, band: 95% bootstrap interval", labels[0])
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
 

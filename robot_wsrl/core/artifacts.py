@@ -13,6 +13,7 @@ A policy folder (shipped: `policies/NAME/`; produced: `RUN/policies/vNNNNNN/`; r
     validation/        report.json + report.png (`robot-wsrl validate`), verdict.json + validate.log (gate)
 
 A training run (`out_dir`): config.yaml, config_hash.txt, summary.json, checkpoint.pt, snapshots/; a
+pre-training run adds calibration.csv and checkpoints/ (kept copies, for `ship --select`); a
 learner's run adds learner.pt (its state), transitions.log/ (the ingest log), run_id and policies/.
 A runner's state folder: latch.state, runner.lock, policy.state, spool/, policies/.
 """
@@ -60,6 +61,16 @@ SNAPSHOT_DIR = "snapshots"
 def actor_snapshot(run_dir: str | Path, step: int) -> Path:
     """The actor snapshot a run saved at `step`."""
     return Path(run_dir) / SNAPSHOT_DIR / f"actor-{step:09d}.pt"
+
+
+# ----- a pre-training run -----
+CALIBRATION_LOG = "calibration.csv"  # step, q_data_mean, mc_return_mean, q_calibration (learn.calibration)
+KEPT_CHECKPOINT_DIR = "checkpoints"  # run.keep_checkpoints: every checkpoint, not only the resume point
+
+
+def kept_checkpoint(run_dir: str | Path, step: int) -> Path:
+    """The copy of checkpoint.pt a pre-training run kept at `step` (what `ship --select` chooses among)."""
+    return Path(run_dir) / KEPT_CHECKPOINT_DIR / f"checkpoint-{step:09d}.pt"
 
 
 # ----- a learner's run -----

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from robot_wsrl.core.artifacts import REPORT, REPORT_PLOT, VALIDATION_DIR
 from robot_wsrl.core.files import write_atomic
@@ -106,15 +105,18 @@ class ValidateConfig:
 
 
 def load_config(config_file: Path | None = None, overrides: list[str] | None = None) -> ValidateConfig:
-    """configs/validate.yaml, then `config_file` merged over it, then `key=value` overrides; typed."""
-    try:
-        layers = [OmegaConf.structured(ValidateConfig), OmegaConf.load(CONFIG_DIR / "validate.yaml")]
-        if config_file is not None:
-            layers.append(OmegaConf.load(config_file))
-        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
-        cfg: ValidateConfig = OmegaConf.to_object(OmegaConf.merge(*layers))  # type: ignore[assignment]
-    except (OmegaConfBaseException, OSError) as exc:
-        raise ValueError(f"validate config: {exc}".splitlines()[0]) from exc
+    """configs/validate.yaml, then `config_file` merged over it, then `key=value` overrides; typed.
+
+    A bad override raises omegaconf's own error (the key it concerns, the known keys beside it), as the
+    learner's Hydra overrides do: apps/errors.py words both the same way."""
+    malformed = [o for o in overrides or [] if "=" not in o]
+    if malformed:
+        raise ValueError(f"override {malformed[0]!r} has no '=': give KEY=VALUE, e.g. episodes=20")
+    layers = [OmegaConf.structured(ValidateConfig), OmegaConf.load(CONFIG_DIR / "validate.yaml")]
+    if config_file is not None:
+        layers.append(OmegaConf.load(config_file))
+    layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+    cfg: ValidateConfig = OmegaConf.to_object(OmegaConf.merge(*layers))  # type: ignore[assignment]
     cfg.check()
     return cfg
 

@@ -6,16 +6,18 @@ result can always be traced to the exact settings that made it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from robot_wsrl.core.artifacts import CONFIG_HASH, RUN_CONFIG
+from robot_wsrl.core.artifacts import CHECKPOINT, CONFIG_HASH, RUN_CONFIG
 from robot_wsrl.core.paths import CONFIG_DIR
 from robot_wsrl.sim.env_config import EnvConfig
 
@@ -62,22 +64,8 @@ class AgentConfig:
     compile: str = "auto"
 
     def validate(self) -> None:
-        checks = {
-            "actor_objective must be 'min' or 'mean'": self.actor_objective in ("min", "mean"),
-            "regularizer must be none, cql or calql": self.regularizer in ("none", "cql", "calql"),
-            "compile must be auto, on or off": self.compile in ("auto", "on", "off"),
-            "num_target_critics must be in [1, num_critics]": 1
-            <= self.num_target_critics
-            <= self.num_critics,
-            "utd and batch_size must be positive": self.utd > 0 and self.batch_size > 0,
-            "discount must be in (0, 1]": 0.0 < self.discount <= 1.0,
-            "tau must be in (0, 1]": 0.0 < self.tau <= 1.0,
-            "kernel_scale_final must be positive (or null)": self.kernel_scale_final is None
-            or self.kernel_scale_final > 0,
-        }
-        bad = [msg for msg, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError("agent config: " + "; ".join(bad))
+        """The table's agent.* rules: an Agent may be built from an AgentConfig that was never composed."""
+        check(self, RULES, under="agent")
 
 
 @dataclass
@@ -94,21 +82,12 @@ class RunConfig:
     checkpoint_every: int = 10_000
     log_every: int = 1_000
     snapshots: bool = False  # save the actor at every evaluation (for `collect`)
+    keep_checkpoints: bool = False  # pretrain: keep every checkpoint in checkpoints/ (for `ship --select`)
     resume: str | None = None
     gate_every: int = (
         0  # guarded variant: validate the actor every N online steps; the robot runs the last pass
     )
     gate_args: list[str] = field(default_factory=list)  # `robot-wsrl validate` overrides for that gate
-
-    def validate(self) -> None:
-        if not 0.0 <= self.offline_ratio <= 1.0:
-            raise ValueError(f"run.offline_ratio must be in [0, 1], got {self.offline_ratio}")
-        if self.offline_ratio > 0 and not self.dataset:
-            if self.name == "pretrain":
-                raise ValueError("pretrain needs a dataset: run.dataset=PATH (.hdf5, .npz or minari:ID)")
-            raise ValueError("run.offline_ratio > 0 needs run.dataset (the offline data to retain)")
-        if self.steps < 0 or self.warmup_steps < 0 or self.gate_every < 0:
-            raise ValueError("run.steps, run.warmup_steps and run.gate_every must be non-negative")
 
 
 @dataclass
@@ -122,6 +101,113 @@ class Config:
     out_dir: str | None = None
     progress: bool = True
     tensorboard: bool = True
+
+
+# ----- value ranges: one table, checked once the config is typed -----
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`key` (dotted, from the config's root) must satisfy `ok(value, the object holding the key)`;
+    `must` is the requirement as the one-line error states it: `agent.utd=0: must be >= 1`."""
+
+    key: str
+    must: str
+    ok: Callable[[Any, Any], bool]
+
+
+def at_least(key: str, low: float) -> Rule:
+    return Rule(key, f"must be >= {low}", lambda value, _: value >= low)
+
+
+def above(key: str, low: float, *, null: str = "") -> Rule:
+    """`value > low`; with `null` (what null means), null too."""
+    must = f"must be > {low}" + (f" (or null: {null})" if null else "")
+    return Rule(
+        key, must, lambda value, _: (bool(null) and value is None) or (value is not None and value > low)
+    )
+
+
+def one_of(key: str, *options: str) -> Rule:
+    return Rule(key, f"must be one of {', '.join(options)}", lambda value, _: value in options)
+
+
+def _unit(key: str, *, open_low: bool) -> Rule:
+    if open_low:
+        return Rule(key, "must be in (0, 1]", lambda value, _: 0.0 < value <= 1.0)
+    return Rule(key, "must be in [0, 1]", lambda value, _: 0.0 <= value <= 1.0)
+
+
+RULES: tuple[Rule, ...] = (
+    one_of("agent.actor_objective", "min", "mean"),
+    one_of("agent.regularizer", "none", "cql", "calql"),
+    one_of("agent.compile", "auto", "on", "off"),
+    Rule("agent.actor_hidden", "must be widths >= 1", lambda value, _: all(w >= 1 for w in value)),
+    Rule("agent.critic_hidden", "must be widths >= 1", lambda value, _: all(w >= 1 for w in value)),
+    at_least("agent.num_critics", 1),
+    Rule(
+        "agent.num_target_critics", "must be in [1, agent.num_critics]", lambda v, a: 1 <= v <= a.num_critics
+    ),
+    above("agent.kernel_scale_final", 0, null="sqrt 2"),
+    at_least("agent.utd", 1),
+    at_least("agent.batch_size", 1),
+    _unit("agent.discount", open_low=True),
+    _unit("agent.tau", open_low=True),
+    at_least("agent.actor_lr", 0),
+    at_least("agent.critic_lr", 0),
+    at_least("agent.temperature_lr", 0),
+    above("agent.init_temperature", 0),
+    at_least("agent.cql.alpha", 0),
+    at_least("agent.cql.num_samples", 1),
+    above("agent.cql.temperature", 0),
+    at_least("run.steps", 1),
+    at_least("run.warmup_steps", 0),
+    _unit("run.offline_ratio", open_low=False),
+    Rule(
+        "run.dataset",
+        "pretrain needs a dataset (a .hdf5 or .npz PATH, or minari:ID)",
+        lambda value, run: bool(value) or run.name != "pretrain",
+    ),
+    Rule(
+        "run.dataset",
+        "run.offline_ratio > 0 needs the offline data to retain (a PATH or minari:ID)",
+        lambda value, run: bool(value) or run.offline_ratio == 0 or run.name == "pretrain",
+    ),
+    Rule(
+        "run.buffer_capacity",
+        "must be >= 1 (the online buffer)",
+        lambda value, run: value >= 1 or run.name == "pretrain",  # pre-training has none
+    ),
+    at_least("run.eval_every", 0),  # 0: never
+    at_least("run.eval_episodes", 1),
+    at_least("run.checkpoint_every", 0),  # 0: only at the end
+    at_least("run.log_every", 0),  # 0: never
+    at_least("run.gate_every", 0),  # 0: not guarded
+    at_least("seed", 0),
+    at_least("threads", 0),
+)
+
+
+def check(obj: Any, rules: Iterable[Rule] = RULES, under: str = "") -> None:
+    """Every rule on `obj`: the whole config, or with `under` one section of it (`cfg.agent` under "agent").
+    One ValueError, one line, naming each broken key, its value and what it must be."""
+    prefix = f"{under}." if under else ""
+    problems = []
+    for rule in rules:
+        if not rule.key.startswith(prefix):
+            continue
+        *path, leaf = rule.key[len(prefix) :].split(".")
+        owner = functools.reduce(getattr, path, obj)
+        value = getattr(owner, leaf)
+        if not rule.ok(value, owner):
+            problems.append(f"{rule.key}={_shown(value)}: {rule.must}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _shown(value: Any) -> str:
+    """A value as it is typed in an override (null, true, 3)."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
 
 
 def compose_config(run: str, overrides: list[str] | None = None) -> Config:
@@ -152,8 +238,7 @@ def to_typed(raw: DictConfig | dict[str, Any]) -> Config:
     """Merge into the schema (unknown keys and wrong types raise) and check value ranges."""
     merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    cfg.agent.validate()
-    cfg.run.validate()
+    check(cfg)
     return cfg
 
 
@@ -164,8 +249,22 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 def config_hash(cfg: Config) -> str:
     """Short sha256 of the settings that determine a run's result (presentation keys left out)."""
     d = {k: v for k, v in to_dict(cfg).items() if k not in _PRESENTATION_KEYS}
-    d["run"] = {k: v for k, v in d["run"].items() if k != "resume"}
+    d["run"] = {k: v for k, v in d["run"].items() if k not in ("resume", "keep_checkpoints")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def refuse_overwrite(cfg: Config) -> None:
+    """A new run (`pretrain`, `finetune`) must not overwrite another's results: an out_dir that holds a
+    training checkpoint is refused, unless run.resume continues that run. The commands check it; a caller
+    that regenerates a folder on purpose (collect, a benchmark) does not."""
+    if cfg.run.resume or cfg.out_dir is None:
+        return
+    out = Path(cfg.out_dir)
+    if (out / CHECKPOINT).exists():
+        raise ValueError(
+            f"out_dir={out} already holds a run ({CHECKPOINT}): continue it with run.resume={out}, "
+            "or give a new out_dir"
+        )
 
 
 def prepare_out_dir(cfg: Config) -> Path:

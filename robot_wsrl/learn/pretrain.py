@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from robot_wsrl.core.artifacts import CHECKPOINT, SUMMARY
+from robot_wsrl.core.artifacts import CHECKPOINT, SUMMARY, kept_checkpoint
 from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.calibration import CALIBRATION_TOLERANCE, calibrated, make_probe, measure
 from robot_wsrl.learn.config import Config, config_hash, prepare_out_dir, resumed
@@ -62,6 +62,15 @@ def pretrain(cfg: Config) -> dict[str, Any]:
 
     logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
     run = cfg.run
+
+    def save(step: int) -> None:
+        """checkpoint.pt is the resume point, overwritten; run.keep_checkpoints keeps a copy per step, so
+        the one to ship can be chosen afterwards from calibration.csv (`ship RUN --select calibrated`)."""
+        extra = {"rng": rng_state(rng)}
+        save_training_checkpoint(out / CHECKPOINT, agent, spec, cfg, step, extra)
+        if run.keep_checkpoints:
+            save_training_checkpoint(kept_checkpoint(out, step), agent, spec, cfg, step, extra)
+
     last_eval: dict[str, float] = {}
     bar = progress_bar(run.steps, step, cfg.progress, "pretrain", "update")
     started, first_step = time.perf_counter(), step
@@ -77,12 +86,12 @@ def pretrain(cfg: Config) -> dict[str, Any]:
             last_eval = evaluate_agent(agent, eval_env, run.eval_episodes, seed=cfg.seed + 20_000)
             logger.log("eval", step, last_eval)
         if run.checkpoint_every and step % run.checkpoint_every == 0:
-            save_training_checkpoint(out / CHECKPOINT, agent, spec, cfg, step, {"rng": rng_state(rng)})
+            save(step)
         bar.update(1)
         if last_eval and step % 100 == 0:
             bar.set_postfix(eval=f"{last_eval['return_mean']:.0f}", refresh=False)
     bar.close()
-    save_training_checkpoint(out / CHECKPOINT, agent, spec, cfg, step, {"rng": rng_state(rng)})
+    save(step)
     calibration = measure(agent, offline, probe)
     logger.log("calibration", step, calibration)
     logger.close()

@@ -62,7 +62,10 @@ def ship(
     seed: int,
     signing_key: Ed25519PrivateKey | None = None,
     dataset: dict[str, str] | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Copy `checkpoint` into `out`, export and measure it; `selection` records how it was chosen among a
+    run's kept checkpoints (learn/selection.py), when it was."""
     out.mkdir(parents=True, exist_ok=True)
     target = out / CHECKPOINT
     if checkpoint.resolve() != target.resolve():
@@ -80,6 +83,7 @@ def ship(
         "config_hash": payload["config_hash"],
         "recipe": recipe,
         **({"dataset": dataset} if dataset else {}),  # path, sha256, command: `collect --fetch` rebuilds it
+        **({"selection": selection} if selection else {}),
         "returns": measure_returns(target, episodes, seed),
         "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (target, onnx_path)},
         "shipped": time.strftime("%Y-%m-%d"),

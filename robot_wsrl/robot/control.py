@@ -386,9 +386,10 @@ def open_latch(state_dir: Path) -> EStopLatch:
         os.close(lock)
         raise
     _STATE_LOCKS[id(latch)] = lock
-    log.warning(
-        "e-stop latch recorded in %s (%s)", state_dir.resolve(), "LATCHED" if latch.latched else "clear"
-    )
+    if latch.latched:  # a stop from before: the robot stays stopped until an operator releases it
+        log.warning("e-stop latch recorded in %s (LATCHED)", state_dir.resolve())
+    else:
+        log.info("e-stop latch recorded in %s (clear)", state_dir.resolve())
     return latch
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from robot_wsrl.core.artifacts import sidecar_path
+from robot_wsrl.core.artifacts import POLICY_ONNX, sidecar_path
 from robot_wsrl.core.spec import EnvSpec
 
 FORMAT = "robot-wsrl-policy/1"
@@ -206,15 +206,20 @@ class OnnxPolicy:
         expected_spec: EnvSpec | None = None,
         seed: int = 0,
     ) -> OnnxPolicy:
-        """Load and validate `onnx_path` against its sidecar (default: the `.json` next to it).
+        """Load and validate `onnx_path` (or a policy folder's policy.onnx) against its sidecar (default: the
+        `.json` next to it).
 
         Checks, in order: sha256 of the file, that onnxruntime can load it, ONNX metadata equal to the
         sidecar's, input/output names and shapes, compatibility with `expected_spec`, finite probe outputs.
         """
         path = Path(onnx_path)
+        if path.is_dir():  # a policy folder (policies/NAME): the policy in it
+            path = path / POLICY_ONNX
         side = Path(sidecar) if sidecar is not None else sidecar_path(path)
         try:
             data = path.read_bytes()
+        except FileNotFoundError:
+            raise PolicyError(f"{path}: cannot read policy: no such file") from None
         except OSError as exc:
             raise PolicyError(f"{path}: cannot read policy ({type(exc).__name__}: {exc})") from exc
         side_data = _read_sidecar(side)
@@ -222,7 +227,8 @@ class OnnxPolicy:
         if digest != side_data["sha256"]:
             raise PolicyError(
                 f"{path}: sha256 mismatch: file is {digest}, sidecar {side.name} says {side_data['sha256']} "
-                "(corrupted, truncated or replaced)"
+                f"(corrupted, truncated or replaced): export it again (robot-wsrl export CHECKPOINT --out "
+                f"{path.parent}) or copy both files together"
             )
         try:
             session = ort.InferenceSession(data, _session_options(), providers=["CPUExecutionProvider"])

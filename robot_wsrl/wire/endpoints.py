@@ -23,6 +23,8 @@ from robot_wsrl.core.files import write_atomic
 
 FILE_NAME = "endpoints.json"
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+FORMS = "tcp://HOST:PORT or ipc://PATH"
+MAX_PORT = 65535
 
 
 class EndpointsError(ValueError):
@@ -55,9 +57,36 @@ def _check_name(name: Any, where: str) -> str:
     return name
 
 
-def _check_endpoint(endpoint: Any, where: str) -> str:
-    if not isinstance(endpoint, str) or "://" not in endpoint:
-        raise EndpointsError(f"{where}: endpoint {endpoint!r} must look like tcp://HOST:PORT")
+def endpoint_problem(endpoint: Any) -> str | None:
+    """What is wrong with `endpoint`, with the form expected, or None when ZeroMQ can bind or connect it:
+    tcp://HOST:PORT (a port 0-65535, or * to bind any), ipc://PATH, inproc://NAME."""
+    if not isinstance(endpoint, str):
+        return f"endpoint {endpoint!r} is not text: expected {FORMS}"
+    what = f"endpoint {endpoint!r}"
+    scheme, sep, address = endpoint.partition("://")
+    if not sep:
+        return f"{what} has no transport: expected {FORMS}, e.g. tcp://127.0.0.1:5555"
+    if scheme in ("ipc", "inproc"):
+        return None if address else f"{what} has no path: expected {FORMS}"
+    if scheme != "tcp":
+        return f"{what}: unsupported transport {scheme!r}: expected {FORMS}"
+    host, colon, port = address.rpartition(":")
+    if host.startswith("[") and not host.endswith("]"):  # an IPv6 address without a port
+        host, colon, port = address, "", ""
+    if not colon:
+        return f"{what} has no port: expected tcp://HOST:PORT, e.g. tcp://{address or '127.0.0.1'}:5555"
+    if not host:
+        return f"{what} has no host: expected tcp://HOST:PORT (tcp://*:PORT binds every interface)"
+    if port != "*" and not (port.isdigit() and int(port) <= MAX_PORT):
+        return f"{what}: port {port!r} is not 0-{MAX_PORT} (or * to bind any): expected tcp://HOST:PORT"
+    return None
+
+
+def check_endpoint(endpoint: Any, where: str) -> str:
+    """`endpoint` when well formed (see `endpoint_problem`); EndpointsError naming `where` if not."""
+    problem = endpoint_problem(endpoint)
+    if problem is not None:
+        raise EndpointsError(f"{where}: {problem}")
     return endpoint
 
 
@@ -66,7 +95,7 @@ def parse_named(value: str, where: str) -> tuple[str, str]:
     name, sep, endpoint = value.partition("=")
     if not sep:
         raise EndpointsError(f"{where}: {value!r} is not NAME=ENDPOINT")
-    return _check_name(name, where), _check_endpoint(endpoint, where)
+    return _check_name(name, where), check_endpoint(endpoint, where)
 
 
 def load_endpoints(path: str | Path) -> Endpoints:
@@ -74,8 +103,14 @@ def load_endpoints(path: str | Path) -> Endpoints:
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
+    elif not path.exists():
+        raise EndpointsError(f"{path}: no such session folder (a session's --out, holding its {FILE_NAME})")
     try:
         data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EndpointsError(
+            f"{path}: not found: not a session folder, or its session has not started its peers yet"
+        ) from None
     except OSError as exc:
         raise EndpointsError(f"{path}: {exc.strerror or exc}") from None
     except ValueError as exc:
@@ -86,7 +121,7 @@ def load_endpoints(path: str | Path) -> Endpoints:
     if not isinstance(runners, dict):
         raise EndpointsError(f"{path}: 'runners' must map runner names to endpoints")
     checked = {
-        _check_name(name, f"{path} runners"): _check_endpoint(endpoint, f"{path} runners.{name}")
+        _check_name(name, f"{path} runners"): check_endpoint(endpoint, f"{path} runners.{name}")
         for name, endpoint in runners.items()
     }
     learner = data.get("learner")
@@ -95,7 +130,7 @@ def load_endpoints(path: str | Path) -> Endpoints:
             raise EndpointsError(f"{path}: 'learner' must be {{'name': ..., 'endpoint': ...}}")
         learner = (
             _check_name(learner.get("name", "learner"), f"{path} learner.name"),
-            _check_endpoint(learner.get("endpoint"), f"{path} learner.endpoint"),
+            check_endpoint(learner.get("endpoint"), f"{path} learner.endpoint"),
         )
     plain = data.get("plain", False)
     if not isinstance(plain, bool):
