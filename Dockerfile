@@ -101,8 +101,10 @@ RUN python /usr/local/bin/pyproject-requirements learner,sim > /tmp/requirements
     && pip install -r /tmp/requirements.txt -c constraints.txt \
     && rm /tmp/requirements.txt
 # A compiled function on the CPU needs the same compiler and headers as Triton on the GPU: fail here, not
-# at the first compiled update.
-RUN python -c "import torch; f = torch.compile(lambda x: x * 2 + 1); assert f(torch.ones(4)).sum() == 12"
+# at the first compiled update. Its caches go with it: left in /tmp they are root's, so a non-root user's
+# compile fails (PermissionError on /tmp/torchinductor/locks), and its precompiled headers weigh 150 MB.
+RUN python -c "import torch; f = torch.compile(lambda x: x * 2 + 1); assert f(torch.ones(4)).sum() == 12" \
+    && rm -rf /tmp/*
 COPY README.md ./
 COPY robot_wsrl ./robot_wsrl
 COPY configs ./configs

@@ -9,8 +9,9 @@ import sys
 # handler that called Event.set itself, a signal landing while the main thread held the event's lock
 # deadlocked the process (a learner was left running an hour after its session was killed).
 SCRIPT = """
-import os, signal, sys, threading
+import logging, os, signal, sys, threading
 from robot_wsrl.core.lifetime import stop_on_signals
+logging.basicConfig()
 stop = threading.Event()
 previous = stop_on_signals([stop])
 assert set(previous) == {signal.SIGINT, signal.SIGTERM}
@@ -27,3 +28,4 @@ sys.exit(0 if stop.wait(10) else 1)
 def test_a_storm_of_signals_sets_the_stop_and_never_deadlocks() -> None:
     result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    assert result.stderr.count("SIGTERM received: stopping") == 1  # the cause, named once in the log

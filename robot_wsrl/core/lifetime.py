@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -53,7 +56,11 @@ def stop_on_signals(
     read_fd, write_fd = os.pipe()
 
     def relay() -> None:
-        while os.read(read_fd, 64):
+        named: set[int] = set()
+        while received := os.read(read_fd, 64):
+            for signum in set(received) - named:  # in the log once each: a `docker stop` shows as the cause
+                log.warning("%s received: stopping", signal.Signals(signum).name)
+                named.add(signum)
             for event in events:
                 event.set()
 
@@ -61,6 +68,6 @@ def stop_on_signals(
 
     def handler(signum: int, frame: Any) -> None:
         with contextlib.suppress(OSError):  # a full pipe already holds a request
-            os.write(write_fd, b"!")
+            os.write(write_fd, bytes([signum]))
 
     return {sig: signal.signal(sig, handler) for sig in signals}
