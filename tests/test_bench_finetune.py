@@ -6,6 +6,11 @@ Measures nothing: the numbers come from a few hundred steps of tiny networks on 
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import matplotlib.image as mpimg
 import pytest
@@ -13,6 +18,7 @@ from helpers import SMALL_AGENT
 
 from robot_wsrl.bench import cli as bench_cli
 from robot_wsrl.bench.finetune import load_config, run_finetune_benchmark
+from robot_wsrl.core.paths import REPO_ROOT
 from robot_wsrl.learn.config import compose_config
 from robot_wsrl.learn.pretrain import pretrain
 
@@ -135,3 +141,74 @@ def test_benchmarks_without_a_config_refuse_overrides(capsys):
     with pytest.raises(SystemExit):
         bench_cli(["runner", "steps=10"])
     assert "takes no overrides" in capsys.readouterr().err
+
+
+def test_no_logged_rows_still_plots_and_prints_json(tmp_path, checkpoint, pendulum_dataset, capsys):
+    # No evaluations (eval_every=0) and fewer steps than log_every: both curves' streams are empty.
+    tiny = ["include=[wsrl]", "steps=60", "warmup=10", "seeds=[0]", "eval_every=0", "log_every=1000"]
+    overrides = [*_bench_overrides(tmp_path, checkpoint, pendulum_dataset), *tiny, "memory_sweep.sizes=[]"]
+    argv = ["finetune", *overrides, "--json"]
+    assert bench_cli(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["failed"] == [] and result["variants"]["wsrl"]["updates"][0] > 0
+    for name in ("learning_curves.png", "q_trace.png", "memory_sweep.png"):
+        assert mpimg.imread(tmp_path / "bench" / name).ndim == 3
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids whose command line holds `text`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and text.encode() in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def _until(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def test_sigterm_ends_the_running_children_and_removes_the_temporary_folder(tmp_path):
+    out, tmp = tmp_path / "bench", tmp_path / "tmp"
+    tmp.mkdir()
+    argv = [  # the memory sweep only: one long run on a synthetic dataset in a temporary folder
+        "include=[]",
+        "memory_sweep.sizes=[500]",
+        "memory_sweep.variants=[wsrl]",
+        "memory_sweep.steps=1000000",
+        "memory_sweep.warmup=1000000",
+        "device=cpu",
+        f"out={out}",
+    ]
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "robot_wsrl.apps.cli", "bench", "finetune", *argv],
+        cwd=REPO_ROOT,
+        env={**os.environ, "TMPDIR": str(tmp), "MUJOCO_GL": "disable"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_dir = str(out / "sweep" / "wsrl" / "n500")
+        children = _until(lambda: [p for p in _processes_naming(run_dir) if p != bench.pid], 300, "the run")
+        assert [p.name for p in tmp.iterdir()]  # the sweep's dataset folder, while it runs
+        bench.send_signal(signal.SIGTERM)
+        _, err = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(timeout=30)
+        for pid in _processes_naming(str(out)):  # only on a failure: leave nothing running
+            os.kill(pid, signal.SIGKILL)
+    assert bench.returncode == 1 and "stopped by a signal" in err, err
+    _until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 30, "the children to end")
+    assert not _processes_naming(run_dir)
+    assert list(tmp.iterdir()) == []

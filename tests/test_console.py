@@ -66,6 +66,7 @@ def runners(keydir: Path, tmp_path: Path) -> Iterator[dict[str, tuple[str, subpr
     for name in ("robot1", "robot2"):
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         args = ["runner", "--policy", str(policy), "--driver", "null", "--steps", "1000000000"]
+        args += ["--allow-unsigned"]  # a test policy, unsigned: --keys here is for the control channel
         args += ["--control", endpoint, "--keys", str(keydir), "--name", name, "--deadman-s", str(DEADMAN_S)]
         args += ["--state", str(tmp_path / name)]  # the latch's record: never one shared with other tests
         made[name] = (endpoint, spawn_cli(args, tmp_path / f"{name}.log"))

@@ -164,6 +164,7 @@ def test_runner_process_with_control_stop_status_release_by_script(
 ) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     command = ["runner", "--policy", str(null_policy), "--driver", "null", "--steps", "100000000"]
+    command += ["--allow-unsigned"]  # a test policy, unsigned: --keys here is for the control channel
     control = ["--control", endpoint, "--keys", str(keydir), "--name", "robot1", "--state", str(tmp_path)]
     with open(tmp_path / "runner.log", "wb") as log:
         runner = subprocess.Popen(

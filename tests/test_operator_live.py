@@ -77,6 +77,7 @@ def runner(keydir: Path, tmp_path: Path) -> Iterator[str]:
     policy = write_policy(tmp_path / "policy", NullDriver(3, 1, control_period_s=PERIOD_S).spec)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     args = ["runner", "--policy", str(policy), "--driver", "null", "--steps", "1000000000"]
+    args += ["--allow-unsigned"]  # a test policy, unsigned: --keys here is for the control channel
     proc = spawn_cli(
         [*args, "--control", endpoint, "--keys", str(keydir), "--name", "robot1", "--state", str(tmp_path)],
         tmp_path / "runner.log",

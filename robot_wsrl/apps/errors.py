@@ -17,8 +17,8 @@ from collections.abc import Callable
 DEBUG_ENV = "ROBOT_WSRL_DEBUG"
 DEBUG_FLAG = "--debug"
 # Errors a user can act on: the project's own (all ValueErrors), missing files and the like, the socket
-# library's (an endpoint in use) and the config libraries' (a bad override).
-USER_ERROR_MODULES = ("hydra.", "omegaconf.", "zmq.")
+# library's (an endpoint in use) and the config libraries' (a bad override, a value that does not parse).
+USER_ERROR_MODULES = ("hydra.", "omegaconf.", "zmq.", "yaml.")
 
 Command = Callable[[list[str]], int]
 
@@ -28,7 +28,7 @@ def user_error(exc: BaseException) -> str | None:
     module = type(exc).__module__ + "."
     if not isinstance(exc, (ValueError, OSError)) and not module.startswith(USER_ERROR_MODULES):
         return None
-    return _missing_option(exc) or _unknown_key(exc) or _first_line(exc)
+    return _missing_option(exc) or _unknown_key(exc) or _unparsed(exc) or _first_line(exc)
 
 
 def _missing_option(exc: BaseException) -> str | None:
@@ -37,6 +37,8 @@ def _missing_option(exc: BaseException) -> str | None:
     if not (missing and options):
         return None
     group, _, name = str(missing).rpartition("/")
+    if group.startswith("recipe/"):  # `recipe=NAME` is given as that, whatever run it selects for
+        group = "recipe"
     close = difflib.get_close_matches(name, options, n=1)
     hint = f" (did you mean {group}={close[0]}?)" if close else ""
     return f"{group}={name}: no such {group} config; available: {', '.join(options)}{hint}"
@@ -58,6 +60,17 @@ def _unknown_key(exc: BaseException) -> str | None:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known: {', '.join(known)}"
     return f"{full_key}: no such key{hint}"
+
+
+def _unparsed(exc: BaseException) -> str | None:
+    """A YAML error from an override's value (`variants=[real`): the value and what is wrong with it."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None or not type(exc).__module__.startswith("yaml."):
+        return None
+    value = str(getattr(mark, "buffer", None) or "").rstrip("\0")
+    context = getattr(exc, "context", None)
+    why = f"{context}: {problem}" if context else problem
+    return f"value {value!r} does not parse ({why}): close its brackets or quote it"
 
 
 def _first_line(exc: BaseException) -> str:

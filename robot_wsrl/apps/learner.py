@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -160,12 +161,28 @@ class SimFirstGate:
         )
 
 
+def _new_folder(out_dir: str | None) -> bool:
+    """Whether the learner's out_dir does not exist yet, or is empty (None: a new one is made)."""
+    return out_dir is None or not Path(out_dir).is_dir() or not any(Path(out_dir).iterdir())
+
+
+def _empty(folder: Path) -> None:
+    """What a failed start wrote into a folder that was new or empty (config.yaml, a log ...)."""
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def serve(cfg: Config, service: LearnerService) -> int:
     """Bind, start the learner (replaying its log), serve until a signal or `max_seconds`."""
-    from robot_wsrl.learn.config import prepare_out_dir
-    from robot_wsrl.learn.learner import Learner, LearnerOptions
+    from robot_wsrl.learn.config import prepare_out_dir, refuse_overwrite
+    from robot_wsrl.learn.learner import RESTARTS_FROM, Learner, LearnerOptions
 
     assert service.keys is not None  # compose_service
+    refuse_overwrite(cfg, RESTARTS_FROM)  # its own out_dir it restarts in; another run's it leaves alone
+    new = _new_folder(cfg.out_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = zmq.Context()
     try:
@@ -183,6 +200,8 @@ def serve(cfg: Config, service: LearnerService) -> int:
         )
     except BaseException:
         transport.shutdown(ctx)
+        if new and cfg.out_dir is not None:  # a start that failed leaves no run behind to refuse a retry
+            _empty(Path(cfg.out_dir))
         raise
     stop = threading.Event()
     stop_on_signals([stop])

@@ -38,10 +38,28 @@ class OverridesCommand:
         return list(parser.parse_args(argv).overrides)
 
     def compose(self, overrides: list[str]) -> Config:
-        """configs/ composed for this run with `overrides`, typed and validated."""
+        """configs/ composed for this run with `overrides`, typed and validated (the device too)."""
         from robot_wsrl.learn.config import compose_config
 
-        return compose_config(self.run, overrides)
+        cfg = compose_config(self.run, overrides)
+        check_device(cfg.device)
+        return cfg
+
+
+def check_device(device: str) -> None:
+    """device=cuda[:N] where torch sees no such device is refused at start-up, in one line, not by torch's
+    assertion when the first tensor moves there."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(device.partition(":")[2] or 0) < count:
+        return
+    cuda = torch.version.cuda  # type: ignore[attr-defined]
+    build = f"CPU-only build {torch.__version__}" if cuda is None else f"{torch.__version__}, CUDA {cuda}"
+    sees = "no CUDA device" if count == 0 else "only cuda:0" + (f" to cuda:{count - 1}" if count > 1 else "")
+    raise ValueError(f"device={device}: torch sees {sees} ({build}); use device=auto or cpu")
 
 
 def hydra_list(items: list[str]) -> str:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from robot_wsrl.apps.errors import reports_errors
 from robot_wsrl.apps.overrides import OverridesCommand
+
+if TYPE_CHECKING:
+    from robot_wsrl.learn.config import Config
 
 COMMAND = OverridesCommand(
     "pretrain",
@@ -15,13 +20,29 @@ COMMAND = OverridesCommand(
 
 @reports_errors("pretrain")
 def cli(argv: list[str]) -> int:
-    cfg = COMMAND.compose(COMMAND.parse(argv))
+    overrides = COMMAND.parse(argv)
+    cfg = COMMAND.compose(overrides)
     from robot_wsrl.learn.config import refuse_overwrite
     from robot_wsrl.learn.pretrain import pretrain
 
     refuse_overwrite(cfg)
 
-    summary = pretrain(cfg)
+    summary = pretrain(cfg, steps=resume_steps(cfg, overrides))
     print(f"pre-training done: {summary['steps']} updates on {summary['dataset_size']} transitions")
     print(f"checkpoint: {summary['checkpoint']}")
     return 0
+
+
+def resume_steps(cfg: Config, overrides: list[str]) -> int | None:
+    """With run.resume the run continues with its saved config.yaml (dataset included): run.steps given
+    with it extends the run to that many updates; any other override would be ignored, so it is refused."""
+    if not cfg.run.resume:
+        return None
+    given = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    ignored = sorted(given - {"run.resume", "run.steps"})
+    if ignored:
+        raise ValueError(
+            f"run.resume continues {cfg.run.resume} with its saved config.yaml, so {', '.join(ignored)} "
+            "would be ignored: give only run.steps (the updates in all) with it"
+        )
+    return cfg.run.steps if "run.steps" in given else None

@@ -27,12 +27,14 @@ from robot_wsrl.apps.options import (
 from robot_wsrl.core.driver import Driver, DriverFault
 from robot_wsrl.core.lifetime import stop_on_signals
 from robot_wsrl.robot import control
-from robot_wsrl.robot.policy import OnnxPolicy
+from robot_wsrl.robot.policy import OnnxPolicy, policy_signer
 from robot_wsrl.robot.runner import Runner
 from robot_wsrl.robot.safety import EStopLatch, RunnerState, SafetyConfig
 
 IDENTITY = Identity(
-    "runner", "this runner's key name (its runner id)", "key dir: NAME.key_secret, console keys"
+    "runner",
+    "this runner's key name (its runner id)",
+    "key dir: NAME.key_secret, console keys, and the learner's NAME.sign.pub: the policy must be signed",
 )
 DRIVER = DriverOptions(timeout_periods=5)  # a driver behind a link: each reply due within 5 control periods
 STATE = StateDir("runs/runner", "the e-stop latch's record")
@@ -62,6 +64,12 @@ def parser() -> CommandParser:
     DRIVER.add(p)
     p.add_argument("--deterministic", action="store_true", help="tanh(mean) instead of sampling")
     p.add_argument("--max-delta", type=float, default=None, help="rate limit, robot units per step")
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="run a policy without a policy.sig verified by a learner's *.sign.pub in --keys (with --keys, "
+        "a policy must be signed; a signed one needs --keys to be checked; a bad signature is refused)",
+    )
     STATE.add(p)
     add_control(p)
     IDENTITY.add(p)
@@ -115,6 +123,7 @@ def _build(
         if args.control is not None:
             server = serve_control(args, latch)
         policy = OnnxPolicy.load(args.policy)
+        policy_signer(args.policy, args.keys, args.allow_unsigned)  # before it may move anything
         driver = DRIVER.open(args, policy.spec)
         runner = Runner(
             driver,

@@ -40,11 +40,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import zmq
 
-from robot_wsrl.apps.errors import reports_errors
+from robot_wsrl.apps.errors import reports_errors, user_error
 from robot_wsrl.apps.options import CommandParser
 from robot_wsrl.apps.overrides import hydra_list
 from robot_wsrl.core.artifacts import (
@@ -89,6 +89,8 @@ STOPPED_STATES = ("estopped", "faulted", "paused")  # the robot waits for an ope
 
 
 LOG_TAIL_LINES = 2  # of a failed child's log, shown with the session's error
+TRACEBACK_HEADER = "Traceback (most recent call last):"
+ROBOT = "emulated robot"  # its log: logs/robot.log
 
 
 class ChildFailed(RuntimeError):
@@ -102,12 +104,14 @@ class ChildFailed(RuntimeError):
         return {"name": self.name, "exit_code": self.code, "log": str(self.log), "log_tail": self.tail()}
 
     def tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
-        """The last lines of its log (where a child's one-line error is)."""
+        """The last lines of its log (where a child's one-line error is), a traceback's frames left out:
+        of a traceback, the error line."""
         try:
             text = self.log.read_text(errors="replace")
         except OSError:
             return []
-        return [line for line in text.splitlines() if line.strip()][-lines:]
+        said = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
+        return [line for line in said if line != TRACEBACK_HEADER][-lines:]
 
 
 def _wait_ready(name: str, path: Path, proc: subprocess.Popen, log: Path, timeout_s: float) -> dict[str, Any]:
@@ -417,9 +421,13 @@ class Session:
         """Where child `name` writes its output."""
         return self.out / "logs" / f"{name}.log"
 
-    def _spawn(self, name: str, argv: list[str], nice: int = 0) -> subprocess.Popen:
+    def _open_log(self, name: str) -> BinaryIO:
         log = open(self._log(name), "ab")  # noqa: SIM115 - closed in _shutdown
         self.logs.append(log)
+        return log
+
+    def _spawn(self, name: str, argv: list[str], nice: int = 0) -> subprocess.Popen:
+        log = self._open_log(name)
         proc = subprocess.Popen(
             [sys.executable, "-m", "robot_wsrl.apps.cli", *argv],
             cwd=REPO_ROOT,
@@ -469,9 +477,18 @@ class Session:
             # (in a short temporary folder: a socket path may not exceed 107 bytes).
             self._robot_dir = None if a.plain else Path(tempfile.mkdtemp(prefix="robot-wsrl-"))  # mode 0700
             robot_at = None if self._robot_dir is None else f"ipc://{self._robot_dir}/robot.sock"
-            self.robot, robot_endpoint = spawn_emulated_robot(
-                a.env_id, preset=a.preset, seed=a.seed, realtime=a.realtime, endpoint=robot_at
-            )
+            try:
+                self.robot, robot_endpoint = spawn_emulated_robot(
+                    a.env_id,
+                    preset=a.preset,
+                    seed=a.seed,
+                    realtime=a.realtime,
+                    endpoint=robot_at,
+                    stderr=self._open_log("robot"),
+                )
+            except RuntimeError as exc:  # its reason is in its log, as a learner's or a runner's is
+                why = str(exc).removeprefix(f"{ROBOT} ")
+                raise ChildFailed(ROBOT, None, self._log("robot"), why) from exc
         overrides = [
             f"env={env['name']}",
             f"run.checkpoint={(a.policy_dir / 'checkpoint.pt').resolve()}",
@@ -518,8 +535,8 @@ class Session:
                 code = proc.poll()
                 if code is not None and not (name == "runner" and code == 0):
                     raise ChildFailed(name, code, self._log(name), f"exited with code {code}")
-            if self.robot is not None and not self.robot.alive():
-                raise RuntimeError("the emulated robot exited")
+            if self.robot is not None and (code := self.robot.popen.poll()) is not None:
+                raise ChildFailed(ROBOT, code, self._log("robot"), f"exited with code {code}")
             return self.children["runner"].poll() == 0
 
     def _loop(self, client: StatusClient, started: float) -> None:
@@ -731,6 +748,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def env_id_problem(env_id: str) -> str | None:
+    """Why the emulated robot could not drive `env_id` (the gym driver's own words: gymnasium's "did you
+    mean"), or None: checked before any child starts, not in a traceback from the robot's start-up."""
+    from robot_wsrl.sim.gym_mujoco import GymMujocoDriver  # the sim extra, as the robot needs it
+
+    try:
+        GymMujocoDriver(env_id).close()
+    except ValueError as exc:
+        return str(exc).removeprefix("gym:")
+    return None
+
+
+def check_validate_args(overrides: list[str]) -> None:
+    """Compose the gate's config as each validation will (gate.validate.load_config): a bad --validate-arg
+    would otherwise hold back every version, v0 included, while the session runs on for nothing."""
+    from robot_wsrl.gate.validate import load_config
+
+    try:
+        load_config(None, overrides)
+    except Exception as exc:
+        line = user_error(exc)
+        if line is None:
+            raise
+        keys = {o.partition("=")[0]: o for o in overrides}  # the last of a key wins, as in the gate
+        key, _, why = line.partition(": ")
+        if key in keys:
+            raise ValueError(f"--validate-arg {keys[key]}: {why}") from None  # this line, not the cause's
+        raise ValueError(f"--validate-arg: {line}") from None
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """`robot-wsrl session`'s arguments, checked (the soak benchmark runs a session from them too)."""
     parser = _parser()
@@ -746,6 +793,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         close = difflib.get_close_matches(args.preset, presets, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         parser.error(f"--preset {args.preset}: no such preset; available: {', '.join(presets)}{hint}")
+    if args.env_id is not None:
+        problem = env_id_problem(args.env_id)
+        if problem is not None:
+            parser.error(f"--env-id {problem}")
+    check_validate_args(args.validate_arg)
     if args.out is not None and args.out.is_dir() and any(args.out.iterdir()):
         # Its keys, ready files and learner state belong to another session: mixing them in would point
         # the runner at a dead learner and fail its policies' signatures.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from robot_wsrl.apps.errors import reports_errors
-from robot_wsrl.apps.options import CommandParser, positive_float
+from robot_wsrl.apps.options import CommandParser, positive_float, positive_int
 
 DESCRIPTION = """Package a pre-trained checkpoint as a shipped policy under policies/NAME/: checkpoint.pt
 (what the learner starts from), policy.onnx + policy.json (what robots run) and manifest.json (how it was
@@ -37,7 +37,9 @@ def _parser() -> CommandParser:
     )
     parser.add_argument("--out", type=Path, required=True, help="policies/NAME")
     parser.add_argument("--recipe", type=Path, default=None, help="JSON describing how it was made")
-    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument(
+        "--episodes", type=positive_int, default=10, help="evaluation episodes per preset (default 10)"
+    )
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--keys", type=Path, default=None, help="sign policy.onnx with KEYS/SIGNER.sign")
     parser.add_argument("--dataset", type=Path, default=None, help="the offline dataset (from collect)")

@@ -67,9 +67,20 @@ def default_out(policy: Path) -> Path:
     return REPORTS / f"{name}-{time.strftime('%Y%m%d-%H%M%SZ', time.gmtime())}"
 
 
+def check_paths(policies: list[Path], out: Path | None) -> None:
+    """Mistakes in the paths, refused before any episode runs: the sidecar given for the policy (its sha256
+    would be checked against itself and read as tampering), a file where the report folder goes."""
+    for policy in policies:
+        if policy.suffix == ".json":
+            raise ValueError(f"{policy} is a policy's JSON sidecar: give the policy.onnx or its folder")
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: give a folder for the report")
+
+
 @reports_errors("validate")
 def cli(argv: list[str]) -> int:
     args = parser().parse_intermixed_args(argv)
+    check_paths([p for p in (args.policy, args.reference) if p is not None], args.out)
     from robot_wsrl.gate.validate import load_config, validate  # omegaconf and the simulator from here on
 
     cfg = load_config(args.config, args.overrides)

@@ -9,7 +9,9 @@ because WSRL never loads it, while the retain-offline baseline holds all of it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import difflib
 import json
 import os
 import shutil
@@ -17,8 +19,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +30,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from robot_wsrl import bench
 from robot_wsrl.bench.deployed import compare as compare_deployed
 from robot_wsrl.bench.intervals import bootstrap_ci, iqm
 from robot_wsrl.core.artifacts import SUMMARY
+from robot_wsrl.core.lifetime import stop_on_signals
 from robot_wsrl.core.paths import CONFIG_DIR, REPO_ROOT
 from robot_wsrl.learn.config import Config, compose_config
 
@@ -69,8 +75,9 @@ class Run:
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:
-    """configs/bench/finetune.yaml merged with command-line `KEY=VALUE` overrides (OmegaConf dotlist)."""
-    return OmegaConf.merge(OmegaConf.load(BENCH_CONFIG), OmegaConf.from_dotlist(list(overrides or [])))
+    """configs/bench/finetune.yaml with command-line `KEY=VALUE` overrides: its keys, but any finetune key
+    under `finetune` (composed per run) and new variants under `variants`."""
+    return bench.load_config(BENCH_CONFIG, list(overrides or []), free=("finetune", "variants"))
 
 
 def main(overrides: list[str]) -> dict[str, Any]:
@@ -84,14 +91,17 @@ def run_finetune_benchmark(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     resolved = {name: _check_variant(cfg, name) for name in cfg.include}
+    for name in cfg.memory_sweep.variants:
+        _known_variant(cfg, name)
     runs = [
         Run(name, int(seed), _overrides(cfg, name, seed, run_dir), run_dir)
         for name in cfg.include
         for seed in cfg.seeds
         for run_dir in [out / "runs" / name / f"seed{seed}"]
     ]
-    _run_all(runs, int(cfg.jobs), float(cfg.timeout_s))
-    sweep = _memory_sweep(cfg, out)
+    with _stopped_by_signals() as stop:
+        _run_all(runs, int(cfg.jobs), float(cfg.timeout_s), stop)
+        sweep = _memory_sweep(cfg, out, stop)
 
     device = _device_label(str(cfg.device))
     reference = compose_config("finetune", _overrides(cfg, None, 0, out))  # the common scale, no variant
@@ -198,15 +208,21 @@ def _overrides(
 
 def _check_variant(cfg: DictConfig, name: str) -> Config:
     """Compose the variant's finetune config here, so a bad override fails before hours of other runs."""
-    if name not in cfg.variants:
-        raise ValueError(f"bench finetune: unknown variant {name!r}; defined: {sorted(cfg.variants)}")
+    _known_variant(cfg, name)
     composed = compose_config("finetune", _overrides(cfg, name, 0, Path(cfg.out)))
     if composed.run.offline_ratio > 0 and not Path(str(composed.run.dataset)).is_file():
         raise ValueError(
-            f"bench finetune: variant {name!r} retains offline data but dataset={cfg.dataset!r} is not a "
+            f"variant {name!r} retains offline data but dataset={cfg.dataset!r} is not a "
             "file; pass dataset=FILE (the checkpoint's offline dataset) or leave the variant out of include"
         )
     return composed
+
+
+def _known_variant(cfg: DictConfig, name: str) -> None:
+    if name not in cfg.variants:
+        close = difflib.get_close_matches(name, list(cfg.variants), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"unknown variant {name!r}{hint}; defined: {', '.join(cfg.variants)}")
 
 
 # ---- processes ----------------------------------------------------------------------------------------
@@ -230,12 +246,44 @@ sys.exit(code if code >= 0 else 128 - code)
 """
 
 
-def _run_all(runs: list[Run], jobs: int, timeout_s: float) -> None:
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[threading.Event]:
+    """SIGINT and SIGTERM set the event `_run_all` watches, so the benchmark ends its runs and unwinds
+    (the memory sweep's temporary folder is removed) instead of dying with its runs left behind."""
+    stop = threading.Event()
+    previous = stop_on_signals([stop])
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run_all(runs: list[Run], jobs: int, timeout_s: float, stop: threading.Event) -> None:
     """Run `jobs` finetune processes at a time, each started by `_LAUNCHER`; a run past `timeout_s` is
-    killed with its launcher (one process group)."""
+    killed with its launcher (one process group). When `stop` is set, or anything goes wrong here, the
+    running ones are killed the same way and the benchmark exits."""
     pending = [run for run in runs if not _reuse(run)]
     running: dict[Run, tuple[subprocess.Popen, float]] = {}
+    try:
+        _supervise(pending, running, jobs, timeout_s, stop)
+    finally:
+        for proc, _ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _supervise(
+    pending: list[Run],
+    running: dict[Run, tuple[subprocess.Popen, float]],
+    jobs: int,
+    timeout_s: float,
+    stop: threading.Event,
+) -> None:
     while pending or running:
+        if stop.is_set():
+            raise SystemExit("robot-wsrl bench finetune: stopped by a signal; its running runs were killed")
         while pending and len(running) < max(1, jobs):
             run = pending.pop(0)
             shutil.rmtree(run.out_dir, ignore_errors=True)  # a run repeated starts clean: no rows appended
@@ -280,7 +328,7 @@ def _reuse(run: Run) -> bool:
     return True
 
 
-def _memory_sweep(cfg: DictConfig, out: Path) -> list[Run]:
+def _memory_sweep(cfg: DictConfig, out: Path, stop: threading.Event) -> list[Run]:
     """Short runs on synthetic env-shaped datasets of each size; every run is given the dataset path,
     only the variants with an offline ratio load it."""
     sweep_cfg = cfg.memory_sweep
@@ -309,7 +357,7 @@ def _memory_sweep(cfg: DictConfig, out: Path) -> list[Run]:
                 )
                 for name in sweep_cfg.variants
             ]
-            _run_all(batch, int(cfg.jobs), float(cfg.timeout_s))
+            _run_all(batch, int(cfg.jobs), float(cfg.timeout_s), stop)
             runs += batch
             dataset.unlink()
     return runs
@@ -477,6 +525,8 @@ def _plot(out: Path, cfg: DictConfig, labels: tuple[str, str], runs: list[Run], 
             if not mine:
                 continue
             steps, values = _by_step(mine, stream, column)
+            if not steps.size:  # nothing logged: eval_every=0, or fewer steps than log_every
+                continue
             mean = np.nanmean(values, axis=0)
             low, high = np.array([bootstrap_ci(at_step[~np.isnan(at_step)]) for at_step in values.T]).T
             ax.plot(steps, mean, label=f"{variant} (n={len(mine)})")

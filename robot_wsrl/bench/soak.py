@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from robot_wsrl import bench
 from robot_wsrl.apps import session
 from robot_wsrl.bench.machine import cpu_description
 from robot_wsrl.core.artifacts import INGEST_LOG
@@ -45,8 +46,8 @@ STARTUP_TIMEOUT_S = 2 * session.START_TIMEOUT_S  # learner, runner and warmup, u
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:
-    """configs/bench/soak.yaml merged with command-line `KEY=VALUE` overrides (OmegaConf dotlist)."""
-    return OmegaConf.merge(OmegaConf.load(BENCH_CONFIG), OmegaConf.from_dotlist(list(overrides or [])))
+    """configs/bench/soak.yaml with command-line `KEY=VALUE` overrides of its keys."""
+    return bench.load_config(BENCH_CONFIG, list(overrides or []))
 
 
 def main(overrides: list[str]) -> dict[str, Any]:

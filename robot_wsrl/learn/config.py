@@ -166,7 +166,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "run.dataset",
         "pretrain needs a dataset (a .hdf5 or .npz PATH, or minari:ID)",
-        lambda value, run: bool(value) or run.name != "pretrain",
+        lambda value, run: bool(value) or run.name != "pretrain" or bool(run.resume),  # resume: the saved one
     ),
     Rule(
         "run.dataset",
@@ -185,6 +185,11 @@ RULES: tuple[Rule, ...] = (
     at_least("run.gate_every", 0),  # 0: not guarded
     at_least("seed", 0),
     at_least("threads", 0),
+    Rule(
+        "device",
+        "must be auto, cpu, cuda or cuda:N",
+        lambda value, _: value in ("auto", "cpu", "cuda") or (value[:5] == "cuda:" and value[5:].isdigit()),
+    ),
 )
 
 
@@ -253,18 +258,41 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def refuse_overwrite(cfg: Config) -> None:
-    """A new run (`pretrain`, `finetune`) must not overwrite another's results: an out_dir that holds a
-    training checkpoint is refused, unless run.resume continues that run. The commands check it; a caller
+def _unused(path: Path) -> Path:
+    """`path`, else PATH-2, PATH-3 ...: the first that does not exist."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def refuse_overwrite(cfg: Config, restarts_from: tuple[str, ...] = ()) -> None:
+    """A new run must not overwrite another's results: an out_dir that holds a run is refused.
+
+    For `pretrain` and `finetune` (no `restarts_from`) a run is a training checkpoint, and run.resume
+    continues it. A service that restarts in its own out_dir from the files `restarts_from` names (the
+    learner: learner.pt, transitions.log) takes a folder holding any of them, and refuses one that holds
+    another kind of run: a checkpoint or a config.yaml, but none of them. The commands check it; a caller
     that regenerates a folder on purpose (collect, a benchmark) does not."""
-    if cfg.run.resume or cfg.out_dir is None:
+    if cfg.out_dir is None or (cfg.run.resume and not restarts_from):
         return
     out = Path(cfg.out_dir)
-    if (out / CHECKPOINT).exists():
+    if any((out / name).exists() for name in restarts_from):
+        return  # its own run: it carries on from it
+    marks = (CHECKPOINT, RUN_CONFIG) if restarts_from else (CHECKPOINT,)
+    held = next((name for name in marks if (out / name).exists()), None)
+    if held is None:
+        return
+    if restarts_from:
         raise ValueError(
-            f"out_dir={out} already holds a run ({CHECKPOINT}): continue it with run.resume={out}, "
-            "or give a new out_dir"
+            f"out_dir={out} already holds another kind of run ({held}, no {restarts_from[0]}): "
+            f"give a fresh out_dir, e.g. out_dir={_unused(out.with_name(f'{out.name}-learner'))}"
         )
+    raise ValueError(
+        f"out_dir={out} already holds a run ({held}): continue it with run.resume={out}, "
+        "or give a new out_dir"
+    )
 
 
 def prepare_out_dir(cfg: Config) -> Path:

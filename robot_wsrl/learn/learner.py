@@ -97,6 +97,7 @@ SEND_TIMEOUT_S = 0.0  # never wait: a ROUTER that cannot send now drops (a full 
 RECEIVE_ROUND = 256  # messages handled between two group commits of the log
 RECENT_RETURNS = 10
 RECENT_VERDICTS = 20
+RESTARTS_FROM = (LEARNER_STATE, INGEST_LOG)  # in its out_dir: a learner restarted there carries on
 ACCEPTED = (
     Transitions,
     HeartbeatMessage,

@@ -27,9 +27,12 @@ from robot_wsrl.learn.training import (
 )
 
 
-def pretrain(cfg: Config) -> dict[str, Any]:
-    """Run cfg.run.steps UTD rounds on the offline dataset; checkpoint.pt holds the result."""
+def pretrain(cfg: Config, steps: int | None = None) -> dict[str, Any]:
+    """Run cfg.run.steps UTD rounds on the offline dataset; checkpoint.pt holds the result. A resumed run
+    (run.resume) continues with its saved config, to `steps` updates in all when given (extending it)."""
     cfg = resumed(cfg)
+    if steps is not None:
+        cfg.run.steps = steps
     if not cfg.run.dataset:
         raise ValueError("pretrain needs a dataset: run.dataset=PATH (.hdf5, .npz or minari:ID)")
     out = prepare_out_dir(cfg)

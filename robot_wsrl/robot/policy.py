@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from robot_wsrl.core.artifacts import POLICY_ONNX, sidecar_path
+from robot_wsrl.core.artifacts import POLICY_ONNX, sidecar_path, signature_path
 from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.wire import keys
+from robot_wsrl.wire.signing import SignatureError, read_signature, verify_signature_file
 
 FORMAT = "robot-wsrl-policy/1"
 INPUT_NAME = "obs"
@@ -40,6 +42,7 @@ METADATA_KEYS = (
     "output_names",
 )
 PROBE_COUNT = 8  # seeded random probe observations, in addition to the all-zeros one
+SIGNED_HINT = "signed policy: give --keys KEYS to verify it, or --allow-unsigned"
 
 
 class PolicyError(ValueError):
@@ -304,3 +307,28 @@ class OnnxPolicy:
             return np.tanh(self._mean[0])
         self._rng.standard_normal(dtype=np.float32, out=self._noise)
         return np.tanh(self._mean[0] + np.exp(self._log_std[0]) * self._noise)
+
+
+def policy_signer(path: str | Path, keydir: Path | None, allow_unsigned: bool) -> str | None:
+    """The runner's rule for a policy's signature (policy.sig), that of `validate --keys` and of a link's
+    runner: with a key dir, the policy must be signed by a learner whose signing key (`*.sign.pub`) is in
+    it, unless `allow_unsigned` accepts one without a signature. A signature that is there but does not
+    verify, or is malformed, is refused always. Without a key dir an unsigned policy runs as before, and a
+    signed one, which cannot be checked then, only with `allow_unsigned`. Returns the signer's key id (None:
+    not verified); raises SignatureError (a ValueError) with the reason."""
+    onnx = Path(path) / POLICY_ONNX if Path(path).is_dir() else Path(path)
+    found = read_signature(onnx)
+    if keydir is None:
+        if found is not None and not allow_unsigned:
+            raise SignatureError(f"{onnx}: {SIGNED_HINT}")
+        return None
+    if not keydir.is_dir():
+        raise keys.KeyFileError(f"--keys {keydir}: no such key directory")
+    if found is None:
+        if allow_unsigned:
+            return None
+        raise SignatureError(
+            f"{onnx}: unsigned (no {signature_path(onnx).name}): refused (sign it with the learner's key, "
+            "or pass --allow-unsigned)"
+        )
+    return verify_signature_file(onnx, keys.load_verify_keys(keydir))

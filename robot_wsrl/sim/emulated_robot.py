@@ -25,7 +25,7 @@ import traceback
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import zmq
@@ -380,12 +380,14 @@ def spawn_emulated_robot(
     drop_prob: float | None = None,
     action_latency_steps: int | None = None,
     startup_timeout_s: float = 30.0,
+    stderr: IO[bytes] | None = None,
 ) -> tuple[EmulatedRobotProcess, str]:
     """Start a server in a subprocess on a loopback port (a free one unless `port`), or on `endpoint` (an
     `ipc://` path in a private folder keeps other local users off the robot), and wait for `ping`.
 
     The server binds the port itself and reports it on stdout, so there is no pick-then-bind race. The
     subprocess exits when its parent dies. Raises RuntimeError (after killing it) if it is not up in time.
+    Its errors (and, once ready, all its output) go to `stderr` (default: this process's).
     """
     cmd = [sys.executable, "-m", __name__, "--env", env_id, "--preset", preset]
     cmd += ["--endpoint", endpoint or f"tcp://127.0.0.1:{port or 0}", "--exit-with-parent"]
@@ -401,7 +403,9 @@ def spawn_emulated_robot(
         cmd += ["--action-latency-steps", str(action_latency_steps)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    popen = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    popen = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+    )
     proc = EmulatedRobotProcess(popen, "")
     deadline = time.monotonic() + startup_timeout_s
     try:

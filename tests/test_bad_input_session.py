@@ -1,0 +1,203 @@
+"""Bad input that used to waste or damage a run (session 5's new-user trial): a session's --validate-arg and
+--env-id checked before any child starts, a failed emulated robot named with its log, a learner that will
+not write into another kind of run's folder, and the standalone runner's signature rule."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from robot_wsrl.apps import learner, runner, session
+from robot_wsrl.apps.errors import DEBUG_ENV
+from robot_wsrl.core.artifacts import CHECKPOINT, INGEST_LOG, LEARNER_STATE, RUN_CONFIG, sidecar_path
+from robot_wsrl.learn.config import compose_config, refuse_overwrite
+from robot_wsrl.learn.learner import RESTARTS_FROM
+from robot_wsrl.robot.policy import SIGNED_HINT
+from robot_wsrl.wire import keys, signing
+from tests.helpers import NULL_SPEC, TINY_LEARNER, write_policy
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEBUG_ENV, "")
+
+
+def _one_line(code: int, stderr: str, *words: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, (code, stderr)
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+# ----- session: checked before any child starts -----
+
+
+def test_a_session_refuses_a_bad_validate_arg_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each validation would refuse it and hold back every version while the session ran on (exit 0)."""
+    out = tmp_path / "s"
+    code = session.cli(["--plain", "--validate-arg", "episdoes=3", "--out", str(out)])
+    line = _one_line(code, capsys.readouterr().err)
+    assert line == "robot-wsrl session: --validate-arg episdoes=3: no such key (did you mean episodes?)"
+    typed = session.cli(["--plain", "--validate-arg", "episodes=abc", "--out", str(out)])
+    _one_line(typed, capsys.readouterr().err, "--validate-arg episodes=abc: ", "'abc'")
+    ranged = session.cli(["--plain", "--validate-arg", "episodes=0", "--out", str(out)])
+    _one_line(ranged, capsys.readouterr().err, "--validate-arg: ", "episodes must be positive")
+    assert not out.exists()  # nothing started, nothing written
+    session.check_validate_args(["preset=real", "episodes=3", "variants=[nominal]"])  # the gate's own form
+
+
+def test_a_session_refuses_an_unknown_env_id_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s"
+    with pytest.raises(SystemExit) as exited:
+        session.cli(["--plain", "--env-id", "Hoper-v5", "--out", str(out)])
+    line = _one_line(int(exited.value.code or 0), capsys.readouterr().err, "--env-id Hoper-v5: ", "Hopper")
+    assert line.startswith("robot-wsrl session: ")
+    assert not out.exists()
+    assert session.env_id_problem("Hopper-v5") is None
+
+
+def test_an_emulated_robot_that_fails_to_start_is_named_with_its_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The robot's output goes to logs/robot.log, as the learner's and the runner's do; the session's
+    error names it and shows the robot's reason, not its traceback."""
+    args = session.parse_args(["--plain", "--out", str(tmp_path / "s")])
+    args.env_id = "Hoper-v5"  # past the up-front check: the robot itself refuses it now
+    summary = session.Session(args, stream=io.StringIO()).run()
+    log = tmp_path / "s" / "logs" / "robot.log"
+    assert summary["error"] == f"emulated robot exited during start-up (code 1); its log: {log}"
+    assert summary["failed_child"]["log_tail"] == [
+        "ValueError: gym:Hoper-v5: Environment `Hoper` doesn't exist. Did you mean: `Hopper`?"
+    ]
+    assert "Traceback" in log.read_text() and "Traceback" not in capfd.readouterr().err
+    assert "learner" not in summary["pids"]  # nothing else was started
+
+
+# ----- learner: its own out_dir it restarts in, another run's it leaves alone -----
+
+
+def _learner_argv(keydir: Path, checkpoint: Path, out: Path, env: str = "inverted_pendulum") -> list[str]:
+    service = [f"service.keys={keydir}", "service.plain=true", "service.bind=tcp://127.0.0.1:0"]
+    return [
+        *service,
+        "service.gate=false",
+        f"env={env}",
+        *TINY_LEARNER,
+        f"run.checkpoint={checkpoint}",
+        f"out_dir={out}",
+    ]
+
+
+@pytest.mark.parametrize("held", [CHECKPOINT, RUN_CONFIG])
+def test_the_learner_refuses_another_kind_of_runs_folder(
+    held: str,
+    tmp_path: Path,
+    learner_keydir: Path,
+    learner_checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = tmp_path / "pt1"
+    run.mkdir()
+    (run / held).write_text("a pre-training run's")
+    code = learner.cli(_learner_argv(learner_keydir, learner_checkpoint, run))
+    fresh = tmp_path / "pt1-learner"
+    _one_line(
+        code,
+        capsys.readouterr().err,
+        f"out_dir={run} already holds another kind of run ({held}, no learner.pt)",
+        f"give a fresh out_dir, e.g. out_dir={fresh}",
+    )
+    assert (
+        sorted(p.name for p in run.iterdir()) == [held] and (run / held).read_text() == "a pre-training run's"
+    )
+    fresh.mkdir()  # the suggestion is always a folder that does not exist yet
+    with pytest.raises(ValueError, match=f"out_dir={tmp_path / 'pt1-learner-2'}"):
+        refuse_overwrite(compose_config("finetune", [f"out_dir={run}"]), RESTARTS_FROM)
+
+
+@pytest.mark.parametrize("state", RESTARTS_FROM)
+def test_the_learner_restarts_in_its_own_folder(state: str, tmp_path: Path) -> None:
+    """learner.pt or transitions.log beside the config: the learner's own run, which it carries on."""
+    run = tmp_path / "learner"
+    (run / state).mkdir(parents=True)
+    (run / RUN_CONFIG).write_text("the learner's")
+    (run / CHECKPOINT).write_text("")
+    refuse_overwrite(compose_config("finetune", [f"out_dir={run}"]), RESTARTS_FROM)
+    refuse_overwrite(compose_config("finetune", [f"out_dir={tmp_path / 'new'}"]), RESTARTS_FROM)
+    assert set(RESTARTS_FROM) == {LEARNER_STATE, INGEST_LOG}
+
+
+def test_a_learner_that_fails_to_start_leaves_no_run_to_refuse_a_retry(
+    tmp_path: Path, learner_keydir: Path, learner_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "l2"
+    code = learner.cli(_learner_argv(learner_keydir, learner_checkpoint, out, env="walker2d"))
+    _one_line(code, capsys.readouterr().err, "env=walker2d drives Walker2d-v5")
+    assert not out.exists() or not any(out.iterdir())  # no config.yaml left to make it "another run"
+    refuse_overwrite(compose_config("finetune", [f"out_dir={out}"]), RESTARTS_FROM)
+
+
+# ----- runner: the signature rule of validate --keys and of a link's runner -----
+
+
+@pytest.fixture
+def policies(tmp_path: Path, learner_keydir: Path) -> dict[str, Path]:
+    """policy.onnx of an unsigned policy, of one signed by learner_keydir's learner, and of one signed whose
+    sidecar changed since."""
+    made = {name: write_policy(tmp_path / name, NULL_SPEC) for name in ("unsigned", "signed", "altered")}
+    signer = keys.load_signing_key(learner_keydir, "learner")
+    for name in ("signed", "altered"):
+        signing.write_signature(made[name], signer)
+    sidecar = sidecar_path(made["altered"])
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "note": "edited after signing"}))
+    return made
+
+
+def _run(capsys: pytest.CaptureFixture[str], policy: Path, tmp_path: Path, *extra: str) -> int:
+    """`runner --driver null --steps 3` on `policy`, what earlier runs printed left out of capsys."""
+    capsys.readouterr()
+    state = tmp_path / "state"
+    shutil.rmtree(state, ignore_errors=True)
+    return runner.cli(
+        ["--policy", str(policy), "--driver", "null", "--steps", "3", "--state", str(state), *extra]
+    )
+
+
+def test_the_runner_runs_only_verified_policies_with_keys(
+    policies: dict[str, Path], tmp_path: Path, learner_keydir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keyed = ("--keys", str(learner_keydir))
+    assert _run(capsys, policies["signed"], tmp_path, *keyed) == 0
+    unsigned = _run(capsys, policies["unsigned"], tmp_path, *keyed)
+    _one_line(unsigned, capsys.readouterr().err, "robot-wsrl runner: ", "unsigned", "--allow-unsigned")
+    assert _run(capsys, policies["unsigned"], tmp_path, *keyed, "--allow-unsigned") == 0
+    for allowed in ((), ("--allow-unsigned",)):  # a signature that does not verify: refused always
+        altered = _run(capsys, policies["altered"], tmp_path, *keyed, *allowed)
+        _one_line(altered, capsys.readouterr().err, "does not verify", "altered after signing")
+    stranger = tmp_path / "stranger"
+    keys.new_identity(stranger, "learner", "learner")
+    untrusted = _run(capsys, policies["signed"], tmp_path, "--keys", str(stranger))
+    _one_line(untrusted, capsys.readouterr().err, "unknown key")
+    missing = _run(capsys, policies["signed"], tmp_path, "--keys", str(tmp_path / "nope"))
+    _one_line(missing, capsys.readouterr().err, f"--keys {tmp_path / 'nope'}: no such key directory")
+
+
+def test_without_keys_a_signed_policy_needs_them_or_allow_unsigned(
+    policies: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        _run(capsys, policies["unsigned"], tmp_path) == 0
+    )  # as before: the README's runner --policy ... --driver
+    for name in ("signed", "altered"):
+        line = _one_line(_run(capsys, policies[name], tmp_path), capsys.readouterr().err)
+        assert line.endswith(SIGNED_HINT), line
+    assert _run(capsys, policies["signed"], tmp_path, "--allow-unsigned") == 0
