@@ -150,8 +150,8 @@ def run_finetune_benchmark(cfg: DictConfig) -> dict[str, Any]:
         ],
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    (out / "summary.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    (out / REPRODUCTION).write_text(json.dumps(_reproduction(result), indent=2, default=float) + "\n")
+    for name, content in (("summary.json", result), (REPRODUCTION, _reproduction(result))):
+        (out / name).write_text(json.dumps(_strict(content), indent=2, default=float, allow_nan=False) + "\n")
     return result
 
 
@@ -463,6 +463,18 @@ def _reproduction(result: dict[str, Any]) -> dict[str, Any]:
         "targets": targets,
         "memory_growth_mb": result["memory_growth_mb"],
     }
+
+
+def _strict(node: Any) -> Any:
+    """`node` with every non-finite float as null: NaN (a variant with no dip, a run that failed) is not
+    JSON, and the tools that read these files parse strictly."""
+    if isinstance(node, dict):
+        return {key: _strict(value) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [_strict(value) for value in node]
+    if isinstance(node, float | np.floating) and not np.isfinite(node):
+        return None
+    return node
 
 
 def _mean(values: np.ndarray) -> float:
