@@ -193,6 +193,16 @@ def timer(device: torch.device) -> Callable[[Callable[[], Any], int], float]:
     return timed
 
 
+def run_context(dev: torch.device) -> dict[str, Any]:
+    """Where a torch benchmark ran, for its JSON line: device, torch build, threads and the load beside it."""
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
 def run_learner_benchmark(
     device: str = "auto", rounds: int = 20, repeats: int = 7, compile_mode: str = "on"
 ) -> dict[str, Any]:
@@ -255,12 +265,9 @@ def run_learner_benchmark(
         "warmup_s": warmup_s,
         "rounds": rounds,
         "repeats": repeats,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
         "compile": cfg.compile,
         "compiled": agent.compiled,
-        "load_average_1min": os.getloadavg()[0],
+        **run_context(dev),
     }
     targets = TARGETS["cuda" if dev.type == "cuda" else "cpu"]
     result["targets_met"] = {key: result[key] >= target for key, target in targets.items()}

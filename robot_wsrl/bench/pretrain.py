@@ -13,14 +13,13 @@ Measured as `bench learner` is: interleaved, medians over `repeats`.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from typing import Any
 
 import torch
 
-from robot_wsrl.bench.learner import ACT_DIM, OBS_DIM, NaiveWSRL, random_batch, timer
+from robot_wsrl.bench.learner import ACT_DIM, OBS_DIM, NaiveWSRL, random_batch, run_context, timer
 from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.config import AgentConfig, compose_config
 from robot_wsrl.learn.networks import build_networks, resolve_device
@@ -133,9 +132,6 @@ def run_pretrain_benchmark(
         "warmup_s": warmup_s,
         "rounds": rounds,
         "repeats": repeats,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
         "compiled": agent.compiled,
-        "load_average_1min": os.getloadavg()[0],
+        **run_context(dev),
     }
