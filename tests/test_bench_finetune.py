@@ -63,6 +63,7 @@ def _bench_overrides(tmp_path, checkpoint, dataset) -> list[str]:
         "memory_sweep.steps=60",
         "memory_sweep.warmup=20",
         "gate_every=20",
+        "gate_episodes=8",
     ]
 
 

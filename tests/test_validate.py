@@ -17,10 +17,13 @@ from omegaconf.errors import ConfigKeyError
 
 from robot_wsrl.apps.validate import cli
 from robot_wsrl.core.driver import DriverFault, StepResult
-from robot_wsrl.gate.episodes import EpisodeSetup, TimedPolicy, _ActionLatency, run_episode, variant_driver
+from robot_wsrl.gate.episodes import EpisodeSetup, TimedPolicy, run_episode, variant_driver
 from robot_wsrl.gate.stats import SequentialTest, alpha_spending, look_schedule, t_quantile
 from robot_wsrl.gate.validate import ValidateConfig, load_config
+from robot_wsrl.learn.envs import make_env
 from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.sim.env_config import EnvConfig
+from robot_wsrl.sim.latency import ActionLatency
 
 # The pendulum's nominal preset as the robot's (the balancing policy holds it in every episode: a steady
 # verdict from three pairs), `real` as the safety net.
@@ -272,7 +275,7 @@ class _Recorder:
 
 def test_the_presets_action_latency_is_applied_as_the_emulated_robot_does() -> None:
     inner = _Recorder()
-    lagged = _ActionLatency(inner, 1)  # `real`: one control step
+    lagged = ActionLatency(inner, 1)  # `real`: one control step
     lagged.reset(seed=0)
     for a in (1.0, 2.0, 3.0):
         lagged.step(np.array([a], dtype=np.float32))
@@ -280,8 +283,12 @@ def test_the_presets_action_latency_is_applied_as_the_emulated_robot_does() -> N
     lagged.step(np.array([4.0], dtype=np.float32))
     assert inner.applied == [0.0, 1.0, 2.0, 0.0]
     setup = EpisodeSetup("gym:InvertedPendulum-v5", 50, 0, False, None, None)
-    assert isinstance(variant_driver(setup, "real"), _ActionLatency)
-    assert not isinstance(variant_driver(setup, "nominal"), _ActionLatency)
+    assert isinstance(variant_driver(setup, "real"), ActionLatency)
+    assert not isinstance(variant_driver(setup, "nominal"), ActionLatency)
+    # fine-tuning trains on the same robot the gate judges: the learner's env lags as the preset says
+    trained_on = make_env(EnvConfig(driver="gym:InvertedPendulum-v5", max_episode_steps=50, shift="real"))
+    assert isinstance(trained_on, ActionLatency)
+    trained_on.close()
 
 
 def test_pairs_share_environment_seeds_with_independent_action_noise(good: Path, tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 robot will run it; many at once in worker processes.
 
 What the robot does is reproduced here: the same action sampling as the runner (stochastic unless the
-robot runs deterministically), the preset's dynamics and sensor noise (the driver) and its action latency
-(`_ActionLatency`, as the emulated robot applies it). The preset's jitter and packet drops change when a
-command arrives, not what the physics does with it, so they are not replayed.
+robot runs deterministically), the preset's dynamics, sensor noise and action latency (`make_driver` builds
+them all). The preset's jitter and packet drops change when a command arrives, not what the physics does
+with it, so they are not replayed.
 
 Episode i of a variant runs on environment seed `seed + i`, whatever the policy: the same initial state and
 the same sensor noise, so a candidate's and a reference's episode i are a real pair. The action noise is
@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,6 @@ from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.robot.policy import OnnxPolicy
 from robot_wsrl.robot.runner import Runner
 from robot_wsrl.robot.safety import SafetyConfig
-from robot_wsrl.sim.shift import load_shift_preset
 
 
 class TimedPolicy(OnnxPolicy):
@@ -64,36 +62,6 @@ class _EndRunOnStop:
 
     def safe_stop(self) -> None:
         self._stop.set()
-        self._driver.safe_stop()
-
-    def close(self) -> None:
-        self._driver.close()
-
-
-class _ActionLatency:
-    """The preset's actuation lag, as the emulated robot applies it: each step applies the command from
-    `steps` steps earlier (zeros at an episode's start); a safe stop forgets the commands in flight."""
-
-    def __init__(self, driver: Driver, steps: int) -> None:
-        self._driver, self._steps = driver, steps
-        self.spec = driver.spec
-        self._pending: deque[np.ndarray] = deque()
-        self._flush()
-
-    def _flush(self) -> None:
-        self._pending.clear()
-        self._pending.extend(np.zeros(self.spec.act_dim, dtype=np.float32) for _ in range(self._steps))
-
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        self._flush()
-        return self._driver.reset(seed=seed)
-
-    def step(self, action: np.ndarray) -> StepResult:
-        self._pending.append(np.array(action, dtype=np.float32))
-        return self._driver.step(self._pending.popleft())
-
-    def safe_stop(self) -> None:
-        self._flush()
         self._driver.safe_stop()
 
     def close(self) -> None:
@@ -138,12 +106,10 @@ class Episode:
 
 
 def variant_driver(setup: EpisodeSetup, variant: str) -> Driver:
-    """The simulated robot of one shift preset: dynamics and sensor noise in the driver, latency around it."""
-    driver = make_driver(
+    """The simulated robot of one shift preset: its dynamics, sensor noise and action latency."""
+    return make_driver(
         setup.driver, seed=setup.seed, max_episode_steps=setup.max_episode_steps, shift_preset=variant
     )
-    latency = int(load_shift_preset(variant)["action_latency_steps"])
-    return _ActionLatency(driver, latency) if latency else driver
 
 
 def run_episode(driver: Driver, policy: TimedPolicy, setup: EpisodeSetup, index: int) -> Episode:
