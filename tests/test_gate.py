@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from helpers import BALANCES, FALLS, FAST, write_linear_policy
 
+from robot_wsrl.bench import gate as gate_bench
 from robot_wsrl.bench.gate import noisy_weights, scaled_actions, sharper_sampling
 from robot_wsrl.gate.registry import validation_state
 from robot_wsrl.gate.worker import ValidationWorker
@@ -140,3 +141,20 @@ def test_the_gate_benchmarks_candidates_change_what_they_claim(tmp_path: Path) -
         noisy.read_bytes()
     )  # seeded: the same candidate every time
     assert not np.allclose(OnnxPolicy.load(noisy).forward(obs)[0], mean)
+
+
+def test_the_gate_benchmarks_families_name_their_fixtures(tmp_path: Path) -> None:
+    """configs/bench/gate.yaml picks the families; each judges its stored and derived candidates against its
+    own reference; a family that is not defined, or no trial, is refused before anything runs."""
+    (family,) = gate_bench.families(gate_bench.load_config(["include=[session]", "trials=2"]))
+    kinds = family.candidates(tmp_path)
+    assert set(kinds["better"]) == {f"session/better_{v}" for v in ("demo0_v3", "demo1_v8", "demo4_v6")}
+    assert "session/weights_noise_0.3_seed2" in kinds["worse"]
+    assert all((path / "policy.onnx").is_file() for paths in kinds.values() for path in paths.values())
+    reference = OnnxPolicy.load(family.reference / "policy.onnx")
+    noisy = OnnxPolicy.load(kinds["worse"]["session/weights_noise_0.3_seed2"] / "policy.onnx")
+    assert noisy.spec == reference.spec
+    with pytest.raises(ValueError, match="no family 'sesion'"):
+        gate_bench.load_config(["include=[sesion]"])
+    with pytest.raises(ValueError, match="trials must be at least 1"):
+        gate_bench.load_config(["trials=0"])

@@ -29,9 +29,9 @@ BENCHMARKS: dict[str, str] = {
     "estop": "robot_wsrl.bench.estop:run_estop_benchmark",
     "transport": "robot_wsrl.bench.transport:run_transport_benchmark",
     "soak": "robot_wsrl.bench.soak:main",
-    "gate": "robot_wsrl.bench.gate:run_gate_benchmark",
+    "gate": "robot_wsrl.bench.gate:main",
 }
-CONFIGURABLE = {"finetune", "soak"}
+CONFIGURABLE = {"finetune", "soak", "gate"}
 
 
 def _table(result: dict[str, Any]) -> str:

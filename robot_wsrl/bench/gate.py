@@ -1,11 +1,12 @@
 """`robot-wsrl bench gate`: does the validation gate promote known-better policies and hold back known-worse
 ones, and how long does a decision take?
 
-Fixtures (benchmarks/gate/README.md says how each was made and what it measured): `reference/`, the
-shipped Hopper policy the candidates are judged against; stored known-better candidates; known-worse ones
-derived here, deterministically, from the reference (its weights with Gaussian noise, its actions scaled
-down). Every candidate is judged in several trials, each on its own environment seeds (validation `seed`),
-against the reference, with the gate's default configuration (configs/validate.yaml). As in a session,
+Fixtures come in families (benchmarks/gate/NAME/, README.md there says how each was made and what it
+measured): a `reference/` policy the family's candidates are judged against, stored known-better candidates
+and known-worse ones, most derived here, deterministically, from the reference (its weights with Gaussian
+noise, its actions scaled down; configs/bench/gate.yaml lists them). Every candidate is judged in several
+trials, each on its own environment seeds (validation `seed`), against its reference, with the gate's
+default configuration (configs/validate.yaml). As in a session,
 the reference's own validation (the whole budget, no comparison) runs first in each trial and is reused by
 that trial's decisions; a decision's seconds are the candidate's `robot-wsrl validate` as a whole.
 """
@@ -18,28 +19,27 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+from omegaconf import DictConfig, OmegaConf
 from onnx import helper, numpy_helper
 
 from robot_wsrl.bench.machine import cpu_description
 from robot_wsrl.core.artifacts import POLICY_ONNX, sidecar_path
-from robot_wsrl.core.paths import REPO_ROOT
+from robot_wsrl.core.paths import CONFIG_DIR, REPO_ROOT
 from robot_wsrl.gate.episodes import EpisodePool, Task, default_workers
-from robot_wsrl.gate.validate import Setup, load_config, resolve_env, validate
+from robot_wsrl.gate.validate import Setup, resolve_env, validate
+from robot_wsrl.gate.validate import load_config as load_config_validate
 from robot_wsrl.robot.policy import OnnxPolicy, sha256_bytes
 
 FIXTURES = REPO_ROOT / "benchmarks" / "gate"
-REFERENCE = FIXTURES / "reference"
-TRIALS = 10  # decisions per candidate, each on its own seeds
+BENCH_CONFIG = CONFIG_DIR / "bench" / "gate.yaml"
 TRIAL_SEED = 100_000  # trial k validates with seed TRIAL_SEED + 1000 k: no environment seed is shared
-# (relative std, seed) of the known-worse weights: 0.1 is not among them, it did not measurably lose return.
-WEIGHT_NOISE = ((0.2, 1), (0.2, 3), (0.3, 1), (0.3, 2))
-ACTION_SCALE = 0.5
 
 
 def write_policy(model: onnx.ModelProto, source: Path, out: Path) -> Path:
@@ -96,26 +96,67 @@ def sharper_sampling(source: Path, out: Path, log_std_shift: float) -> Path:
     return write_policy(model, source, out)
 
 
-def worse_candidates(root: Path) -> dict[str, Path]:
-    """The known-worse candidates, made from the reference into `root`."""
-    made = {
-        f"weights_noise_{std:g}_seed{seed}": noisy_weights(
-            REFERENCE, root / f"noise{std:g}-{seed}", std, seed
-        )
-        for std, seed in WEIGHT_NOISE
-    }
-    made[f"actions_x{ACTION_SCALE:g}"] = scaled_actions(REFERENCE, root / "actions", ACTION_SCALE)
+@dataclass(frozen=True)
+class Family:
+    """One reference and the candidates judged against it: benchmarks/gate/NAME/ holds `reference/` and the
+    stored `better_*/` (and any stored `worse_*/`); `worse` (configs/bench/gate.yaml) derives more known-worse
+    candidates from the reference, deterministically."""
+
+    name: str
+    worse: Mapping[str, Any]
+
+    @property
+    def root(self) -> Path:
+        return FIXTURES / self.name
+
+    @property
+    def reference(self) -> Path:
+        return self.root / "reference"
+
+    def stored(self, kind: str) -> dict[str, Path]:
+        return {
+            f"{self.name}/{p.name}": p
+            for p in sorted(self.root.glob(f"{kind}_*"))
+            if (p / POLICY_ONNX).is_file()
+        }
+
+    def candidates(self, workdir: Path) -> dict[str, dict[str, Path]]:
+        """{"better": ..., "worse": ...}: the stored ones and those derived into `workdir`."""
+        worse = self.stored("worse")
+        for std, seed in self.worse.get("weights_noise", []):
+            made = noisy_weights(self.reference, workdir / f"noise{std:g}-{seed}", std, seed)
+            worse[f"{self.name}/weights_noise_{std:g}_seed{seed}"] = made
+        for factor in self.worse.get("actions_scale", []):
+            out = workdir / f"actions{factor:g}"
+            worse[f"{self.name}/actions_x{factor:g}"] = scaled_actions(self.reference, out, factor)
+        return {"better": self.stored("better"), "worse": worse}
+
+
+def load_config(overrides: list[str] | None = None) -> DictConfig:
+    from robot_wsrl import bench
+
+    cfg = bench.load_config(BENCH_CONFIG, list(overrides or []), free=("families",))
+    unknown = [name for name in cfg.include if name not in cfg.families]
+    if unknown:
+        raise ValueError(f"include: no family {unknown[0]!r}; defined: {', '.join(cfg.families)}")
+    if int(cfg.trials) < 1:
+        raise ValueError(f"trials must be at least 1, got {cfg.trials}")
+    return cfg
+
+
+def families(cfg: DictConfig) -> list[Family]:
+    made = [Family(name, OmegaConf.to_container(cfg.families[name].worse)) for name in cfg.include]
+    for family in made:
+        if not (family.reference / POLICY_ONNX).is_file():
+            raise ValueError(f"family {family.name!r}: no {family.reference / POLICY_ONNX}")
+        if not family.stored("better"):
+            raise ValueError(f"family {family.name!r}: no known-better fixture (better_*/policy.onnx)")
     return made
-
-
-def better_candidates() -> dict[str, Path]:
-    """The stored known-better candidates: every benchmarks/gate/better_*/ folder."""
-    return {p.name: p for p in sorted(FIXTURES.glob("better_*")) if (p / POLICY_ONNX).is_file()}
 
 
 def measure_returns(policy: Path, variant: str, episodes: int, seed: int, workers: int = 0) -> np.ndarray:
     """`episodes` episode returns of `policy` on `variant`, as the gate runs them (the fixtures' figures)."""
-    cfg = load_config(overrides=[f"seed={seed}", f"preset={variant}"])
+    cfg = load_config_validate(overrides=[f"seed={seed}", f"preset={variant}"])
     spec = OnnxPolicy.load(policy / POLICY_ONNX).spec
     setup = Setup.of(cfg, resolve_env(cfg, spec))
     tasks = [Task(str((policy / POLICY_ONNX).resolve()), variant, i) for i in range(episodes)]
@@ -125,49 +166,59 @@ def measure_returns(policy: Path, variant: str, episodes: int, seed: int, worker
 
 def _decide(candidate: Path, reference: Path, overrides: list[str], out: Path) -> tuple[bool, float, dict]:
     started = time.perf_counter()
-    report = validate(candidate / POLICY_ONNX, reference / POLICY_ONNX, load_config(overrides=overrides), out,
+    config = load_config_validate(overrides=overrides)
+    report = validate(candidate / POLICY_ONNX, reference / POLICY_ONNX, config, out,
                       allow_unsigned=True)  # fmt: skip
     return bool(report["passed"]), time.perf_counter() - started, report
 
 
-def run_gate_benchmark(trials: int = TRIALS, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def main(overrides: list[str]) -> dict[str, Any]:
+    """The `robot-wsrl bench gate [KEY=VALUE ...]` entry point."""
+    return run_gate_benchmark(load_config(overrides))
+
+
+def run_gate_benchmark(cfg: DictConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    chosen = families(cfg)
+    outcomes: dict[str, dict[str, list[bool]]] = {"better": {}, "worse": {}}
+    seconds: list[float] = []
+    episodes: list[int] = []
     with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
         root = Path(tmp)
-        kinds = {"better": better_candidates(), "worse": worse_candidates(root / "worse")}
-        if not kinds["better"]:
-            raise RuntimeError(f"no known-better fixture in {FIXTURES} (better_*/policy.onnx)")
-        outcomes: dict[str, dict[str, list[bool]]] = {kind: {} for kind in kinds}
-        seconds: list[float] = []
-        episodes: list[int] = []
-        for trial in range(trials):
+        judged = [(family, family.candidates(root / family.name)) for family in chosen]
+        for trial in range(int(cfg.trials)):
             overrides = [f"seed={TRIAL_SEED + 1000 * trial}"]
-            reference = root / f"reference{trial}"  # its own folder: its validation report is reused
-            shutil.copytree(REFERENCE, reference)
-            validate(reference / POLICY_ONNX, None, load_config(overrides=overrides), allow_unsigned=True)
-            for kind, candidates in kinds.items():
-                for name, path in candidates.items():
-                    out = root / "reports" / f"{name}-{trial}"
-                    passed, took, report = _decide(path, reference, overrides, out)
-                    outcomes[kind].setdefault(name, []).append(passed)
-                    seconds.append(took)
-                    episodes.append(report["episodes_run"]["candidate"] + report["episodes_run"]["reference"])
-                    pairs = {v: p["pairs"] for v, p in report["sequential"].items()}
-                    log(f"bench gate trial {trial}: {kind} {name}: {'promoted' if passed else 'held back'} "
-                        f"in {took:.1f} s, pairs {pairs}")  # fmt: skip
+            for family, kinds in judged:
+                reference = root / f"{family.name}-reference{trial}"  # its own folder: its report is reused
+                shutil.copytree(family.reference, reference)
+                validate(reference / POLICY_ONNX, None, load_config_validate(overrides=overrides),
+                         allow_unsigned=True)  # fmt: skip
+                for kind, candidates in kinds.items():
+                    for name, path in candidates.items():
+                        out = root / "reports" / f"{name.replace('/', '-')}-{trial}"
+                        passed, took, report = _decide(path, reference, overrides, out)
+                        outcomes[kind].setdefault(name, []).append(passed)
+                        seconds.append(took)
+                        runs = report["episodes_run"]
+                        episodes.append(runs["candidate"] + runs["reference"])
+                        pairs = {v: p["pairs"] for v, p in report["sequential"].items()}
+                        verdict = "promoted" if passed else "held back"
+                        log(f"bench gate trial {trial}: {kind} {name}: {verdict} in {took:.1f} s, {pairs=}")
     better = [p for runs in outcomes["better"].values() for p in runs]
     worse = [p for runs in outcomes["worse"].values() for p in runs]
     return {
         "better_promoted_rate": float(np.mean(better)),
-        "worse_held_rate": 1.0 - float(np.mean(worse)),
+        "worse_held_rate": 1.0 - float(np.mean(worse)) if worse else None,
         "decision_s_p50": float(np.percentile(seconds, 50)),
         "decision_s_max": float(np.max(seconds)),
         "better_decisions": len(better),
         "worse_decisions": len(worse),
         "promoted": {kind: {n: int(sum(r)) for n, r in runs.items()} for kind, runs in outcomes.items()},
-        "trials": trials,
+        "families": [family.name for family in chosen],
+        "trials": int(cfg.trials),
         "episodes_per_decision_p50": float(np.percentile(episodes, 50)),
         "episodes_per_decision_max": int(np.max(episodes)),
+        "workers": default_workers(),
         "cpu": cpu_description(),
         "load_average_1min": os.getloadavg()[0],
     }
