@@ -3,7 +3,8 @@
 A user's mistake (a malformed or unknown Hydra override, a config group option that does not exist, a
 missing file, a value the project refuses) is reported as one line that names it and, where it can, the
 fix; a traceback would bury that line. `--debug` anywhere on the command line (or ROBOT_WSRL_DEBUG=1,
-which child processes inherit) shows the traceback instead. Anything else (a bug) keeps its traceback.
+which child processes inherit) shows the traceback above that line, with the same exit code 2, so a script
+tells a user's mistake from a bug either way. Anything else (a bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import difflib
 import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 DEBUG_ENV = "ROBOT_WSRL_DEBUG"
@@ -98,7 +100,7 @@ def run(prog: str, command: Command, argv: list[str]) -> int:
     try:
         return command(argv)
     except Exception as exc:
-        line = None if os.environ.get(DEBUG_ENV) else user_error(exc)
+        line = user_error(exc)
         if line is None:
             raise
         return report(prog, exc, line)
@@ -106,9 +108,9 @@ def run(prog: str, command: Command, argv: list[str]) -> int:
 
 def report(prog: str, exc: BaseException, line: str | None = None) -> int:
     """For a command that catches its own user errors: `robot-wsrl PROG: LINE` (default: `exc`'s message)
-    on stderr, exit code 2; under --debug (ROBOT_WSRL_DEBUG=1) `exc` is raised again, with its traceback."""
+    on stderr, exit code 2; under --debug (ROBOT_WSRL_DEBUG=1) `exc`'s traceback first."""
     if os.environ.get(DEBUG_ENV):
-        raise exc
+        traceback.print_exception(exc, file=sys.stderr)
     print(f"robot-wsrl {prog}: {line or exc}", file=sys.stderr)
     return 2
 
