@@ -91,9 +91,9 @@ def test_cli_runs_an_exported_policy_with_a_live_status_line(
     out, err = capsys.readouterr()
     assert f"version 0 on {driver}" in out and f"steps                {CLI_STEPS}" in out
     assert "last_stop_cause      None" in out
-    redraws = [line for line in err.split("\r") if " v0 | ep " in line]
-    assert any(line.startswith("fine_tuning") for line in redraws)  # redrawn while running
-    assert redraws[-1].startswith("idle")  # the final line, after the run
+    lines = [line for line in err.splitlines() if " v0 | ep " in line]  # stderr is no terminal: lines
+    assert any(line.startswith("fine_tuning") for line in lines)  # shown while running
+    assert lines[-1].startswith("idle") and err.endswith("\n")  # the final line, after the run, ended
 
 
 def test_cli_refuses_an_unreachable_robot_and_a_misplaced_deadline(

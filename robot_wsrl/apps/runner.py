@@ -1,15 +1,21 @@
 """`robot-wsrl runner`: an ONNX policy on a driver behind the safety envelope, with its own control channel
-(no torch). Exit 0 when the run ended normally, 1 when it ended e-stopped or faulted, 2 on bad input."""
+(no torch). Exit 0 when the run ended normally, 1 when it ended e-stopped or faulted, 2 on bad input.
+
+The live status goes to stderr (redrawn in place on a terminal, a whole line every few seconds in a log);
+the summary goes to stdout, as lines, or with --json as one JSON line, the last line of stdout."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import zmq
 
@@ -38,15 +44,19 @@ IDENTITY = Identity(
 )
 DRIVER = DriverOptions(timeout_periods=5)  # a driver behind a link: each reply due within 5 control periods
 STATE = StateDir("runs/runner", "the e-stop latch's record")
-STATUS_PERIOD_S = 0.25  # how often the status line is redrawn
+STATUS_PERIOD_S = 0.25  # how often the status line is redrawn on a terminal
+LOG_STATUS_PERIOD_S = 5.0  # how often it is written as a new line where stderr is not a terminal
 SUMMARY_KEYS = (
     "state",
     "steps",
     "episodes_done",
     "last_episode_return",
+    "mean_episode_return",
     "loop_rate_hz",
     "jitter_p50_us",
     "jitter_p99_us",
+    "policy_step_p50_us",
+    "policy_step_p99_us",
     "overruns",
     "sched_fifo",
     "last_stop_cause",
@@ -63,6 +73,12 @@ def parser() -> CommandParser:
     )
     DRIVER.add(p)
     p.add_argument("--deterministic", action="store_true", help="tanh(mean) instead of sampling")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="no live status; the summary as one JSON line on stdout (its last line): the final status "
+        "(policy_step_p99_us, steps, episodes_done, mean_episode_return, ...) with policy and driver",
+    )
     p.add_argument("--max-delta", type=float, default=None, help="rate limit, robot units per step")
     p.add_argument(
         "--allow-unsigned",
@@ -87,18 +103,47 @@ def status_line(s: dict[str, Any]) -> str:
         f"{s['state']:<11} v{s['policy_version']} | ep {s['episode']} step {s['episode_step']} "
         f"return {_num(s['episode_return'], '9.2f')} | {s['loop_rate_hz']:7.1f} Hz | "
         f"jitter p50 {_num(s['jitter_p50_us'], '6.1f')} p99 {_num(s['jitter_p99_us'], '6.1f')} us | "
-        f"overruns {s['overruns']} | "
+        f"policy p99 {_num(s['policy_step_p99_us'], '6.1f')} us | overruns {s['overruns']} | "
         f"clip {s['safety']['clipped']} rate {s['safety']['rate_limited']} faults {faults}"
     )
 
 
-def _supervise(runner: Runner, stop: threading.Event, done: threading.Event, releasable: bool) -> None:
-    """Redraw the status line; end the run once the e-stop latches unless a console can release it (the
-    latch has already stopped the robot, so waiting out --steps/--episodes would only hang)."""
+class StatusLine:
+    """The live status on `stream`: redrawn in place on a terminal; elsewhere (a log, a pipe) a whole line
+    every LOG_STATUS_PERIOD_S, since carriage-return redraws would pile up into one unterminated line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._last = -math.inf
+
+    def show(self, status: dict[str, Any]) -> None:
+        if self._tty:
+            print(f"\r{status_line(status)}\033[K", end="", file=self._stream, flush=True)
+        elif time.monotonic() - self._last >= LOG_STATUS_PERIOD_S:
+            self._last = time.monotonic()
+            print(status_line(status), file=self._stream, flush=True)
+
+    def end(self, status: dict[str, Any]) -> None:
+        """The final status, always, as a finished line."""
+        print(
+            f"\r{status_line(status)}\033[K" if self._tty else status_line(status),
+            file=self._stream,
+            flush=True,
+        )
+
+
+def _supervise(
+    runner: Runner, stop: threading.Event, done: threading.Event, releasable: bool, line: StatusLine | None
+) -> None:
+    """Show the live status (unless `line` is None); end the run once the e-stop latches unless a console
+    can release it (the latch has already stopped the robot, so waiting out --steps/--episodes would only
+    hang)."""
     while not done.wait(STATUS_PERIOD_S):
         if runner.latch.latched and not releasable:
             stop.set()
-        print("\r" + status_line(runner.status()), end="", file=sys.stderr, flush=True)
+        if line is not None:
+            line.show(runner.status())
 
 
 def _close_all(
@@ -148,7 +193,12 @@ def cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     DRIVER.check(p, args)
     check_control(p, args)
-    logging.basicConfig(level=logging.WARNING, format="\n%(asctime)s %(levelname)s %(name)s: %(message)s")
+    line = None if args.json else StatusLine(sys.stderr)
+    # on a terminal a log record first ends the status line being redrawn
+    breaks = "\n" if line is not None and sys.stderr.isatty() else ""
+    logging.basicConfig(
+        level=logging.WARNING, format=f"{breaks}%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     control.reserve_process_resources()
     try:  # the latch, and the channel that stops it, before the driver: a stop is taken from the start
         latch = control.open_latch(STATE.path(args))
@@ -161,7 +211,9 @@ def cli(argv: list[str]) -> int:
         _close_all(server, driver, latch, handlers)
         assert failure is not None
         return report("runner", failure, missing_extra(failure))
-    printer = threading.Thread(target=_supervise, args=(runner, stop, done, server is not None), daemon=True)
+    printer = threading.Thread(
+        target=_supervise, args=(runner, stop, done, server is not None, line), daemon=True
+    )
     printer.start()
     try:
         summary = runner.run(max_steps=args.steps, max_episodes=args.episodes, stop_event=stop)
@@ -169,8 +221,11 @@ def cli(argv: list[str]) -> int:
         done.set()
         printer.join()
         _close_all(server, driver, latch, handlers)
-    print("\r" + status_line(summary), file=sys.stderr)
-    print(f"policy {args.policy} version {summary['policy_version']} on {args.driver}")
-    for key in SUMMARY_KEYS:
-        print(f"  {key:<20} {summary[key]}")
+    if line is None:
+        print(json.dumps({"policy": str(args.policy), "driver": args.driver, **summary}, allow_nan=False))
+    else:
+        line.end(summary)
+        print(f"policy {args.policy} version {summary['policy_version']} on {args.driver}")
+        for key in SUMMARY_KEYS:
+            print(f"  {key:<20} {summary[key]}")
     return 1 if summary["state"] in (RunnerState.FAULTED.value, RunnerState.ESTOPPED.value) else 0

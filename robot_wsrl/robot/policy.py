@@ -8,12 +8,17 @@ do not check out: a robot must never run a policy nobody validated.
 
 The sidecar may carry `run_id`, the identity of the learner run that made the policy (signed with the
 rest of the sidecar): a runner takes versions only forward within one run.
+
+A camera policy's graph takes the state part as `obs` (float32 [batch, obs_dim]) and each camera's image
+under the camera's name (uint8 [batch, H, W, C]: the cast, scaling and layout change are inside the graph);
+`act` takes an observation as the driver gives it, the state array or the dict of parts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +27,12 @@ import numpy as np
 import onnxruntime as ort
 
 from robot_wsrl.core.artifacts import POLICY_ONNX, sidecar_path, signature_path
-from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.core.spec import STATE, EnvSpec, ObservationError
 from robot_wsrl.wire import keys
 from robot_wsrl.wire.signing import SignatureError, read_signature, verify_signature_file
 
 FORMAT = "robot-wsrl-policy/1"
-INPUT_NAME = "obs"
+INPUT_NAME = "obs"  # the state part's graph input; each camera's input is named after its camera
 OUTPUT_NAMES = ("mean", "log_std")
 # Keys of the ONNX metadata_props (values are JSON); the sidecar holds the same keys plus "sha256".
 METADATA_KEYS = (
@@ -42,11 +47,23 @@ METADATA_KEYS = (
     "output_names",
 )
 PROBE_COUNT = 8  # seeded random probe observations, in addition to the all-zeros one
+_ONNX_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
 SIGNED_HINT = "signed policy: give --keys KEYS to verify it, or --allow-unsigned"
 
 
 class PolicyError(ValueError):
     """A policy file is missing, corrupt, mismatched or produces non-finite outputs."""
+
+
+def input_names(spec: EnvSpec) -> list[str]:
+    """The graph's inputs, in the order of `spec.obs_parts()`: the state part as `obs`, then each camera."""
+    taken = sorted({INPUT_NAME, *OUTPUT_NAMES} & set(spec.camera_names))
+    if taken:
+        raise PolicyError(
+            f"{spec.name}: camera names {taken} are names of the policy graph's own inputs or outputs: "
+            "rename the camera"
+        )
+    return [INPUT_NAME, *spec.camera_names]
 
 
 @dataclass(frozen=True)
@@ -69,7 +86,7 @@ class PolicyMetadata:
             "parent_version": self.parent_version,
             "step": self.step,
             "config_hash": self.config_hash,
-            "input_names": [INPUT_NAME],
+            "input_names": input_names(self.spec),
             "output_names": list(OUTPUT_NAMES),
         }
 
@@ -80,17 +97,17 @@ class PolicyMetadata:
             raise PolicyError(f"{where}: metadata lacks {missing}")
         if d["format"] != FORMAT:
             raise PolicyError(f"{where}: format {d['format']!r} is not {FORMAT!r}")
-        if d["input_names"] != [INPUT_NAME] or d["output_names"] != list(OUTPUT_NAMES):
-            raise PolicyError(
-                f"{where}: metadata names {d['input_names']} -> {d['output_names']}, "
-                f"expected {[INPUT_NAME]} -> {list(OUTPUT_NAMES)}"
-            )
         try:
             spec = EnvSpec.from_dict(d["spec"])
             parent = None if d["parent_version"] is None else int(d["parent_version"])
             meta = cls(spec, int(d["version"]), parent, int(d["step"]), str(d["config_hash"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"{where}: invalid metadata ({type(exc).__name__}: {exc})") from exc
+        if d["input_names"] != input_names(spec) or d["output_names"] != list(OUTPUT_NAMES):
+            raise PolicyError(
+                f"{where}: metadata names {d['input_names']} -> {d['output_names']}, expected "
+                f"{input_names(spec)} -> {list(OUTPUT_NAMES)} (the spec's parts {list(spec.obs_parts())})"
+            )
         if float(d["control_period_s"]) != spec.control_period_s:
             raise PolicyError(f"{where}: control_period_s disagrees with the spec's")
         return meta
@@ -114,7 +131,13 @@ def spec_mismatches(expected: EnvSpec, actual: EnvSpec) -> list[str]:
                 )
     if not np.isclose(expected.control_period_s, actual.control_period_s, rtol=1e-9, atol=1e-12):
         problems.append(f"control_period_s {actual.control_period_s} != expected {expected.control_period_s}")
+    if expected.cameras != actual.cameras:
+        problems.append(f"cameras {_cameras(actual)} != expected {_cameras(expected)}")
     return problems
+
+
+def _cameras(spec: EnvSpec) -> list[str]:
+    return [f"{c.name} {c.height}x{c.width}x{c.channels}" for c in spec.cameras]
 
 
 def _session_options() -> ort.SessionOptions:
@@ -152,19 +175,28 @@ def _run_id(sidecar: dict[str, Any], embedded: dict[str, Any], path: Path) -> st
 
 
 def _check_signature(session: ort.InferenceSession, spec: EnvSpec, path: Path) -> None:
-    """Input `obs` [batch, obs_dim] and outputs `mean`, `log_std` [batch, act_dim], all float32."""
+    """Input `obs` float32 [batch, obs_dim], per camera an input named after it, uint8 [batch, H, W, C];
+    outputs `mean`, `log_std` float32 [batch, act_dim]."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != list(OUTPUT_NAMES):
+    names = input_names(spec)
+    if [i.name for i in inputs] != names or [o.name for o in outputs] != list(OUTPUT_NAMES):
         raise PolicyError(
             f"{path}: graph has inputs {[i.name for i in inputs]} and outputs {[o.name for o in outputs]}, "
-            f"expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}"
+            f"expected {names} (the spec's parts {list(spec.obs_parts())}) and {list(OUTPUT_NAMES)}"
         )
-    expected_shapes = [(inputs[0], spec.obs_dim)] + [(o, spec.act_dim) for o in outputs]
-    for node, width in expected_shapes:
-        if node.type != "tensor(float)" or len(node.shape) != 2 or node.shape[1] != width:
-            raise PolicyError(
-                f"{path}: {node.name!r} is {node.type}{node.shape}, expected tensor(float)[batch, {width}]"
-            )
+    for node, (part, (shape, dtype)) in zip(inputs, spec.obs_parts().items(), strict=True):
+        _check_node(node, f"input {node.name!r} (part {part!r})", _ONNX_TYPES[dtype], shape, path)
+    for node in outputs:
+        _check_node(node, f"output {node.name!r}", _ONNX_TYPES["float32"], (spec.act_dim,), path)
+
+
+def _check_node(node: Any, what: str, onnx_type: str, shape: tuple[int, ...], path: Path) -> None:
+    """`node` is `onnx_type` [batch, *shape] (any batch size: probes run a batch, the runner one row)."""
+    if node.type != onnx_type or len(node.shape) != 1 + len(shape) or tuple(node.shape[1:]) != shape:
+        raise PolicyError(
+            f"{path}: {what} is {node.type}{node.shape}, expected {onnx_type}"
+            f"[batch, {', '.join(str(n) for n in shape)}]"
+        )
 
 
 class OnnxPolicy:
@@ -187,18 +219,25 @@ class OnnxPolicy:
         self.path = path
         self.run_id = run_id  # the learner run that made it (sidecar "run_id"), None for an older export
         self._rng = np.random.default_rng(seed)
-        act_dim = metadata.spec.act_dim
-        # Preallocated single-observation buffers bound once: a step copies into `_obs` and reads `_mean`,
-        # `_log_std` without allocating anything in onnxruntime.
-        self._obs = np.zeros((1, metadata.spec.obs_dim), dtype=np.float32)
-        self._mean = np.zeros((1, act_dim), dtype=np.float32)
-        self._log_std = np.zeros((1, act_dim), dtype=np.float32)
-        self._bound = [ort.OrtValue.ortvalue_from_numpy(a) for a in (self._obs, self._mean, self._log_std)]
+        spec = metadata.spec
+        # Preallocated single-observation buffers bound once: a step copies into `_obs` (and each camera's
+        # `_frames` row) and reads `_mean`, `_log_std` without allocating anything in onnxruntime. Copying
+        # an 84x84 frame into its bound row (2 us) is cheaper than binding the driver's own array afresh each
+        # step (wrapping it alone takes 4 us), and the bound row is always contiguous.
+        self._obs = np.zeros((1, spec.obs_dim), dtype=np.float32)
+        self._frames = {cam.name: np.zeros((1, *cam.shape), dtype=np.uint8) for cam in spec.cameras}
+        self._mean = np.zeros((1, spec.act_dim), dtype=np.float32)
+        self._log_std = np.zeros((1, spec.act_dim), dtype=np.float32)
         self._binding = session.io_binding()
-        self._binding.bind_ortvalue_input(INPUT_NAME, self._bound[0])
-        self._binding.bind_ortvalue_output(OUTPUT_NAMES[0], self._bound[1])
-        self._binding.bind_ortvalue_output(OUTPUT_NAMES[1], self._bound[2])
-        self._noise = np.zeros(act_dim, dtype=np.float32)
+        inputs = {INPUT_NAME: self._obs, **self._frames}
+        outputs = dict(zip(OUTPUT_NAMES, (self._mean, self._log_std), strict=True))
+        # the OrtValues share the arrays' memory and must live as long as the binding
+        self._bound = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in {**inputs, **outputs}.items()}
+        for name in inputs:
+            self._binding.bind_ortvalue_input(name, self._bound[name])
+        for name in outputs:
+            self._binding.bind_ortvalue_output(name, self._bound[name])
+        self._noise = np.zeros(spec.act_dim, dtype=np.float32)
 
     @classmethod
     def load(
@@ -273,12 +312,7 @@ class OnnxPolicy:
                 raise PolicyError(
                     f"{self.path}: policy does not fit {expected_spec.name!r}: {'; '.join(problems)}"
                 )
-        probes = np.concatenate(
-            [
-                np.zeros((1, spec.obs_dim), dtype=np.float32),
-                np.random.default_rng(0).standard_normal((PROBE_COUNT, spec.obs_dim)).astype(np.float32),
-            ]
-        )
+        probes = _probes(spec)
         try:
             mean, log_std = self.forward(probes)
         except Exception as exc:  # a graph that loads may still fail at run time
@@ -286,27 +320,78 @@ class OnnxPolicy:
                 f"{self.path}: running probe observations failed ({type(exc).__name__}: {exc})"
             ) from exc
         for name, value in zip(OUTPUT_NAMES, (mean, log_std), strict=True):
-            if value.shape != (len(probes), spec.act_dim):
-                raise PolicyError(f"{self.path}: {name!r} has shape {value.shape} on {len(probes)} probes")
+            if value.shape != (1 + PROBE_COUNT, spec.act_dim):
+                raise PolicyError(
+                    f"{self.path}: {name!r} has shape {value.shape} on {1 + PROBE_COUNT} probes"
+                )
             if not np.all(np.isfinite(value)):
                 raise PolicyError(f"{self.path}: {name!r} is not finite on probe observations")
 
-    def forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Batch evaluation [B, obs_dim] -> (pre-squash mean, log_std), each [B, act_dim]; thread-safe."""
-        mean, log_std = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.asarray(obs, dtype=np.float32)})
+    def forward(self, obs: np.ndarray | Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Batch evaluation -> (pre-squash mean, log_std), each [B, act_dim]; thread-safe. `obs` is the
+        batch as the observations are: [B, obs_dim] for a state-only policy, else a dict of each part's
+        rows ({"state": [B, obs_dim], camera: uint8 [B, H, W, C], ...})."""
+        mean, log_std = self._session.run(list(OUTPUT_NAMES), self._feeds(obs))
         return mean, log_std
 
-    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+    def _feeds(self, obs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.spec
+        if not spec.cameras:
+            return {INPUT_NAME: np.asarray(obs, dtype=np.float32)}
+        if not isinstance(obs, Mapping) or set(obs) != set(spec.obs_parts()):
+            got = sorted(obs) if isinstance(obs, Mapping) else type(obs).__name__
+            raise ObservationError(
+                f"policy batch: {spec.name} batches are parts {list(spec.obs_parts())}, got {got}"
+            )
+        feeds = {INPUT_NAME: np.asarray(obs[STATE], dtype=np.float32)}
+        for cam in spec.cameras:
+            frames = np.asarray(obs[cam.name])
+            if frames.dtype != np.uint8 or frames.shape[1:] != cam.shape:
+                raise ObservationError(
+                    f"policy batch: {spec.name} part {cam.name!r} must be uint8 [batch, "
+                    f"{', '.join(str(n) for n in cam.shape)}], got {frames.dtype} {list(frames.shape)}"
+                )
+            feeds[cam.name] = frames
+        return feeds
+
+    def act(self, obs: np.ndarray | Mapping[str, np.ndarray], deterministic: bool) -> np.ndarray:
         """One observation -> normalised action: tanh(mean), or tanh(mean + std * N(0, 1)) when sampling.
 
-        Uses the preallocated binding, so it is for one control loop at a time (not thread-safe).
+        `obs` is the observation as the driver gives it; a wrong part is refused (ObservationError, naming
+        the part and its expected shape). Uses the preallocated binding, so it is for one control loop at a
+        time (not thread-safe).
         """
-        self._obs[0] = obs
+        self.spec.check_observation(obs, "policy input")
+        if self._frames:
+            self._obs[0] = obs[STATE]
+            for name, frame in self._frames.items():
+                frame[0] = obs[name]
+        else:
+            self._obs[0] = obs
         self._session.run_with_iobinding(self._binding)
         if deterministic:
             return np.tanh(self._mean[0])
         self._rng.standard_normal(dtype=np.float32, out=self._noise)
         return np.tanh(self._mean[0] + np.exp(self._log_std[0]) * self._noise)
+
+
+def _probes(spec: EnvSpec) -> np.ndarray | dict[str, np.ndarray]:
+    """All zeros (black images), then PROBE_COUNT seeded random observations (random images)."""
+    rng = np.random.default_rng(0)
+    state = np.concatenate(
+        [
+            np.zeros((1, spec.obs_dim), dtype=np.float32),
+            rng.standard_normal((PROBE_COUNT, spec.obs_dim)).astype(np.float32),
+        ]
+    )
+    if not spec.cameras:
+        return state
+    probes = {STATE: state}
+    for cam in spec.cameras:
+        frames = np.zeros((1 + PROBE_COUNT, *cam.shape), dtype=np.uint8)
+        frames[1:] = rng.integers(0, 256, (PROBE_COUNT, *cam.shape), dtype=np.uint8)
+        probes[cam.name] = frames
+    return probes
 
 
 def policy_signer(path: str | Path, keydir: Path | None, allow_unsigned: bool) -> str | None:

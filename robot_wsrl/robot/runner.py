@@ -1,17 +1,21 @@
 """The onboard runner: a fixed-rate control loop driving a robot with an ONNX policy (no torch, ever).
 
 Each tick: observation -> policy -> robot units -> safety envelope -> driver.step -> transition (with the
-action the driver actually executed, normalised). The loop keeps time with perf_counter and a hybrid
-sleep (OS sleep to ~200 us before the deadline, then spin), so its jitter is set by the spin, not by the
-OS timer. It never raises out of a tick: bad numbers become hold commands, driver errors latch an e-stop.
+action the driver actually executed, normalised). An observation is the state array, or for a camera task
+the dict of its parts (state and one uint8 image per camera): the runner checks each one the driver gives
+against the spec and keeps its own copy (a driver may reuse its buffers), which the transition carries.
+The loop keeps time with perf_counter and a hybrid sleep (OS sleep to ~200 us before the deadline, then
+spin), so its jitter is set by the spin, not by the OS timer. It never raises out of a tick: bad numbers
+become hold commands, driver errors (a malformed observation included) latch an e-stop.
 Policies are swapped in from other threads through `offer_policy`, which validates outside the loop; the
 loop itself only swaps a reference, between episodes by default.
 
 Timing: a realtime run freezes the heap it starts with (gc.freeze), so the collector's passes during the
 loop scan only what the loop allocates: a full pass over a large heap (torch imported in the same process)
 takes tens of milliseconds, a burst of missed deadlines at 500 Hz. `status()` is cheap (the
-jitter percentiles are recomputed at most every STATUS_CACHE_S), since a console's poll runs on the
-control thread beside the loop and shares its interpreter lock.
+percentiles of jitter and of the policy step (the policy's `act`, timed in the loop) are recomputed at most
+every STATUS_CACHE_S), since a console's poll runs on the control thread beside the loop and shares its
+interpreter lock.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from robot_wsrl.core.driver import Driver
-from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.core.spec import STATE, EnvSpec, Observation
 from robot_wsrl.robot.policy import OnnxPolicy, PolicyError
 from robot_wsrl.robot.safety import (
     EStopCause,
@@ -107,15 +111,18 @@ def frozen_heap(enabled: bool) -> Iterator[None]:
 
 
 class LoopTiming:
-    """Bounded rings of tick start times and jitter (actual minus scheduled start), plus missed deadlines."""
+    """Bounded rings of tick start times, jitter (actual minus scheduled start) and policy step durations,
+    plus missed deadlines."""
 
     def __init__(self, window: int = JITTER_WINDOW) -> None:
         self._starts = np.zeros(window)
         self._jitter = np.zeros(window)
+        self._policy = np.zeros(window)
         self._count = 0
         self._jitter_count = 0
+        self._policy_count = 0
         self.overruns = 0
-        self._cached: tuple[float, tuple[float | None, float | None]] = (-STATUS_CACHE_S, (None, None))
+        self._cached: tuple[float, dict[str, float | None]] = (-STATUS_CACHE_S, {})
 
     def tick(self, start: float, scheduled: float | None) -> None:
         self._starts[self._count % len(self._starts)] = start
@@ -123,6 +130,10 @@ class LoopTiming:
         if scheduled is not None:
             self._jitter[self._jitter_count % len(self._jitter)] = start - scheduled
             self._jitter_count += 1
+
+    def policy_step(self, seconds: float) -> None:
+        self._policy[self._policy_count % len(self._policy)] = seconds
+        self._policy_count += 1
 
     def rate_hz(self) -> float:
         n = min(self._count, len(self._starts))
@@ -133,18 +144,23 @@ class LoopTiming:
         span = self._starts[newest] - self._starts[oldest]
         return float((n - 1) / span) if span > 0 else 0.0
 
-    def jitter_us(self, max_age_s: float = 0.0) -> tuple[float | None, float | None]:
-        """(p50, p99) in microseconds over the window, computed at most `max_age_s` ago; None before any
-        realtime tick (status is strict JSON)."""
+    def percentiles_us(self, max_age_s: float = 0.0) -> dict[str, float | None]:
+        """p50 and p99 of jitter and of the policy step in microseconds over the window (keys
+        `jitter_p50_us` ... `policy_step_p99_us`), computed at most `max_age_s` ago; None before any
+        realtime tick or policy step (status is strict JSON)."""
         now = time.monotonic()
         if now - self._cached[0] < max_age_s:
             return self._cached[1]
-        n = min(self._jitter_count, len(self._jitter))
-        if n == 0:
-            return None, None
-        p50, p99 = np.percentile(self._jitter[:n], [50, 99]) * 1e6
-        self._cached = (now, (float(p50), float(p99)))
-        return self._cached[1]
+        result: dict[str, float | None] = {}
+        for name, ring, count in (
+            ("jitter", self._jitter, self._jitter_count),
+            ("policy_step", self._policy, self._policy_count),
+        ):
+            n = min(count, len(ring))
+            p50, p99 = (float(p) for p in np.percentile(ring[:n], [50, 99]) * 1e6) if n else (None, None)
+            result[f"{name}_p50_us"], result[f"{name}_p99_us"] = p50, p99
+        self._cached = (now, result)
+        return result
 
 
 class Runner:
@@ -217,12 +233,13 @@ class Runner:
         self._paused = False
         self._waiting = False  # paused with the episode kept (see `pause`)
         self._needs_reset = True
-        self._obs = np.zeros(self.spec.obs_dim, dtype=np.float32)
+        self._obs: Observation = np.zeros(self.spec.obs_dim, dtype=np.float32)  # until the first reset
         self._episode = -1
         self._episode_step = 0
         self._episode_return = 0.0
         self._last_episode_return: float | None = None
         self._episodes_done = 0
+        self._returns_sum = 0.0  # of the episodes done
         self._steps = 0
         self._ticks = 0
         self._swaps = 0
@@ -325,7 +342,7 @@ class Runner:
             )
 
     def status(self) -> dict[str, Any]:
-        p50, p99 = self._timing.jitter_us(STATUS_CACHE_S if self._running else 0.0)
+        percentiles = self._timing.percentiles_us(STATUS_CACHE_S if self._running else 0.0)
         pending, previous, fault = self._pending, self._previous_policy, self._last_fault
         return {
             "state": self.state.value,
@@ -336,8 +353,7 @@ class Runner:
             "previous_policy_version": None if previous is None else previous.version,
             "pending_policy_version": None if pending is None else pending[0].version,
             "loop_rate_hz": self._timing.rate_hz(),
-            "jitter_p50_us": p50,
-            "jitter_p99_us": p99,
+            **percentiles,
             "overruns": self._timing.overruns,
             "sched_fifo": self._fifo,
             "ticks": self._ticks,
@@ -346,6 +362,9 @@ class Runner:
             "episode_step": self._episode_step,
             "episode_return": _finite(self._episode_return),
             "last_episode_return": _finite(self._last_episode_return),
+            "mean_episode_return": (
+                _finite(self._returns_sum / self._episodes_done) if self._episodes_done else None
+            ),
             "episodes_done": self._episodes_done,
             "last_stop_cause": None if self._latch.cause is None else self._latch.cause.value,
             "last_stop_detail": self._latch.detail,
@@ -436,9 +455,11 @@ class Runner:
         if self._needs_reset and not self._start_episode():
             return
         obs = self._obs
-        fault = self._envelope.check_obs(obs)
+        fault = self._envelope.check_obs(_state(obs))
         if fault is None:
+            started = time.perf_counter()
             normalised = self._policy.act(obs, self.deterministic)
+            self._timing.policy_step(time.perf_counter() - started)
             command, fault = self._envelope.apply(self.spec.to_robot_action(normalised))
         else:
             command = self._envelope.hold_action()
@@ -449,6 +470,7 @@ class Runner:
                 return
             try:
                 result = self.driver.step(command)
+                next_obs = self._own(result.obs, "driver step")
             # DriverFault, or any driver bug: either way the robot is not under control any more.
             except Exception as exc:
                 failure: Exception | None = exc
@@ -463,9 +485,8 @@ class Runner:
         if self._robot_clock and result.info.get("late"):
             self._timing.overruns += 1  # the robot's clock says this command missed its tick
         self._episode_return += float(result.reward)
-        next_obs = np.array(result.obs, dtype=np.float32)  # a copy: drivers may reuse their buffer
         violation = self._envelope.record_executed(result.executed_action)
-        if violation is None and np.all(np.isfinite(obs)) and np.all(np.isfinite(next_obs)):
+        if violation is None and np.all(np.isfinite(_state(obs))) and np.all(np.isfinite(_state(next_obs))):
             self._record(
                 Transition(
                     obs=obs,
@@ -487,6 +508,7 @@ class Runner:
         if result.terminated or result.truncated:
             self._episodes_done += 1
             self._last_episode_return = self._episode_return
+            self._returns_sum += self._episode_return
             self._needs_reset = True
 
     def _start_episode(self) -> bool:
@@ -496,7 +518,7 @@ class Runner:
             if self._latch.engaged:
                 return False
             try:
-                obs, _ = self.driver.reset(seed=self._reset_seed)
+                obs = self._own(self.driver.reset(seed=self._reset_seed)[0], "driver reset")
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -506,13 +528,25 @@ class Runner:
             return False
         self._reset_seed = None  # seed the first episode only; later ones continue the driver's stream
         self._envelope.reset()
-        self._obs = np.array(obs, dtype=np.float32)
+        self._obs = obs
         self._episode += 1
         self._episode_step = 0
         self._episode_return = 0.0
         self._needs_reset = False
         self._faults_logged.clear()
         return True
+
+    def _own(self, obs: Observation, where: str) -> Observation:
+        """The runner's own copy of a driver's observation (drivers may reuse their buffers), checked
+        against the spec: a malformed one raises ObservationError naming the part, a driver fault."""
+        if not self.spec.cameras:
+            owned = np.array(obs, dtype=np.float32)
+            self.spec.check_observation(owned, where)
+            return owned
+        self.spec.check_observation(obs, where)  # a mapping of exactly the spec's parts from here on
+        owned = {STATE: np.array(obs[STATE], dtype=np.float32)}
+        owned.update((cam, np.array(obs[cam])) for cam in self.spec.camera_names)
+        return owned
 
     def _on_fault(self, fault: Fault) -> bool:
         """Record a fault (logged once per kind per episode); latching faults e-stop. Returns `engaged`."""
@@ -568,6 +602,11 @@ class Runner:
         if phase not in (RunnerState.WARMUP, RunnerState.FINE_TUNING):
             raise ValueError(f"phase must be warmup or fine_tuning, got {phase}")
         return phase
+
+
+def _state(obs: Observation) -> np.ndarray:
+    """The float state part of an observation (what the envelope checks; images are bounded by dtype)."""
+    return obs[STATE] if isinstance(obs, dict) else obs
 
 
 def _finite(value: float | None) -> float | None:
