@@ -164,6 +164,13 @@ def test_runner_and_link_runner_refuse_malformed_endpoints(
     assert "argument --learner: endpoint 'foo' has no transport" in line
 
 
+def test_the_null_driver_needs_steps_not_episodes_alone(
+    null_policy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--policy", str(null_policy), "--driver", "null", "--episodes", "1"]  # it has no episodes to end
+    assert "the null driver never ends an episode: give --steps" in _usage_error(runner.cli, argv, capsys)
+
+
 def test_operator_tools_refuse_malformed_endpoints(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -325,6 +325,8 @@ class DriverOptions:
             parser.error(f"give {', '.join(flags[:-1])} and/or {flags[-1]}")
         if args.rt_priority is not None and not args.realtime:
             parser.error("--rt-priority applies to the realtime loop: drop --no-realtime or --rt-priority")
+        if args.driver == "null" and all(getattr(args, name) is None for name in names if name != "episodes"):
+            parser.error("the null driver never ends an episode: give --steps, not --episodes alone")
 
     def open(self, args: argparse.Namespace, spec: EnvSpec) -> Driver:
         """The driver --driver names, for a policy of `spec`. Raises ValueError, ImportError, DriverFault."""
