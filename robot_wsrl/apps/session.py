@@ -60,7 +60,7 @@ from robot_wsrl.core.artifacts import (
     VERDICT,
 )
 from robot_wsrl.core.lifetime import die_with_parent, stop_on_signals
-from robot_wsrl.core.paths import REPO_ROOT
+from robot_wsrl.core.paths import REPO_ROOT, repo_path
 from robot_wsrl.robot.link import WAIT_HOLDS
 from robot_wsrl.wire import keys, transport
 from robot_wsrl.wire.endpoints import Endpoints, save_endpoints
@@ -712,7 +712,12 @@ def _parser() -> argparse.ArgumentParser:
         "(Hydra overrides, e.g. agent.batch_size=128 threads=1).",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the learner")
-    parser.add_argument("--policy-dir", type=Path, default=Path("policies/hopper"), help="has checkpoint.pt")
+    parser.add_argument(
+        "--policy-dir",
+        type=repo_path,
+        default="policies/hopper",
+        help="has checkpoint.pt (found from the working directory, then from the repository)",
+    )
     parser.add_argument("--env-id", default=None, help="gymnasium id (default: the policy's env)")
     parser.add_argument("--preset", default="real", help="robot shift preset, configs/shift/NAME.yaml")
     parser.add_argument("--steps", type=int, default=6000, help="environment steps in all, warmup included")

@@ -35,7 +35,7 @@ from robot_wsrl.bench.deployed import compare as compare_deployed
 from robot_wsrl.bench.intervals import bootstrap_ci, iqm
 from robot_wsrl.core.artifacts import SUMMARY
 from robot_wsrl.core.lifetime import stop_on_signals
-from robot_wsrl.core.paths import CONFIG_DIR, REPO_ROOT
+from robot_wsrl.core.paths import CONFIG_DIR, repo_path
 from robot_wsrl.learn.config import Config, compose_config
 
 BENCH_CONFIG = CONFIG_DIR / "bench" / "finetune.yaml"
@@ -163,8 +163,7 @@ def _with_absolute_paths(cfg: DictConfig) -> DictConfig:
     cfg = cfg.copy()
     for key in ("checkpoint", "dataset"):
         if cfg[key] is not None:
-            path = Path(cfg[key])
-            cfg[key] = str((path if path.exists() or path.is_absolute() else REPO_ROOT / path).resolve())
+            cfg[key] = str(repo_path(cfg[key]))
     cfg.out = str(Path(cfg.out).resolve())
     return cfg
 
