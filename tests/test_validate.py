@@ -19,7 +19,7 @@ from robot_wsrl.apps.validate import cli
 from robot_wsrl.core.driver import DriverFault, StepResult
 from robot_wsrl.gate.episodes import EpisodeSetup, TimedPolicy, run_episode, variant_driver
 from robot_wsrl.gate.stats import SequentialTest, alpha_spending, look_schedule, t_quantile
-from robot_wsrl.gate.validate import ValidateConfig, load_config
+from robot_wsrl.gate.validate import ReferenceConfig, ValidateConfig, load_config, success_check
 from robot_wsrl.learn.envs import make_env
 from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.sim.env_config import EnvConfig
@@ -63,6 +63,7 @@ def test_a_worse_candidate_fails_against_the_reference_on_paired_seeds(good: Pat
     assert code == 1 and report is not None and not report["passed"]
     failed = {c["name"] for c in report["checks"] if not c["passed"]}
     assert "vs_reference[nominal]" in failed  # shown below the line on the robot's preset
+    assert "success_vs_reference[nominal]" in failed  # 0 of 3 episodes reach success_return against 3 of 3
     assert not any(name.startswith(("faults", "clipped")) for name in failed)  # falling is not a fault
     assert report["sequential"]["nominal"]["name"] == "improve"
     assert report["sequential"]["real"]["name"] == "safety_net"
@@ -264,7 +265,7 @@ class _Recorder:
 
     def step(self, action: np.ndarray) -> StepResult:
         self.applied.append(float(action[0]))
-        return StepResult(np.zeros(4, dtype=np.float32), 0.0, False, False, {}, np.asarray(action))
+        return StepResult(np.zeros(4, dtype=np.float32), 0.0, False, False, np.asarray(action))
 
     def safe_stop(self) -> None:
         pass
@@ -343,3 +344,33 @@ def test_the_gate_stops_early_and_the_worker_count_does_not_change_the_verdict(
     better = reports["better", 1]["sequential"]
     assert better["nominal"]["decision"] == better["real"]["decision"] == "pass"
     assert reports["worse", 1]["sequential"]["nominal"]["decision"] == "fail"
+
+
+def test_the_success_check_fails_only_a_success_rate_shown_below_the_references() -> None:
+    def episodes(successes: list[int]) -> list[dict[str, Any]]:
+        return [{"success": bool(x)} for x in successes]
+
+    cfg = ReferenceConfig(success_margin=0.1, confidence=0.95)
+    same = success_check(cfg, "real", episodes([1, 0] * 8), episodes([1, 0] * 8))
+    assert same.passed and "0.50 vs the reference's 0.50 (16 pairs)" in same.detail
+    noisy = success_check(cfg, "real", episodes([1, 0, 0, 1] * 4), episodes([1, 1, 0, 0] * 4))
+    assert noisy.passed  # as many lost as won: nothing is shown
+    worse = success_check(cfg, "real", episodes([0] * 12 + [1] * 4), episodes([1] * 16))
+    assert not worse.passed and worse.name == "success_vs_reference[real]"
+
+
+class _Reaching(_Recorder):
+    """A task that reports success at every step: reached only when the last command was positive."""
+
+    def step(self, action: np.ndarray) -> StepResult:
+        result = super().step(action)
+        result.truncated, result.info = len(self.applied) >= 5, {"success": bool(action[0] > 0)}
+        return result
+
+
+def test_an_episodes_success_is_the_drivers_at_its_last_step(good: Path) -> None:
+    setup = EpisodeSetup("gym:InvertedPendulum-v5", 5, 0, False, None, success_return=None)
+    policy = TimedPolicy.load(good)
+    driver = _Reaching()
+    episode = run_episode(driver, policy, setup, 0)
+    assert episode.steps == 5 and episode.success == (driver.applied[-1] > 0)

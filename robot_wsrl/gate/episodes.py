@@ -48,17 +48,23 @@ class TimedPolicy(OnnxPolicy):
 
 class _EndRunOnStop:
     """The driver as is, except that its safe stop also ends the runner's run: after an e-stop the episode
-    is over for validation, and an idle latched loop would only burn its remaining ticks."""
+    is over for validation, and an idle latched loop would only burn its remaining ticks. It remembers the
+    success a task's driver reports (`info["success"]`) at the episode's last step."""
 
     def __init__(self, driver: Driver, stop: threading.Event) -> None:
         self._driver, self._stop = driver, stop
         self.spec = driver.spec
+        self.last_success: bool | None = None
 
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(self, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+        self.last_success = None
         return self._driver.reset(seed=seed)
 
     def step(self, action: np.ndarray) -> StepResult:
-        return self._driver.step(action)
+        result = self._driver.step(action)
+        if "success" in result.info:
+            self.last_success = bool(result.info["success"])
+        return result
 
     def safe_stop(self) -> None:
         self._stop.set()
@@ -117,8 +123,9 @@ def run_episode(driver: Driver, policy: TimedPolicy, setup: EpisodeSetup, index:
     episode's environment seed, the policy reseeded with its action seed)."""
     stop = threading.Event()
     seed = setup.env_seed(index)
+    watched = _EndRunOnStop(driver, stop)
     runner = Runner(
-        _EndRunOnStop(driver, stop),
+        watched,
         policy,
         deterministic=setup.deterministic,
         seed=seed,
@@ -137,7 +144,10 @@ def run_episode(driver: Driver, policy: TimedPolicy, setup: EpisodeSetup, index:
         last = runner.transitions[-1] if runner.transitions else None
         end = "terminated" if last is not None and last.terminated else "time limit"
         ret = float(status["last_episode_return"] if status["episodes_done"] else status["episode_return"])
-    success = None if setup.success_return is None else (not latched and ret >= setup.success_return)
+    if watched.last_success is not None:  # the task's own success signal, at the episode's last step
+        success: bool | None = not latched and watched.last_success
+    else:
+        success = None if setup.success_return is None else (not latched and ret >= setup.success_return)
     safety = {**status["safety"], "estops": int(latched)}
     return Episode(index, seed, action_seed, ret, int(status["steps"]), end, success, safety)
 

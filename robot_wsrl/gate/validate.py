@@ -29,7 +29,7 @@ from robot_wsrl.core.paths import CONFIG_DIR
 from robot_wsrl.core.spec import EnvSpec
 from robot_wsrl.gate.episodes import Episode, EpisodePool, EpisodeSetup, Result, Task, default_workers
 from robot_wsrl.gate.registry import load_trusted, policy_file, require_trusted
-from robot_wsrl.gate.stats import SequentialTest, look_schedule
+from robot_wsrl.gate.stats import SequentialTest, look_schedule, t_quantile
 from robot_wsrl.robot.policy import OnnxPolicy, sha256_bytes
 from robot_wsrl.sim.env_config import EnvConfig
 from robot_wsrl.sim.shift import preset_names
@@ -54,6 +54,7 @@ class Thresholds:
 class ReferenceConfig:
     margin: float = 0.05  # the robot's preset: mean(c) >= mean(r) - margin * mean|r|, shown
     safety_floor: float = 0.5  # other variants: fail only once shown below safety_floor * mean(r)
+    success_margin: float = 0.1  # tasks with success: fail once shown below the reference's rate - margin
     confidence: float = 0.95  # of each decision, over all its looks
     looks: int = 4  # interim analyses, each at twice the pairs of the last, up to the budget (`episodes`)
 
@@ -96,6 +97,7 @@ class ValidateConfig:
             and 0.0 <= t.max_rate_limited_fraction <= 1.0,
             "reference.margin must be >= 0": r.margin >= 0.0,
             "reference.safety_floor must be in [0, 1]": 0.0 <= r.safety_floor <= 1.0,
+            "reference.success_margin must be in [0, 1]": 0.0 <= r.success_margin <= 1.0,
             "reference.confidence must be in (0.5, 1)": 0.5 < r.confidence < 1.0,
             "reference.looks must be >= 1": r.looks >= 1,
         }
@@ -341,9 +343,11 @@ def judge(
     cfg: ValidateConfig,
     candidate: dict[str, Any],
     paths: dict[str, dict[str, Any]] | None,
+    reference: dict[str, Any] | None = None,
 ) -> list[Check]:
     """Every check of the gate, passed or not, so a report says why as well as whether: absolute thresholds
-    on the candidate's episodes, then each variant's sequential decision against the reference."""
+    on the candidate's episodes, then each variant's sequential decision against the reference and, on a
+    task with a success signal, its success rate against the reference's."""
     t, checks = cfg.thresholds, []
     for variant, c in candidate["variants"].items():
         floor = t.min_return.get(variant)
@@ -356,7 +360,8 @@ def judge(
             rate = c["success_rate"]
             if rate is None:
                 raise ValueError(
-                    "thresholds.min_success_rate is set but success_return names no return for this env"
+                    "thresholds.min_success_rate is set but this env has no success: its driver reports "
+                    "none (info['success']) and success_return names no return for it"
                 )
             checks.append(
                 Check(
@@ -380,7 +385,28 @@ def judge(
         if path["decision"] != "stopped":  # undecided when another variant failed: no verdict of its own
             passed, detail = path["decision"] == "pass", f"{path['name']}: {path['why']}"
             checks.append(Check(f"vs_reference[{variant}]", passed, detail))
+    for variant, c in candidate["variants"].items():
+        r = (reference or {}).get("variants", {}).get(variant)
+        if r is not None and c["success_rate"] is not None and r["success_rate"] is not None:
+            checks.append(success_check(cfg.reference, variant, c["episodes"], r["episodes"]))
     return checks
+
+
+def success_check(
+    ref_cfg: ReferenceConfig, variant: str, candidate: list[dict[str, Any]], reference: list[dict[str, Any]]
+) -> Check:
+    """Fails once the candidate's success rate is *shown* below the reference's minus `success_margin`:
+    the paired differences' upper confidence bound is under -margin (paired episodes share their seeds)."""
+    pairs = zip(candidate, reference, strict=True)
+    diff = np.array([float(c["success"]) - float(r["success"]) for c, r in pairs])
+    n, mean = len(diff), float(diff.mean())
+    spread = float(diff.std(ddof=1)) / np.sqrt(n) if n > 1 else 0.0
+    upper = mean + t_quantile(ref_cfg.confidence, max(n - 1, 1)) * spread
+    rates = f"{np.mean([c['success'] for c in candidate]):.2f} vs the reference's "
+    rates += f"{np.mean([r['success'] for r in reference]):.2f}"
+    detail = f"success rate {rates} ({n} pairs): difference {mean:+.2f}, upper bound {upper:+.2f}"
+    return Check(f"success_vs_reference[{variant}]", bool(upper >= -ref_cfg.success_margin),
+                 f"{detail} vs -{ref_cfg.success_margin:.2f}")  # fmt: skip
 
 
 # ----- the whole gate -----
@@ -444,7 +470,7 @@ def validate(
     ref_result = None
     if ref_m is not None and ref is not None:
         ref_result = {**ref_m.result(used), "signature": trust[ref].state, "episodes_reused": ref_m.reused}
-    checks = judge(cfg, cand_result, paths)
+    checks = judge(cfg, cand_result, paths, ref_result)
     report = {
         "format": REPORT_FORMAT,
         "passed": all(c.passed for c in checks),
