@@ -14,11 +14,19 @@ from robot_wsrl.robot.link import LinkOptions
 
 TRANSITIONS, WARMUP, PUBLISHES = 1024, 256, 3
 RUNNER_COUNTS = (1, 8)
+IMAGE_TRANSITIONS, IMAGE_SIDES, IMAGE_CODECS = 256, (24,), ("raw", "png")
 
 
 def test_tiny_run_reports_every_key_and_counts_each_transition_once() -> None:
     result = run_transport_benchmark(
-        transitions=TRANSITIONS, warmup=WARMUP, publishes=PUBLISHES, publish_interval_s=0.2
+        transitions=TRANSITIONS,
+        warmup=WARMUP,
+        publishes=PUBLISHES,
+        publish_interval_s=0.2,
+        image_transitions=IMAGE_TRANSITIONS,
+        image_warmup=64,
+        image_sides=IMAGE_SIDES,
+        image_codecs=IMAGE_CODECS,
     )
     json.dumps(result)  # one JSON line
     for suffix in ("", "_plain"):
@@ -46,6 +54,22 @@ def test_tiny_run_reports_every_key_and_counts_each_transition_once() -> None:
         "swap_latency_p99_ms",
         "swap_latency_p99_ms_plain",
     }
+    configs = [(f"{side}x{side}x3", codec) for side in IMAGE_SIDES for codec in IMAGE_CODECS]
+    images = result["image_ingest"]
+    assert [(e["image"], e["codec"], e["runners"]) for e in images] == [
+        (image, codec, runners) for image, codec in configs for runners in RUNNER_COUNTS
+    ]
+    for entry in images:
+        assert entry["transitions"] == IMAGE_TRANSITIONS and entry["exactly_once"] is True
+        assert entry["rejected"] == 0 and entry["curve"] is True
+        assert (
+            entry["transitions_per_s"] > 0
+            and entry["mb_per_s"] > 0
+            and entry["wire_bytes_per_transition"] > 0
+        )
+    codecs = result["image_codecs"]
+    assert [(e["image"], e["codec"]) for e in codecs] == configs
+    assert all(e["max_abs_error"] == 0 and e["bytes_per_frame"] > 0 for e in codecs)  # both lossless
 
 
 def test_registered_as_bench_transport() -> None:

@@ -48,7 +48,10 @@ def _one_line_error(result: subprocess.CompletedProcess[str], *words: str, max_l
         (["learner", "service.keyz=keys"], ["robot-wsrl learner: ", "did you mean service.keys?"]),
         (["learner", "run.checkpoint=x.pt"], ["service.keys=DIR is required"]),
         (["learner", "--bind", "tcp://127.0.0.1:0"], ["--bind is now service.bind=VALUE"]),
-        (["session", "--preset", "marsrover"], ["marsrover", "available: nominal, real, real_mild"]),
+        (
+            ["session", "--preset", "marsrover"],
+            ["marsrover", "available: nominal, reacher_real, reacher_real_mild, real, real_mild"],
+        ),
     ],
 )
 def test_bad_overrides_and_options_are_one_line(argv: list[str], words: list[str]) -> None:

@@ -16,6 +16,16 @@ sent and acknowledged before the clock starts; the clock stops when every runner
 last transition. After each run the learner's log is replayed to check that every transition sent is
 there exactly once.
 
+Image ingest: the same, for a camera task's transitions (the Hopper-sized state and one RGB camera, 84x84
+and 128x128, from 1 and 8 runners, each frame raw and under the other codecs measured): synthetic frames
+like a rendered arm task's (a fixed smooth background and a moving disc, no sensor noise; 50-step
+episodes like Reacher's), coded while the spool is filled (before the clock), in the link's batch size
+for that frame size (`batch_rows`: fewer rows where the frames would pass the message limit). The learner
+is the real one with the camera in its batch rules: decode (every blob decoded and checked), log the
+frames durably, ack, insert the state (its replay is the state-only checkpoint's: storing the frames in
+a camera task's replay is not in these figures). `mb_per_s` counts the wire bytes of the timed messages.
+`image_codecs` times each codec alone on the same frames, in this process.
+
 Swap latency: one runner process runs the real `LearnerLink` and `Runner` on the null driver at 1 kHz
 with `swap_mode="immediate"` ("between_episodes" would measure the episode length instead). The learner
 publishes pre-exported versions on a timer (exporting with torch takes longer than the wire and is
@@ -46,8 +56,10 @@ import zmq
 
 from robot_wsrl.bench.machine import cpu_description
 from robot_wsrl.core.artifacts import CHECKPOINT, INGEST_LOG
-from robot_wsrl.robot.link import LinkOptions
+from robot_wsrl.core.spec import STATE, CameraSpec
+from robot_wsrl.robot.link import LinkOptions, batch_rows
 from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.codecs import Codec
 from robot_wsrl.wire.protocol import Ack, RejectCounter, Transition, encode, try_decode
 from robot_wsrl.wire.spool import TransitionSpool
 
@@ -58,6 +70,49 @@ LEARNER = "learner"
 WAIT_S = 120.0  # every wait's deadline: generous for a shared 2-core machine
 POLL_S = 0.005
 TARGETS = {"ingest_per_s": 100_000.0, "swap_latency_p99_ms": 20.0}
+CAMERA = "top"
+IMAGE_EPISODE_STEPS = 50  # Reacher-v5's time limit: an episode's last next frame is sent apart
+
+
+@dataclass(frozen=True)
+class ImageMode:
+    """One camera of `side` x `side` RGB, coded by `codec` (picklable: runner processes get it)."""
+
+    side: int
+    codec: str
+
+    @property
+    def camera(self) -> CameraSpec:
+        return CameraSpec(CAMERA, self.side, self.side)
+
+    @property
+    def batch_size(self) -> int:
+        """The link's batch for such transitions (fewer than its batch size at large frames)."""
+        frame = np.zeros(self.camera.shape, np.uint8)
+        obs = {STATE: np.zeros(OBS_DIM, np.float32), CAMERA: frame}
+        return batch_rows(LinkOptions(), Transition(obs, np.zeros(ACT_DIM), 0.0, obs, False, False, 0, 0, 0))
+
+
+class _Scene:
+    """Synthetic frames like a rendered arm task's: a fixed smooth background and a disc moving along a
+    circle, from another angle each episode (no sensor noise)."""
+
+    def __init__(self, side: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[0:side, 0:side] / side
+        shading = np.stack([x, y, x * y], axis=-1) * 60.0
+        self.background = np.clip(rng.uniform(40, 160, 3) + shading, 0, 255).astype(np.uint8)
+        self.yy, self.xx = np.mgrid[0:side, 0:side]
+        self.side = side
+
+    def frames(self, episodes: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """uint8 [len(steps), side, side, 3]: the frame of each (episode, step)."""
+        s, angle = self.side, 0.1 * steps + episodes
+        cy, cx = s / 2 + s / 4 * np.sin(angle), s / 2 + s / 4 * np.cos(angle)
+        dy, dx = self.yy[None] - cy[:, None, None], self.xx[None] - cx[:, None, None]
+        out = np.repeat(self.background[None], len(steps), axis=0)
+        out[dy**2 + dx**2 < (s / 10) ** 2] = (230, 40, 40)
+        return out
 
 
 @dataclass(frozen=True)
@@ -81,21 +136,35 @@ def _connect(ctx: zmq.Context, endpoint: Endpoint, name: str) -> zmq.Socket:
     )
 
 
-def _fill_spool(spool: TransitionSpool, count: int, batch_size: int, seed: int) -> None:
-    """`count` synthetic Hopper-sized transitions, appended in the link's batch size."""
+def _fill_spool(
+    spool: TransitionSpool, count: int, batch_size: int, seed: int, image: ImageMode | None = None
+) -> None:
+    """`count` synthetic Hopper-sized transitions, appended in the link's batch size; with `image`, each
+    with its camera frames (episodes of IMAGE_EPISODE_STEPS)."""
     rng = np.random.default_rng(seed)
+    scene = None if image is None else _Scene(image.side, seed)
+    steps = EPISODE_STEPS if image is None else IMAGE_EPISODE_STEPS
     for first in range(0, count, batch_size):
         n = min(batch_size, count - first)
         seq = np.arange(first, first + n)
+        frames: dict[str, Any] = {}
+        if image is not None and scene is not None:
+            episode, step = seq // steps, seq % steps
+            frames = {
+                "camera_obs": {CAMERA: scene.frames(episode, step)},
+                "camera_next": {CAMERA: scene.frames(episode, step + 1)},
+                "codecs": {CAMERA: image.codec},
+            }
         spool.append_arrays(
             obs=rng.standard_normal((n, OBS_DIM)),
             action=rng.uniform(-1.0, 1.0, (n, ACT_DIM)),
             reward=rng.standard_normal(n),
             next_obs=rng.standard_normal((n, OBS_DIM)),
             terminated=np.zeros(n, bool),
-            truncated=seq % EPISODE_STEPS == EPISODE_STEPS - 1,
-            episode_id=seq // EPISODE_STEPS,
+            truncated=seq % steps == steps - 1,
+            episode_id=seq // steps,
             policy_version=np.zeros(n, np.int64),
+            **frames,
         )
 
 
@@ -141,18 +210,20 @@ def _ingest_runner(
     seed: int,
     go: Any,
     results: Any,
+    image: ImageMode | None = None,
 ) -> None:
-    """Runner process of the ingest half: warm-up round, "ready", wait for go, timed round, "done"."""
+    """Runner process of the ingest half: warm-up round, "ready" (with the timed round's wire bytes), wait
+    for go, timed round, "done"."""
     ctx = zmq.Context()
     spool = TransitionSpool(Path(state) / name, name, fsync="segment")
     try:
-        _fill_spool(spool, warmup + transitions, batch_size, seed)
+        _fill_spool(spool, warmup + transitions, batch_size, seed, image)
         batches = list(spool.unacked())  # the link's resend path, encoded before any clock runs
         warm = [encode(b) for b in batches if b.first_seq < warmup]
         timed = [encode(b) for b in batches if b.first_seq >= warmup]
         sender = _Sender(_connect(ctx, endpoint, name), spool)
         sender.send_until_acked(warm, warmup - 1, time.monotonic() + WAIT_S)
-        results.put(("ready", name, None))
+        results.put(("ready", name, sum(len(frame) for frames in timed for frame in frames)))
         if not go.wait(WAIT_S):
             raise TimeoutError(f"{name}: no go signal")
         sender.send_until_acked(timed, warmup + transitions - 1, time.monotonic() + WAIT_S)
@@ -344,13 +415,38 @@ def _logged_seqs(log_path: Path) -> dict[str, np.ndarray]:
     return {name: np.concatenate(seqs) for name, seqs in parts.items()}
 
 
+def _camera_learner(camera: CameraSpec) -> type:
+    """The real learner taking batches with `camera`'s frames: decoded, checked and logged durably as any
+    camera task's; its replay (the bench's state-only checkpoint's) takes the state, not the frames."""
+    from robot_wsrl.learn.learner import Learner
+    from robot_wsrl.wire.protocol import BatchRules, Transitions
+
+    class CameraLearner(Learner):
+        @property
+        def rules(self) -> BatchRules:
+            return BatchRules(OBS_DIM, ACT_DIM, cameras=(camera,))
+
+        def _insert(self, batch: Transitions, mask: np.ndarray) -> None:
+            arrays = (getattr(batch, name) for name, _, _ in Transitions.ARRAYS)
+            super()._insert(Transitions(batch.sender, batch.runner_id, *arrays), mask)
+
+    return CameraLearner
+
+
 def _measure_ingest(
-    bench: _Bench, secure: bool, runners: int, transitions: int, warmup: int, batch_size: int
+    bench: _Bench,
+    secure: bool,
+    runners: int,
+    transitions: int,
+    warmup: int,
+    batch_size: int,
+    image: ImageMode | None = None,
 ) -> dict[str, Any]:
     """Ingest rate of `runners` runner processes sending `transitions` in all (after `warmup` in all)."""
     per_runner, warm_per_runner = transitions // runners, max(batch_size, warmup // runners)
     sent = per_runner + warm_per_runner
-    serving = bench.learner(secure, capacity=runners * sent)
+    learner_class = None if image is None else _camera_learner(image.camera)
+    serving = bench.learner(secure, capacity=runners * sent, learner_class=learner_class)
     names = [f"bench{i}" for i in range(runners)]
     spawn = mp.get_context("spawn")
     go, results = spawn.Event(), spawn.Queue()
@@ -358,7 +454,18 @@ def _measure_ingest(
     procs = [
         spawn.Process(
             target=_ingest_runner,
-            args=(name, serving.endpoint, state, warm_per_runner, per_runner, batch_size, i, go, results),
+            args=(
+                name,
+                serving.endpoint,
+                state,
+                warm_per_runner,
+                per_runner,
+                batch_size,
+                i,
+                go,
+                results,
+                image,
+            ),
             daemon=True,
         )
         for i, name in enumerate(names)
@@ -366,7 +473,7 @@ def _measure_ingest(
     try:
         for proc in procs:
             proc.start()
-        _collect(results, "ready", names, serving)
+        wire_bytes = sum(_collect(results, "ready", names, serving).values())
         started = time.monotonic()
         go.set()
         finished = _collect(results, "done", names, serving)
@@ -388,6 +495,8 @@ def _measure_ingest(
     )
     return {
         "per_s": per_runner * runners / elapsed,
+        "mb_per_s": wire_bytes / elapsed / 1e6,
+        "wire_bytes": wire_bytes,
         "timed": per_runner * runners,
         "sent": runners * sent,
         "logged": sum(len(seqs) for seqs in logged.values()),
@@ -478,14 +587,55 @@ def _measure_swap(bench: _Bench, secure: bool, publishes: int, interval_s: float
     }
 
 
+def _image_entry(image: ImageMode, runners: int, ingest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "image": "x".join(map(str, image.camera.shape)),
+        "codec": image.codec,
+        "runners": runners,
+        "curve": True,
+        "transitions_per_s": ingest["per_s"],
+        "mb_per_s": ingest["mb_per_s"],
+        "wire_bytes_per_transition": ingest["wire_bytes"] / ingest["timed"],
+        "transitions": ingest["timed"],
+        "batch_size": image.batch_size,
+        "exactly_once": ingest["exactly_once"],
+        "rejected": ingest["rejected"],
+    }
+
+
+def _time_codec(image: ImageMode, frames: int = 64) -> dict[str, Any]:
+    """One codec alone on `frames` of the synthetic scene: microseconds per frame each way, bytes per frame,
+    and the largest pixel error (0 for a lossless codec)."""
+    pixels = _Scene(image.side, 0).frames(np.zeros(frames, np.int64), np.arange(frames))
+    codec, shape = Codec.parse(image.codec), image.camera.shape
+    started = time.perf_counter()
+    blobs = [memoryview(pixels).tobytes()] if codec.name == "raw" else codec.encode(pixels)
+    encoded = time.perf_counter()
+    back = pixels if codec.name == "raw" else np.stack([codec.decode(blob, shape) for blob in blobs])
+    decoded = time.perf_counter()
+    return {
+        "image": "x".join(map(str, shape)),
+        "codec": image.codec,
+        "encode_us_per_frame": (encoded - started) / frames * 1e6,
+        "decode_us_per_frame": (decoded - encoded) / frames * 1e6,
+        "bytes_per_frame": sum(map(len, blobs)) / frames,
+        "max_abs_error": int(np.abs(back.astype(np.int16) - pixels).max()),
+    }
+
+
 def run_transport_benchmark(
     transitions: int = 200_000,
     warmup: int = 16_384,
     publishes: int = 100,
     publish_interval_s: float = 0.05,
     runner_counts: tuple[int, ...] = (1, 8),
+    image_transitions: int = 4096,
+    image_warmup: int = 1024,
+    image_sides: tuple[int, ...] = (84, 128),
+    image_codecs: tuple[str, ...] = ("raw", "zlib", "jpeg"),
 ) -> dict[str, Any]:
-    """Ingest rate from each number of runners and publish → swap latency, CURVE on then off."""
+    """Ingest rate from each number of runners and publish → swap latency, CURVE on then off; then image
+    ingest (CURVE) per frame size, codec and number of runners, and each codec's cost per frame."""
     batch_size = LinkOptions().batch_size
     result: dict[str, Any] = {}
     counts = {"sent": 0, "logged": 0, "duplicates": 0, "buffered": 0, "rejected": 0}
@@ -509,6 +659,19 @@ def run_transport_benchmark(
             result[f"swap_missed{suffix}"] = swap["missed"]
             result["publish_export_ms_p50"] = swap["export_ms"]
             result["policy_bytes"] = swap["policy_bytes"]
+        images = [ImageMode(side, codec) for side in image_sides for codec in image_codecs]
+        result["image_ingest"] = [
+            _image_entry(
+                image,
+                runners,
+                _measure_ingest(
+                    bench, True, runners, image_transitions, image_warmup, image.batch_size, image
+                ),
+            )
+            for image in images
+            for runners in runner_counts
+        ]
+        result["image_codecs"] = [_time_codec(image) for image in images]
     result = {k: float(v) if isinstance(v, np.floating) else v for k, v in result.items()}
     result["targets_met"] = {
         **{key: result[key] >= TARGETS["ingest_per_s"] for key in result if key.startswith("ingest_per_s_")},

@@ -162,9 +162,10 @@ class Setup:
         if steps is None:
             raise ValueError(f"env {env.name!r} has no max_episode_steps: set max_episode_steps")
         variants = cfg.judged()
-        unknown = sorted(set(variants) - set(preset_names()))
+        presets = preset_names(env.driver)
+        unknown = sorted(set(variants) - set(presets))
         if unknown:
-            raise ValueError(f"variants {unknown} are not shift presets (configs/shift/: {preset_names()})")
+            raise ValueError(f"variants {unknown} are not shift presets of {env.driver}: {presets}")
         episode = EpisodeSetup(
             env.driver, steps, cfg.seed, cfg.deterministic, cfg.max_delta_per_step,
             cfg.success_return.get(env.name),

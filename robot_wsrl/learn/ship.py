@@ -38,7 +38,7 @@ def measure_returns(checkpoint: Path, episodes: int, seed: int) -> dict[str, dic
             return actor.deterministic(torch.as_tensor(obs, dtype=torch.float32)).numpy()
 
     results = {}
-    for preset in preset_names():
+    for preset in preset_names(env["driver"]):
         driver = make_driver(
             env["driver"], seed=seed, max_episode_steps=env["max_episode_steps"], shift_preset=preset
         )

@@ -25,7 +25,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,12 +40,14 @@ from robot_wsrl.robot.policy import OnnxPolicy, PolicyError
 from robot_wsrl.robot.runner import Runner
 from robot_wsrl.robot.safety import RunnerState
 from robot_wsrl.wire import transport
+from robot_wsrl.wire.codecs import Codec, FrameError
 from robot_wsrl.wire.protocol import (
     Ack,
     Command,
     Credit,
     HeartbeatMessage,
     Message,
+    MiB,
     PolicyMessage,
     PolicyRequest,
     RejectCounter,
@@ -53,7 +56,9 @@ from robot_wsrl.wire.protocol import (
     Status,
     StatusRequest,
     Transition,
+    Transitions,
     encode,
+    row_bytes,
     try_decode,
 )
 from robot_wsrl.wire.signing import SignatureError, verify_policy_message
@@ -77,6 +82,15 @@ class LinkOptions:
     lockstep: bool = True  # produce only up to the learner's credit
     resend_after_s: float = 2.0  # unacknowledged data with no ack progress this long is sent again
     tag: RunnerTag = "sim"  # "hardware": the learner sends only policy versions that passed validation
+    # Per camera: "raw" (the default), "zlib", "png" (lossless), "jpeg" or "jpeg:QUALITY" (lossy).
+    codecs: Mapping[str, str] = field(default_factory=dict)
+    max_batch_bytes: int = 15 * MiB  # fewer transitions per message when their frames would take more
+
+
+def batch_rows(options: LinkOptions, step: Transition) -> int:
+    """Transitions per message for steps shaped like `step`: the batch size, or fewer where their camera
+    frames, all sent raw, would pass `max_batch_bytes` (a codec never sends more bytes than raw)."""
+    return max(1, min(options.batch_size, options.max_batch_bytes // row_bytes(step)))
 
 
 class LearnerLink:
@@ -100,6 +114,12 @@ class LearnerLink:
             raise ValueError(f"on_learner_lost must be 'keep' or 'hold', got {options.on_learner_lost!r}")
         if not trusted:
             raise ValueError("no trusted policy-signing key: the runner could never load a policy")
+        try:  # a codec that cannot work (a typo, no Pillow) fails here, before the robot moves
+            self.codecs = {camera: Codec.parse(text) for camera, text in options.codecs.items()}
+            for codec in self.codecs.values():
+                codec.check_available()
+        except FrameError as exc:
+            raise ValueError(f"link codecs {dict(options.codecs)}: {exc.detail}") from None
         self.sock, self.spool, self.trusted, self.options = sock, spool, trusted, options
         self.name = spool.runner_id
         self.policy_dir = Path(policy_dir)
@@ -288,11 +308,12 @@ class LearnerLink:
             except queue.Empty:
                 break
         while self._pending:
-            steps = self._pending[: self.options.batch_size]
+            rows = batch_rows(self.options, self._pending[0])
+            steps = self._pending[:rows]
             if not self.spool.pending():
                 self._last_progress = time.monotonic()  # a stall counts from the oldest unacked batch
             try:
-                batch = self.spool.append(steps)
+                batch = self.spool.append_arrays(**Transitions.step_arrays(steps), codecs=self.codecs)
             except SpoolFull as exc:
                 self.last_error = str(exc)
                 self._hold("spool_full", True)
@@ -303,7 +324,7 @@ class LearnerLink:
                 self.sent_batches += 1
             else:
                 self._resend = True  # it is in the spool; it goes out again once the learner is there
-            if len(self._pending) < self.options.batch_size:
+            if len(self._pending) < rows:
                 return
 
     def _resend_unacked(self) -> None:

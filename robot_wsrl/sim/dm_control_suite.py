@@ -3,12 +3,15 @@
 dm_control speaks dm_env: observations are dicts and episode ends are told by `discount`. This driver
 flattens the dict into one float32 vector in a fixed key order and maps a last step with discount 0 to
 `terminated` (a true terminal state) and a last step with discount > 0 to `truncated` (the time limit).
-It never renders: on a headless machine set MUJOCO_GL=disable before importing it.
+Without `cameras` it never renders (a headless machine may set MUJOCO_GL=disable before importing it);
+with them, observations are {"state": ..., camera: uint8 (H, W, 3)} rendered from the domain's named
+cameras by robot_wsrl.sim.camera, which needs MUJOCO_GL=egl on a headless machine.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import dm_env
@@ -16,7 +19,9 @@ import numpy as np
 from dm_control import suite
 
 from robot_wsrl.core.driver import StepResult
-from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.core.spec import STATE, CameraSpec, EnvSpec, Observation
+from robot_wsrl.sim.camera import CameraRig
+from robot_wsrl.sim.shift import VisualShift
 
 
 def classify_last_step(timestep: dm_env.TimeStep) -> tuple[bool, bool]:
@@ -32,11 +37,19 @@ class DmControlDriver:
 
     The observation vector concatenates the task's observation entries in the order of its
     `observation_spec()` (recorded in `obs_keys`; dm_control keeps that order fixed per task), each
-    flattened, scalars as one entry.
+    flattened, scalars as one entry; that vector is the `state` part of a camera observation. Every
+    observation it returns has passed `spec.check_observation`.
     """
 
     def __init__(
-        self, domain: str, task: str, *, seed: int | None = None, time_limit_s: float | None = None
+        self,
+        domain: str,
+        task: str,
+        *,
+        seed: int | None = None,
+        time_limit_s: float | None = None,
+        cameras: Sequence[CameraSpec] = (),
+        visual: VisualShift | None = None,
     ) -> None:
         task_kwargs: dict[str, Any] = {"random": seed}
         if time_limit_s is not None:
@@ -58,7 +71,15 @@ class DmControlDriver:
             action_low=tuple(float(x) for x in low),
             action_high=tuple(float(x) for x in high),
             control_period_s=float(self.env.control_timestep()),
+            cameras=tuple(cameras),
         )
+        try:
+            model, data = self.physics.model.ptr, self.physics.data.ptr
+            self.cameras = CameraRig(model, data, self.spec.cameras, where=self.spec.name, visual=visual)
+            self.cameras.reseed(seed)
+        except Exception:
+            self.env.close()
+            raise
         self._act_dtype = act_spec.dtype
         self._needs_reset = True
         self._closed = False
@@ -79,14 +100,15 @@ class DmControlDriver:
             [np.asarray(observation[k], dtype=np.float32).reshape(-1) for k in self.obs_keys]
         ).astype(np.float32, copy=False)
 
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start an episode; a seed re-seeds the task's initial-state randomness."""
+    def reset(self, seed: int | None = None) -> tuple[Observation, dict[str, Any]]:
+        """Start an episode; a seed re-seeds the task's initial-state randomness (and the pixel noise)."""
         self._check_open()
         if seed is not None:
             self.env.task._random = np.random.RandomState(int(seed))  # dm_control keeps it on the task
+            self.cameras.reseed(int(seed))
         timestep = self.env.reset()
         self._needs_reset = False
-        return self.flatten(timestep.observation), {}
+        return self._observe(timestep.observation), {}
 
     def step(self, action: np.ndarray) -> StepResult:
         """Clip `action` to the action spec, apply it for one control period, report what was applied."""
@@ -107,7 +129,7 @@ class DmControlDriver:
             "applied_ctrl": np.array(self.physics.data.ctrl, dtype=np.float64),
         }
         return StepResult(
-            obs=self.flatten(timestep.observation),
+            obs=self._observe(timestep.observation),
             reward=float(timestep.reward or 0.0),
             terminated=terminated,
             truncated=truncated,
@@ -125,7 +147,14 @@ class DmControlDriver:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.cameras.close()
             self.env.close()
+
+    def _observe(self, observation: dict[str, Any]) -> Observation:
+        state = self.flatten(observation)
+        out: Observation = {STATE: state, **self.cameras.render()} if self.spec.cameras else state
+        self.spec.check_observation(out, f"driver {self.spec.name}")
+        return out
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,12 +1,14 @@
 """The emulated robot: a stand-in for real hardware, reached over ZeroMQ like a real robot would be.
 
-A server process owns a gymnasium MuJoCo env (through GymMujocoDriver) with a dynamics shift, and adds
-what separates a robot from a simulator: it keeps its own clock (one step per control period, in real
+A server process owns a gymnasium MuJoCo env (through GymMujocoDriver, or a camera task of
+robot_wsrl.sim.camera_tasks) with a dynamics shift and, for cameras, a visual shift, and adds what
+separates a robot from a simulator: it keeps its own clock (one step per control period, in real
 time), its sensors are noisy, its actuation lags by k control steps, its timing jitters and its link drops
 packets. Its wire is robot_wsrl.sim.emulated_wire; the runner reaches it through the `emulated:ENDPOINT`
 driver (robot_wsrl.robot.drivers.emulated_robot). `spawn_emulated_robot` starts one in a subprocess.
 
-Run a server: `python -m robot_wsrl.sim.emulated_robot --env Hopper-v5 --preset real --endpoint tcp://127.0.0.1:5555`.
+Run a server: `python -m robot_wsrl.sim.emulated_robot --env Hopper-v5 --preset real --endpoint tcp://127.0.0.1:5555`
+(a camera robot: `--env cam:reacher --preset reacher_real`, rendering with MUJOCO_GL=egl).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import zmq
 
 from robot_wsrl.core.driver import DriverFault
 from robot_wsrl.core.paths import REPO_ROOT
+from robot_wsrl.core.spec import STATE, EnvSpec, Observation
+from robot_wsrl.sim.camera import parse_cameras
+from robot_wsrl.sim.camera_tasks import make_camera_task
 from robot_wsrl.sim.emulated_wire import MESSAGE_TYPES, Channel, ProtocolError, decode, encode
 from robot_wsrl.sim.gym_mujoco import GymMujocoDriver
 from robot_wsrl.sim.shift import DynamicsShift, load_shift_preset, normalise_preset
@@ -63,6 +68,24 @@ def _plain_info(info: dict[str, Any]) -> dict[str, Any]:
         if pv is not None:
             out[str(k)] = pv
     return out
+
+
+def _simulator(env: str, **kwargs: Any) -> GymMujocoDriver:
+    """The robot's simulator: a gymnasium env id (`Hopper-v5`, `gym:Hopper-v5`) or a camera task
+    (`cam:reacher`), optionally with camera requests after `@` (robot_wsrl.sim.camera.parse_cameras)."""
+    name, at, request = env.partition("@")
+    if at:
+        kwargs["cameras"] = parse_cameras(request, where=f"emulated robot {env!r}")
+    if name.startswith("cam:"):
+        return make_camera_task(name.removeprefix("cam:"), **kwargs)
+    return GymMujocoDriver(name.removeprefix("gym:"), **kwargs)
+
+
+def _parts(obs: Observation, spec: EnvSpec) -> list[np.ndarray]:
+    """An observation as the wire carries it: the state, then each camera's frame in the spec's order."""
+    if not spec.cameras:
+        return [obs]
+    return [obs[STATE], *(obs[name] for name in spec.camera_names)]
 
 
 def _check_loopback(endpoint: str) -> None:
@@ -113,12 +136,13 @@ class EmulatedRobotServer:
                 raw[key] = val
         self.params = normalise_preset(raw, source=f"preset {preset!r}")
         self.realtime = bool(realtime)
-        self.driver = GymMujocoDriver(
+        self.driver = _simulator(
             env_id,
             max_episode_steps=max_episode_steps,
             seed=seed,
             shift=self.params["dynamics"],
             obs_noise_std=self.params["sensor_noise_std"],
+            visual=self.params["visual"],
         )
         self.spec = self.driver.spec
         self._latency = int(self.params["action_latency_steps"])
@@ -189,6 +213,8 @@ class EmulatedRobotServer:
                 raise ProtocolError(f"bad request type/client/seq: {typ!r}, {client!r}, {seq!r}")
             if not isinstance(attempt, int):
                 raise ProtocolError(f"bad attempt {attempt!r}")
+            if any(a.dtype != np.float32 for a in arrays):
+                raise ProtocolError("requests carry float32 arrays only")
         except ProtocolError as e:
             self.stats["errors"] += 1
             self._sock.send_multipart([identity, *encode({"ok": False, "kind": "protocol", "error": str(e)})])
@@ -229,7 +255,11 @@ class EmulatedRobotServer:
         return encode({"ok": False, "type": typ, "seq": seq, "kind": kind, "error": err})
 
     def _on_spec(self, header: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict[str, Any], list]:
-        params = {**self.params, "dynamics": self.params["dynamics"].to_dict()}
+        params = {
+            **self.params,
+            "dynamics": self.params["dynamics"].to_dict(),
+            "visual": self.params["visual"].to_dict(),
+        }
         return {"spec": self.spec.to_dict(), "params": params, "realtime": self.realtime}, []
 
     def _on_ping(self, header: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict[str, Any], list]:
@@ -247,7 +277,7 @@ class EmulatedRobotServer:
         self._episode_started = True
         self._next_tick = time.perf_counter() + self.spec.control_period_s
         self.stats["resets"] += 1
-        return {"info": _plain_info(info)}, [obs]
+        return {"info": _plain_info(info)}, _parts(obs, self.spec)
 
     def _on_step(self, header: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict[str, Any], list]:
         if len(arrays) != 1:
@@ -272,7 +302,7 @@ class EmulatedRobotServer:
             "truncated": result.truncated,
             "info": info,
         }
-        return fields, [result.obs, result.executed_action]
+        return fields, [*_parts(result.obs, self.spec), result.executed_action]
 
     def _on_safe_stop(self, header: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict[str, Any], list]:
         """Hold: zero actuation and forget the commands still in the latency pipeline."""
@@ -455,7 +485,11 @@ def _read_ready_line(popen: subprocess.Popen, deadline: float) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     prog = f"python -m {__spec__.name if __spec__ else __name__}"
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    p.add_argument("--env", default="Hopper-v5", help="gymnasium MuJoCo env id")
+    p.add_argument(
+        "--env",
+        default="Hopper-v5",
+        help="gymnasium MuJoCo env id, or a camera task (cam:reacher); cameras after @ (NAME:HxW)",
+    )
     p.add_argument("--preset", default="nominal", help="configs/shift/NAME.yaml")
     p.add_argument(
         "--endpoint", default="tcp://127.0.0.1:0", help="loopback endpoint; port 0 picks a free one"
@@ -467,17 +501,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--action-latency-steps", type=int, default=None, help="override the preset")
     p.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process dies")
     args = p.parse_args(argv)
-    server = EmulatedRobotServer(
-        args.env,
-        preset=args.preset,
-        endpoint=args.endpoint,
-        seed=args.seed,
-        realtime=not args.no_realtime,
-        max_episode_steps=args.max_episode_steps,
-        drop_prob=args.drop_prob,
-        action_latency_steps=args.action_latency_steps,
-        exit_with_parent=args.exit_with_parent,
-    )
+    try:
+        server = EmulatedRobotServer(
+            args.env,
+            preset=args.preset,
+            endpoint=args.endpoint,
+            seed=args.seed,
+            realtime=not args.no_realtime,
+            max_episode_steps=args.max_episode_steps,
+            drop_prob=args.drop_prob,
+            action_latency_steps=args.action_latency_steps,
+            exit_with_parent=args.exit_with_parent,
+        )
+    except (ValueError, FileNotFoundError) as exc:  # a bad env, preset or camera: one line, no traceback
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     print(f"{READY_PREFIX} {server.endpoint}", flush=True)
     # Nothing else goes to stdout: a parent that stopped reading it must never block us.
     with contextlib.suppress(OSError):

@@ -5,13 +5,16 @@ on a robot image without the sim extra; the server (robot_wsrl.sim.emulated_robo
 
 Wire (loopback only; multipart frames, never pickle):
   frame 0: msgpack header {"v": 1, "type": str, "client": str, "seq": int, "attempt": int, ...,
-           "arrays": [{"dtype": "float32", "shape": [...]}, ...]}
-  frames 1..n: raw little-endian float32 buffers described by header["arrays"].
+           "arrays": [{"dtype": "float32" | "uint8", "shape": [...]}, ...]}
+  frames 1..n: raw buffers described by header["arrays"]: little-endian float32 (state, actions) or
+           uint8 camera frames (H, W, C), one frame each, never per-pixel msgpack.
+An observation travels as its parts in `EnvSpec.obs_parts()` order: the state, then each camera's frame.
+Requests carry float32 arrays only.
 Requests (client DEALER -> server ROUTER) and their replies (same "type" and "seq", "ok": bool):
   spec                 -> {"spec": EnvSpec.to_dict(), "params": {...preset...}, "realtime": bool}
-  reset {"seed"}       -> {"info": {...}} + [obs]
+  reset {"seed"}       -> {"info": {...}} + [*obs parts]
   step + [action]      -> {"reward", "terminated", "truncated", "info": {"applied_ctrl", "commanded_action",
-                            "tick", "late", ...}} + [obs, executed_action]
+                            "tick", "late", ...}} + [*obs parts, executed_action]
   safe_stop            -> {"safe_stop_count": int}
   ping                 -> {"stats": {...}}
   close                -> {} and the server exits
@@ -34,12 +37,14 @@ import numpy as np
 import zmq
 
 from robot_wsrl.core.driver import DriverFault
+from robot_wsrl.core.spec import MAX_IMAGE_SIDE
 
 PROTOCOL_VERSION = 1
 MESSAGE_TYPES = ("spec", "reset", "step", "safe_stop", "ping", "close")
 
 _MAX_HEADER_BYTES = 64 * 1024
-_MAX_ARRAY_ELEMS = 1 << 16
+_WIRE_DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
+_MAX_ARRAY_ELEMS = {"float32": 1 << 16, "uint8": 4 * MAX_IMAGE_SIDE * MAX_IMAGE_SIDE}
 
 
 class ProtocolError(ValueError):
@@ -47,11 +52,14 @@ class ProtocolError(ValueError):
 
 
 def encode(header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> list[bytes]:
-    """Header + raw float32 buffers; the header describes each buffer's shape."""
-    bufs = [np.ascontiguousarray(a, dtype="<f4") for a in arrays]
+    """Header + raw buffers: uint8 arrays (camera frames) as they are, anything else as float32; the
+    header describes each buffer's dtype and shape."""
+    bufs = [
+        np.ascontiguousarray(a, dtype="u1" if np.asarray(a).dtype == np.uint8 else "<f4") for a in arrays
+    ]
     h = dict(header)
     h["v"] = PROTOCOL_VERSION
-    h["arrays"] = [{"dtype": "float32", "shape": list(b.shape)} for b in bufs]
+    h["arrays"] = [{"dtype": b.dtype.name, "shape": list(b.shape)} for b in bufs]
     return [msgpack.packb(h, use_bin_type=True), *(b.tobytes() for b in bufs)]
 
 
@@ -74,17 +82,19 @@ def decode(frames: Sequence[bytes]) -> tuple[dict[str, Any], list[np.ndarray]]:
         raise ProtocolError(f"header announces {descs!r} arrays but {len(frames) - 1} buffers follow")
     arrays = []
     for i, (desc, buf) in enumerate(zip(descs, frames[1:], strict=True)):
-        if not isinstance(desc, dict) or desc.get("dtype") != "float32":
-            raise ProtocolError(f"array {i}: only float32 is accepted, got {desc!r}")
+        kind = desc.get("dtype") if isinstance(desc, dict) else None
+        if not isinstance(kind, str) or kind not in _WIRE_DTYPES:
+            raise ProtocolError(f"array {i}: only {sorted(_WIRE_DTYPES)} are accepted, got {desc!r}")
+        dtype = _WIRE_DTYPES[kind]
         shape = desc.get("shape")
         if not (
             isinstance(shape, list) and len(shape) <= 4 and all(isinstance(d, int) and d >= 0 for d in shape)
         ):
             raise ProtocolError(f"array {i}: bad shape {shape!r}")
         n = math.prod(shape)  # Python ints: a huge shape cannot wrap around to a small size
-        if n > _MAX_ARRAY_ELEMS or len(buf) != 4 * n:
-            raise ProtocolError(f"array {i}: {len(buf)} bytes for shape {shape}")
-        arrays.append(np.frombuffer(buf, dtype="<f4").astype(np.float32).reshape(shape))
+        if n > _MAX_ARRAY_ELEMS[kind] or len(buf) != dtype.itemsize * n:
+            raise ProtocolError(f"array {i}: {len(buf)} bytes for {kind} shape {shape}")
+        arrays.append(np.frombuffer(buf, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(shape))
     return header, arrays
 
 

@@ -2,11 +2,15 @@
 
 The simulator stands in for a robot: the spec comes from the env's spaces and `dt`, commands are clipped to
 the action limits before they reach the physics, and the clipped action is reported back as executed.
+With `cameras`, an observation is {"state": float32, camera: uint8 (H, W, 3), ...} rendered by
+robot_wsrl.sim.camera (which needs MUJOCO_GL=egl on a headless machine); without, it is the state vector.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import gymnasium as gym
@@ -14,15 +18,18 @@ import mujoco
 import numpy as np
 
 from robot_wsrl.core.driver import StepResult
-from robot_wsrl.core.spec import EnvSpec
-from robot_wsrl.sim.shift import DynamicsShift
+from robot_wsrl.core.spec import STATE, CameraSpec, EnvSpec, Observation
+from robot_wsrl.sim.camera import CameraRig, FreeView
+from robot_wsrl.sim.shift import DynamicsShift, VisualShift
 
 
 class GymMujocoDriver:
-    """A gymnasium MuJoCo env behind the Driver protocol, optionally with a dynamics shift and sensor noise.
+    """A gymnasium MuJoCo env behind the Driver protocol, optionally with a dynamics shift, sensor noise
+    and named cameras (the model's own, or the free `views` a task adds) seen through a visual shift.
 
     `terminated`/`truncated` come straight from gymnasium (truncation is its TimeLimit wrapper, set by
-    `max_episode_steps` or the env's registered default).
+    `max_episode_steps` or the env's registered default). Every observation it returns has passed
+    `spec.check_observation`.
     """
 
     def __init__(
@@ -33,6 +40,9 @@ class GymMujocoDriver:
         seed: int | None = None,
         shift: DynamicsShift | None = None,
         obs_noise_std: float = 0.0,
+        cameras: Sequence[CameraSpec] = (),
+        views: Mapping[str, FreeView] | None = None,
+        visual: VisualShift | None = None,
     ) -> None:
         if not (np.isfinite(obs_noise_std) and obs_noise_std >= 0):
             raise ValueError(f"obs_noise_std must be >= 0, got {obs_noise_std}")
@@ -44,9 +54,12 @@ class GymMujocoDriver:
         except gym.error.Error as exc:  # unknown id or version: one line with gymnasium's "did you mean"
             raise ValueError(f"gym:{env_id}: {exc}") from None
         try:
-            self.spec = self._build_spec(env_id)
+            self.spec = replace(self._build_spec(env_id), cameras=tuple(cameras))
             self.shift = shift if shift is not None else DynamicsShift()
             self.shift.apply(self.model)
+            self.cameras = CameraRig(
+                self.model, self.data, self.spec.cameras, where=self.spec.name, views=views, visual=visual
+            )
         except Exception:
             self.env.close()
             raise
@@ -86,13 +99,14 @@ class GymMujocoDriver:
     def data(self) -> mujoco.MjData:
         return self.env.unwrapped.data
 
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(self, seed: int | None = None) -> tuple[Observation, dict[str, Any]]:
         """Start an episode. Without a seed the first reset uses the driver's seed, later ones continue."""
         self._check_open()
         if seed is None and self._seed is not None:
             seed, self._seed = self._seed, None
         if seed is not None:
             self._noise_rng = np.random.default_rng(_noise_seed(seed))
+            self.cameras.reseed(seed)
         obs, info = self.env.reset(seed=seed)
         self._needs_reset = False
         return self._observe(obs), dict(info)
@@ -140,13 +154,20 @@ class GymMujocoDriver:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.cameras.close()
             self.env.close()
 
-    def _observe(self, obs: np.ndarray) -> np.ndarray:
-        o = np.asarray(obs, dtype=np.float32).reshape(self.spec.obs_dim)
+    def _state(self, obs: np.ndarray) -> np.ndarray:
+        """The proprioceptive `state` from gymnasium's observation (a task may hide entries of it)."""
+        return np.asarray(obs, dtype=np.float32).reshape(self.spec.obs_dim)
+
+    def _observe(self, obs: np.ndarray) -> Observation:
+        o = self._state(obs)
         if self.obs_noise_std > 0:
             o = (o + self._noise_rng.normal(0.0, self.obs_noise_std, size=o.shape)).astype(np.float32)
-        return o
+        out: Observation = {STATE: o, **self.cameras.render()} if self.spec.cameras else o
+        self.spec.check_observation(out, f"driver {self.spec.name}")
+        return out
 
     def _check_open(self) -> None:
         if self._closed:

@@ -6,6 +6,10 @@ descriptor per array frame, in the type's fixed order). Array frames are the arr
 bytes, so a batch of transitions crosses the network without a copy into a serialiser, and nothing
 received is ever unpickled.
 
+A camera task's batch adds, per camera, its uint8 frames as raw array frames, or as one blob per frame
+under the camera's codec (`codecs`), each frame once: a row's next frame is sent only when it is not the
+next row's obs frame ("chained" rows). A state-only batch is encoded exactly as before cameras existed.
+
 `decode` trusts nothing that arrives from a socket: sizes are checked before parsing, then the header's
 shape, version, type, every field's type and range, each array's dtype, shape and byte length, and the
 cross-field facts (sequence numbers contiguous, episode ids matching, finite floats). Any failure is a
@@ -20,12 +24,16 @@ import math
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Literal, get_args
 
 import msgpack
 import numpy as np
+
+from robot_wsrl.core.spec import STATE, CameraSpec
+from robot_wsrl.wire.codecs import CODECS, Codec, FrameError
 
 PROTOCOL_VERSION = 1
 MiB = 1 << 20
@@ -46,6 +54,7 @@ MAX_SIGNATURE = 256  # bytes; an Ed25519 signature is 64
 MAX_DEPTH = 8  # nesting of a status dict or command args
 MAX_DIM = 1 << 31
 MAX_LIST = 4096  # items in a list field (a batch's distinct episode ids)
+MAX_CAMERAS = 8  # cameras in one batch
 _IDENT = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -232,6 +241,7 @@ class Message:
     sender: str
     TYPE: ClassVar[str] = ""
     FIELDS: ClassVar[dict[str, Check]] = {}
+    OPTIONAL: ClassVar[dict[str, Check]] = {}  # fields a body may leave out (then encoded as before them)
     ARRAYS: ClassVar[tuple[tuple[str, str, int], ...]] = ()  # (name, dtype, ndim) in frame order
 
     def __post_init__(self) -> None:
@@ -246,7 +256,12 @@ class Message:
         return [getattr(self, name) for name, _, _ in self.ARRAYS]
 
     @classmethod
-    def build(cls, sender: str, body: dict[str, Any], arrays: list[np.ndarray]) -> Message:
+    def array_specs(cls, body: dict[str, Any]) -> tuple[tuple[str, str, int], ...]:
+        """The array frames a message with this (checked) body carries; fixed unless a type overrides it."""
+        return cls.ARRAYS
+
+    @classmethod
+    def build(cls, sender: str, body: dict[str, Any], arrays: list[np.ndarray], limits: Limits) -> Message:
         """Construct from a checked header body and arrays (`decode` calls this; the constructor validates
         again). Types that carry arrays override it."""
         return cls(sender=sender, **body)
@@ -255,19 +270,147 @@ class Message:
 @dataclass(frozen=True)
 class Transition:
     """One step as the replay buffer wants it; `action` is the executed action, normalised to [-1, 1].
+    `obs` and `next_obs` are what the driver gave: a state array, or a camera task's dict of parts.
 
     The runner makes one per tick; `Transitions.from_steps` stacks them into the wire batch, which numbers
     them by `seq` instead of carrying `step` (the step within its episode stays on the robot)."""
 
-    obs: np.ndarray
+    obs: np.ndarray | dict[str, np.ndarray]
     action: np.ndarray
     reward: float
-    next_obs: np.ndarray
+    next_obs: np.ndarray | dict[str, np.ndarray]
     terminated: bool
     truncated: bool
     episode: int
     step: int
     policy_version: int
+
+
+def _camera_entry(entry: Any) -> tuple[CameraSpec, Codec]:
+    """One camera of a batch header, `{name, shape: [H, W, C], codec}`, as its spec and codec."""
+    if not isinstance(entry, dict) or set(entry) != {"name", "shape", "codec"}:
+        raise ProtocolError("camera", "each camera must be a map with keys codec, name, shape")
+    shape = entry["shape"]
+    if not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(d) for d in shape):
+        raise ProtocolError("camera", f"camera shape {shape!r} must be [height, width, channels]")
+    try:
+        camera = CameraSpec(entry["name"], *shape)
+    except ValueError as exc:
+        raise ProtocolError("camera", str(exc)) from None
+    codec = entry["codec"]
+    if not isinstance(codec, str) or codec not in CODECS:
+        raise ProtocolError(
+            "codec", f"camera {camera.name!r}: unknown codec {codec!r}, not in {list(CODECS)}"
+        )
+    return camera, Codec(codec)
+
+
+def _camera_list(value: Any, name: str) -> None:
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_CAMERAS:
+        raise ProtocolError("camera", f"{name!r} must be a list of 1..{MAX_CAMERAS} cameras")
+    names = [_camera_entry(entry)[0].name for entry in value]
+    if len(set(names)) != len(names):
+        raise ProtocolError("camera", f"camera names {names} are not unique")
+
+
+def _frame_specs(camera: CameraSpec, codec: str) -> tuple[tuple[str, str, int], ...]:
+    """A camera's array frames: raw, its obs and next frames; coded, both streams' blob sizes and blobs."""
+    if codec == "raw":
+        return ((f"{camera.name}.obs", "uint8", 4), (f"{camera.name}.next", "uint8", 4))
+    return (
+        (f"{camera.name}.obs_sizes", "int64", 1),
+        (f"{camera.name}.next_sizes", "int64", 1),
+        (f"{camera.name}.blobs", "uint8", 1),
+    )
+
+
+def _blob_sizes(blobs: Sequence[Any]) -> np.ndarray:
+    return np.fromiter(map(len, blobs), dtype=DTYPES["int64"], count=len(blobs))
+
+
+@dataclass(frozen=True, eq=False)
+class CameraFrames:
+    """One camera's frames in a batch: `obs` uint8 [n, H, W, C] and `next_unchained` [m, H, W, C] (the next
+    frames of the rows that are not chained), with their wire form under `codec`. A frame is coded once:
+    a spooled batch is sent, resent and logged with the same bytes (a lossy frame is never re-coded)."""
+
+    camera: CameraSpec
+    codec: Codec
+    obs: np.ndarray
+    next_unchained: np.ndarray
+    blobs: tuple[Sequence[Any], Sequence[Any]] | None = None  # coded: one blob per frame (obs, next)
+
+    @classmethod
+    def code(
+        cls, camera: CameraSpec, codec: Codec, obs: np.ndarray, next_unchained: np.ndarray
+    ) -> CameraFrames:
+        """Code the frames; a codec that would not make them smaller than raw sends them raw."""
+        if codec.name == "raw":
+            return cls(camera, codec, obs, next_unchained)
+        try:
+            blobs = (codec.encode(obs), codec.encode(next_unchained))
+        except FrameError as exc:
+            raise ProtocolError(exc.reason, f"camera {camera.name!r}: {exc.detail}") from None
+        if sum(map(len, blobs[0])) + sum(map(len, blobs[1])) >= obs.nbytes + next_unchained.nbytes:
+            return cls(camera, Codec("raw"), obs, next_unchained)
+        return cls(camera, codec, obs, next_unchained, blobs)
+
+    @classmethod
+    def from_wire(
+        cls, camera: CameraSpec, codec: Codec, arrays: list[np.ndarray], n: int, m: int
+    ) -> CameraFrames:
+        """The frames `arrays` carry for n obs and m next frames, every blob decoded within its frame."""
+        if codec.name == "raw":
+            return cls(camera, codec, arrays[0], arrays[1])
+        obs_sizes, next_sizes, data = arrays
+        if len(obs_sizes) != n or len(next_sizes) != m:
+            raise ProtocolError(
+                "image",
+                f"camera {camera.name!r}: {len(obs_sizes)} obs and {len(next_sizes)} next blobs, "
+                f"the batch needs {n} and {m}",
+            )
+        sizes = np.concatenate([obs_sizes, next_sizes])
+        if len(sizes) and (sizes.min() <= 0 or sizes.max() > len(data) or int(sizes.sum()) != len(data)):
+            raise ProtocolError(
+                "image", f"camera {camera.name!r}: blob sizes do not add up to the {len(data)} bytes sent"
+            )
+        view, ends = memoryview(data), np.cumsum(sizes).tolist()
+        blobs = [view[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+        frames = np.empty((n + m, *camera.shape), np.uint8)
+        for i, blob in enumerate(blobs):
+            try:
+                frames[i] = codec.decode(blob, camera.shape)
+            except FrameError as exc:
+                raise ProtocolError(exc.reason, f"camera {camera.name!r} frame {i}: {exc.detail}") from None
+        return cls(camera, codec, frames[:n], frames[n:], (blobs[:n], blobs[n:]))
+
+    @cached_property
+    def wire(self) -> list[np.ndarray]:
+        """The array frames this camera adds to the message (`_frame_specs` order)."""
+        if self.blobs is None:
+            return [self.obs, self.next_unchained]
+        obs_blobs, next_blobs = self.blobs
+        data = np.frombuffer(b"".join([*obs_blobs, *next_blobs]), np.uint8)
+        return [_blob_sizes(obs_blobs), _blob_sizes(next_blobs), data]
+
+    def header(self) -> dict[str, Any]:
+        return {"name": self.camera.name, "shape": list(self.camera.shape), "codec": self.codec.name}
+
+    def take(self, obs_rows: np.ndarray, next_rows: np.ndarray, from_obs: np.ndarray) -> CameraFrames:
+        """These frames for a subset of rows: `obs_rows` index obs frames; `next_rows` the next frames, each
+        an index into the obs frames where `from_obs` is set and into the unchained next frames otherwise."""
+        nxt = np.empty((len(next_rows), *self.camera.shape), np.uint8)
+        nxt[from_obs] = self.obs[next_rows[from_obs]]
+        nxt[~from_obs] = self.next_unchained[next_rows[~from_obs]]
+        if self.blobs is None:
+            return CameraFrames(self.camera, self.codec, self.obs[obs_rows], nxt)
+        obs_blobs, next_blobs = self.blobs
+        picked = [
+            obs_blobs[r] if o else next_blobs[r]
+            for r, o in zip(next_rows.tolist(), from_obs.tolist(), strict=True)
+        ]
+        blobs = ([obs_blobs[r] for r in obs_rows.tolist()], picked)
+        return CameraFrames(self.camera, self.codec, self.obs[obs_rows], nxt, blobs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -276,6 +419,11 @@ class Transitions(Message):
 
     The header repeats runner id, episode ids (sorted, unique), first sequence number and count, so a
     learner can de-duplicate and route a batch before touching its arrays.
+
+    A camera task's batch also holds `frames`, one `CameraFrames` per camera, and `chained`: row i is
+    chained when row i + 1 goes on with the same episode from row i's next frame (its obs frame has the
+    same content), so that next frame is not sent twice. A state-only batch has no frames and no row
+    chained; its header and frames are exactly those of a batch from before cameras.
     """
 
     runner_id: str
@@ -288,6 +436,8 @@ class Transitions(Message):
     episode_id: np.ndarray
     seq: np.ndarray
     policy_version: np.ndarray
+    chained: np.ndarray | None = None  # bool [n]; None: no row chained (what a state-only batch has)
+    frames: tuple[CameraFrames, ...] = ()
     TYPE: ClassVar[str] = "transitions"
     FIELDS: ClassVar[dict[str, Check]] = {
         "runner_id": _ident,
@@ -295,6 +445,7 @@ class Transitions(Message):
         "first_seq": _nonneg,
         "count": _nonneg,
     }
+    OPTIONAL: ClassVar[dict[str, Check]] = {"cameras": _camera_list}
     ARRAYS: ClassVar[tuple[tuple[str, str, int], ...]] = (
         ("obs", "float32", 2),
         ("action", "float32", 2),
@@ -329,7 +480,47 @@ class Transitions(Message):
         for name in ("obs", "action", "reward", "next_obs"):
             if not np.all(np.isfinite(getattr(self, name))):
                 raise ProtocolError("value", f"{name!r} holds NaN or inf")
+        self._check_frames(n)
         super().__post_init__()
+
+    def _check_frames(self, n: int) -> None:
+        """`chained` consistent with the episodes, and each camera's frames [n] and [n - chained]."""
+        chained = self.chained
+        if chained is None:
+            chained = np.zeros(n, DTYPES["bool"])
+            object.__setattr__(self, "chained", chained)  # the accessor is the same for every batch
+        if not isinstance(chained, np.ndarray) or chained.dtype != DTYPES["bool"] or chained.shape != (n,):
+            raise ProtocolError("value", f"'chained' must be a bool array of the batch's {n} rows")
+        if not self.frames:
+            if chained.any():
+                raise ProtocolError("value", "a batch without camera frames has no chained rows")
+            return
+        if chained[-1]:
+            raise ProtocolError("value", "the last row is chained (its next frame would be nowhere)")
+        if (chained & (self.terminated | self.truncated)).any():
+            raise ProtocolError("value", "a terminated or truncated row is chained to the next row")
+        if (chained[:-1] & (self.episode_id[1:] != self.episode_id[:-1])).any():
+            raise ProtocolError("value", "a row is chained to a row of another episode")
+        names = self.cameras
+        if len(set(names)) != len(names) or len(names) > MAX_CAMERAS:
+            raise ProtocolError("camera", f"camera names {list(names)}: at most {MAX_CAMERAS}, unique")
+        m = n - int(chained.sum())
+        for f in self.frames:
+            want_obs, want_next = (n, *f.camera.shape), (m, *f.camera.shape)
+            ok = all(
+                isinstance(a, np.ndarray) and a.dtype == DTYPES["uint8"] and a.shape == want
+                for a, want in ((f.obs, want_obs), (f.next_unchained, want_next))
+            )
+            if not ok:
+                got = [
+                    f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                    for a in (f.obs, f.next_unchained)
+                ]
+                raise ProtocolError(
+                    "image",
+                    f"camera {f.camera.name!r}: obs and next frames are {got[0]} and {got[1]}; "
+                    f"uint8 {want_obs} and {want_next} expected",
+                )
 
     @property
     def first_seq(self) -> int:
@@ -348,13 +539,113 @@ class Transitions(Message):
         ids = np.sort(self.episode_id)  # np.unique is ten times slower on a long batch
         return ids[np.r_[True, ids[1:] != ids[:-1]]].tolist()
 
+    # ----- camera frames -----
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return tuple(f.camera.name for f in self.frames)
+
+    @property
+    def camera_specs(self) -> tuple[CameraSpec, ...]:
+        return tuple(f.camera for f in self.frames)
+
+    def _camera(self, name: str) -> CameraFrames:
+        for f in self.frames:
+            if f.camera.name == name:
+                return f
+        raise KeyError(f"no camera {name!r} in this batch; it has {list(self.cameras)}")
+
+    def camera_obs(self, name: str) -> np.ndarray:
+        """uint8 [n, H, W, C]: each row's obs frame."""
+        return self._camera(name).obs
+
+    def camera_next_unchained(self, name: str) -> np.ndarray:
+        """uint8 [m, H, W, C]: the next frames of the rows that are not chained, in row order."""
+        return self._camera(name).next_unchained
+
+    def camera_next(self, name: str) -> np.ndarray:
+        """uint8 [n, H, W, C]: each row's next frame (a chained row's is the next row's obs frame)."""
+        f = self._camera(name)
+        assert self.chained is not None
+        out = np.empty_like(f.obs)
+        rows = np.flatnonzero(self.chained)
+        out[rows] = f.obs[rows + 1]
+        out[~self.chained] = f.next_unchained
+        return out
+
+    def rows(self, start: int, stop: int) -> Transitions:
+        """Rows start..stop-1 as a batch of their own (numbered from their seq), every frame re-used as it
+        was coded: the last row's next frame, if it was the next row's obs frame, is sent after all."""
+        if not 0 <= start < stop <= self.count:
+            raise ValueError(f"rows {start}..{stop} are not within the batch's {self.count}")
+        part = slice(start, stop)
+        assert self.chained is not None
+        chained = self.chained[part].copy()
+        cut = bool(chained[-1])
+        chained[-1] = False
+        unchained_before = np.cumsum(~self.chained) - 1  # index into next_unchained per unchained row
+        own = np.flatnonzero(~self.chained[part]) + start
+        next_rows = np.r_[unchained_before[own], [stop] if cut else []].astype(np.int64)
+        from_obs = np.r_[np.zeros(len(own), bool), [True] if cut else []].astype(bool)
+        obs_rows = np.arange(start, stop)
+        return Transitions(
+            self.sender,
+            self.runner_id,
+            *(getattr(self, name)[part] for name, _, _ in self.ARRAYS),
+            chained=chained if self.frames else None,
+            frames=tuple(f.take(obs_rows, next_rows, from_obs) for f in self.frames),
+        )
+
+    # ----- the wire -----
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        if self.frames:
+            body["cameras"] = [f.header() for f in self.frames]
+        return body
+
+    def arrays(self) -> list[np.ndarray]:
+        arrays = super().arrays()
+        if self.frames:
+            assert self.chained is not None
+            arrays.append(self.chained)
+            for f in self.frames:
+                arrays.extend(f.wire)
+        return arrays
+
     @classmethod
-    def build(cls, sender: str, body: dict[str, Any], arrays: list[np.ndarray]) -> Message:
-        msg = cls(sender, body["runner_id"], *arrays)
+    def array_specs(cls, body: dict[str, Any]) -> tuple[tuple[str, str, int], ...]:
+        if "cameras" not in body:
+            return cls.ARRAYS
+        cameras = [_camera_entry(entry) for entry in body["cameras"]]
+        frames = [spec for camera, codec in cameras for spec in _frame_specs(camera, codec.name)]
+        return (*cls.ARRAYS, ("chained", "bool", 1), *frames)
+
+    @classmethod
+    def build(cls, sender: str, body: dict[str, Any], arrays: list[np.ndarray], limits: Limits) -> Message:
+        base, rest = arrays[: len(cls.ARRAYS)], arrays[len(cls.ARRAYS) :]
+        chained, frames = None, []
+        if "cameras" in body:
+            chained, rest = rest[0], rest[1:]
+            n = len(chained)
+            m = n - int(chained.sum())
+            if n != body["count"]:
+                raise ProtocolError("value", f"{n} chained flags for a batch of {body['count']}")
+            cameras = [_camera_entry(entry) for entry in body["cameras"]]
+            pixels = sum((n + m) * camera.frame_bytes for camera, _ in cameras)
+            if pixels > limits.max_bytes:  # what the frames would take raw, never more than a message
+                raise ProtocolError("size", f"{n + m} frames per camera decode to {pixels} bytes")
+            for camera, codec in cameras:
+                k = len(_frame_specs(camera, codec.name))
+                frames.append(CameraFrames.from_wire(camera, codec, rest[:k], n, m))
+                rest = rest[k:]
+        msg = cls(sender, body["runner_id"], *base, chained=chained, frames=tuple(frames))
         for name in ("episode_ids", "first_seq", "count"):
             if body[name] != getattr(msg, name):
                 raise ProtocolError("value", f"header {name} {body[name]!r} disagrees with the arrays")
         return msg
+
+    # ----- making a batch -----
 
     @classmethod
     def make(
@@ -370,11 +661,23 @@ class Transitions(Message):
         truncated: Any,
         episode_id: Any,
         policy_version: Any,
+        camera_obs: Mapping[str, Any] | None = None,
+        camera_next: Mapping[str, Any] | None = None,
+        codecs: Mapping[str, Codec | str] | None = None,
         sender: str | None = None,
     ) -> Transitions:
-        """Cast array-likes to the wire dtypes and number them from `first_seq`."""
+        """Cast array-likes to the wire dtypes and number them from `first_seq`. A camera task's batch
+        also takes each camera's obs and next frames, uint8 [n, H, W, C] each: rows are chained where the
+        content allows (so each frame is sent once), and coded per camera by `codecs` (default raw)."""
         n = len(reward)
         as_ = np.ascontiguousarray
+        terminated, truncated = as_(terminated, dtype=DTYPES["bool"]), as_(truncated, dtype=DTYPES["bool"])
+        episode_id = as_(episode_id, dtype=DTYPES["int64"])
+        chained, frames = None, ()
+        if camera_obs or camera_next or codecs:
+            chained, frames = _code_frames(
+                camera_obs or {}, camera_next or {}, codecs or {}, episode_id, terminated | truncated
+            )
         return cls(
             sender or runner_id,
             runner_id,
@@ -382,28 +685,126 @@ class Transitions(Message):
             action=as_(action, dtype=DTYPES["float32"]),
             reward=as_(reward, dtype=DTYPES["float32"]),
             next_obs=as_(next_obs, dtype=DTYPES["float32"]),
-            terminated=as_(terminated, dtype=DTYPES["bool"]),
-            truncated=as_(truncated, dtype=DTYPES["bool"]),
-            episode_id=as_(episode_id, dtype=DTYPES["int64"]),
+            terminated=terminated,
+            truncated=truncated,
+            episode_id=episode_id,
             seq=np.arange(first_seq, first_seq + n, dtype=DTYPES["int64"]),
             policy_version=as_(policy_version, dtype=DTYPES["int64"]),
+            chained=chained,
+            frames=frames,
         )
 
+    @staticmethod
+    def step_arrays(steps: Sequence[Transition]) -> dict[str, Any]:
+        """`make`'s keyword arguments for the runner's per-step transitions (observations as the driver
+        gave them: a state array, or a camera task's parts {"state": ..., camera: frame, ...})."""
+        if not steps:
+            raise ProtocolError("value", "a transitions batch must not be empty")
+        arrays: dict[str, Any] = {
+            "action": [s.action for s in steps],
+            "reward": [s.reward for s in steps],
+            "terminated": [s.terminated for s in steps],
+            "truncated": [s.truncated for s in steps],
+            "episode_id": [s.episode for s in steps],
+            "policy_version": [s.policy_version for s in steps],
+        }
+        parts = steps[0].obs
+        if not isinstance(parts, Mapping):
+            return arrays | {"obs": [s.obs for s in steps], "next_obs": [s.next_obs for s in steps]}
+        keys = list(parts)
+        for s in steps:
+            for obs in (s.obs, s.next_obs):
+                if not isinstance(obs, Mapping) or list(obs) != keys:
+                    got = list(obs) if isinstance(obs, Mapping) else type(obs).__name__
+                    raise ProtocolError("camera", f"step {s.step}: observation parts {got}, expected {keys}")
+        if STATE not in keys:
+            raise ProtocolError("camera", f"observation parts {keys} lack {STATE!r}")
+        names = [k for k in keys if k != STATE]
+        return arrays | {
+            "obs": [s.obs[STATE] for s in steps],
+            "next_obs": [s.next_obs[STATE] for s in steps],
+            "camera_obs": {name: _stack([s.obs[name] for s in steps], name) for name in names},
+            "camera_next": {name: _stack([s.next_obs[name] for s in steps], name) for name in names},
+        }
+
     @classmethod
-    def from_steps(cls, runner_id: str, first_seq: int, steps: Sequence[Transition]) -> Transitions:
-        """Stack the runner's per-step transitions into one batch."""
-        return cls.make(
-            runner_id,
-            first_seq,
-            obs=[s.obs for s in steps],
-            action=[s.action for s in steps],
-            reward=[s.reward for s in steps],
-            next_obs=[s.next_obs for s in steps],
-            terminated=[s.terminated for s in steps],
-            truncated=[s.truncated for s in steps],
-            episode_id=[s.episode for s in steps],
-            policy_version=[s.policy_version for s in steps],
+    def from_steps(
+        cls,
+        runner_id: str,
+        first_seq: int,
+        steps: Sequence[Transition],
+        codecs: Mapping[str, Codec | str] | None = None,
+    ) -> Transitions:
+        """Stack the runner's per-step transitions into one batch (camera frames coded by `codecs`)."""
+        return cls.make(runner_id, first_seq, **cls.step_arrays(steps), codecs=codecs)
+
+
+def row_bytes(step: Transition) -> int:
+    """The most wire bytes one row of `step`'s shape takes raw (its obs and next frames both sent): a link
+    caps a batch's rows by it, so a camera batch fits the message limit whatever its frames and codec."""
+    parts = [step.obs, step.next_obs]
+    frames = sum(
+        np.asarray(value).nbytes
+        for obs in parts
+        for value in (obs.values() if isinstance(obs, Mapping) else [obs])
+    )
+    return frames + 4 * (np.size(step.action) + 1) + 2 + 3 * 8  # action, reward, flags, episode/seq/version
+
+
+def _stack(frames: list[Any], name: str) -> np.ndarray:
+    try:
+        return np.stack(frames)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError("image", f"camera {name!r}: frames of different shapes ({exc})") from None
+
+
+def _code_frames(
+    camera_obs: Mapping[str, Any],
+    camera_next: Mapping[str, Any],
+    codecs: Mapping[str, Codec | str],
+    episode_id: np.ndarray,
+    ends: np.ndarray,
+) -> tuple[np.ndarray, tuple[CameraFrames, ...]]:
+    """Chain the rows whose next frames are the next rows' obs frames, then code what is left to send."""
+    unknown = sorted(set(codecs) - set(camera_obs))
+    if unknown:
+        raise ProtocolError("codec", f"codecs for cameras {unknown}, the batch has {list(camera_obs)}")
+    if list(camera_obs) != list(camera_next) or not camera_obs:
+        raise ProtocolError(
+            "camera", f"obs frames of cameras {list(camera_obs)}, next frames of {list(camera_next)}"
         )
+    n = len(episode_id)
+    cameras: list[tuple[CameraSpec, np.ndarray, np.ndarray]] = []
+    for name in camera_obs:
+        obs, nxt = np.ascontiguousarray(camera_obs[name]), np.ascontiguousarray(camera_next[name])
+        if obs.dtype != np.uint8 or nxt.dtype != np.uint8 or obs.shape != nxt.shape or obs.shape[:1] != (n,):
+            raise ProtocolError(
+                "image",
+                f"camera {name!r}: obs {obs.dtype} {obs.shape} and next {nxt.dtype} {nxt.shape} frames "
+                f"must be uint8 [{n}, H, W, C] alike",
+            )
+        if obs.ndim != 4:
+            raise ProtocolError("image", f"camera {name!r}: frames {obs.shape[1:]} are not [H, W, C]")
+        try:
+            camera = CameraSpec(name, *obs.shape[1:])
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError("camera", str(exc)) from None
+        cameras.append((camera, obs, nxt))
+    chained = np.zeros(n, DTYPES["bool"])
+    chained[:-1] = (episode_id[1:] == episode_id[:-1]) & ~ends[:-1]
+    for _, obs, nxt in cameras:
+        rows = np.flatnonzero(chained)
+        if len(rows):
+            chained[rows] = (nxt[rows] == obs[rows + 1]).reshape(len(rows), -1).all(axis=1)
+    unchained = ~chained
+    frames = []
+    for camera, obs, nxt in cameras:
+        try:
+            codec = Codec.parse(codecs.get(camera.name, "raw"))
+        except FrameError as exc:
+            raise ProtocolError(exc.reason, f"camera {camera.name!r}: {exc.detail}") from None
+        frames.append(CameraFrames.code(camera, codec, obs, nxt[unchained]))
+    return chained, tuple(frames)
 
 
 @dataclass(frozen=True)
@@ -414,19 +815,21 @@ class BatchRules:
     A runner's batch is at most its link's batch size (256 by default), numbers its episodes in order
     and starts a new one after each terminated or truncated step, so these refuse nothing a runner makes;
     in order, each episode is one run of rows, which a learner handles in O(rows + episodes) however many
-    there are. `check` raises ProtocolError with reason "width", "count" or "episodes"; it reads shapes,
-    episode ids and end flags (O(n)), so a refusal is cheap.
+    there are. `check` raises ProtocolError with reason "width", "camera", "count" or "episodes"; it reads
+    shapes, episode ids and end flags (O(n)), so a refusal is cheap.
     """
 
     obs_dim: int
     act_dim: int
     max_count: int = 512  # transitions per batch (a link sends at most 256)
+    cameras: tuple[CameraSpec, ...] = ()  # the task's (spec.cameras); a batch must carry exactly these
 
     def check(self, batch: Transitions) -> None:
         got = (batch.obs.shape[1], batch.next_obs.shape[1], batch.action.shape[1])
         want = (self.obs_dim, self.obs_dim, self.act_dim)
         if got != want:
             raise ProtocolError("width", f"obs/next_obs/action widths {got}, the task has {want}")
+        self._check_cameras(batch)
         if batch.count > self.max_count:
             raise ProtocolError("count", f"{batch.count} transitions in one batch (at most {self.max_count})")
         episodes = batch.episode_id
@@ -435,6 +838,30 @@ class BatchRules:
             raise ProtocolError("episodes", "episode ids must be non-negative and in order within a batch")
         if ((batch.terminated[:-1] | batch.truncated[:-1]) & (steps == 0)).any():
             raise ProtocolError("episodes", "an episode goes on after its terminated or truncated step")
+
+    def _check_cameras(self, batch: Transitions) -> None:
+        want = {c.name: c.shape for c in self.cameras}
+        got = {c.name: c.shape for c in batch.camera_specs}
+        if got == want:
+            return
+        for name, shape in want.items():
+            if name not in got:
+                raise ProtocolError(
+                    "camera", f"no frames of camera {name!r}: the task's cameras are {_described(want)}"
+                )
+            if got[name] != shape:
+                raise ProtocolError(
+                    "camera",
+                    f"camera {name!r} frames are {got[name]}, the task's are uint8 {shape} (H, W, C)",
+                )
+        extra = sorted(set(got) - set(want))
+        raise ProtocolError(
+            "camera", f"camera {extra[0]!r} is not the task's: its cameras are {_described(want) or 'none'}"
+        )
+
+
+def _described(cameras: dict[str, tuple[int, int, int]]) -> str:
+    return ", ".join(f"{name!r} uint8 {shape}" for name, shape in cameras.items())
 
 
 @dataclass(frozen=True)
@@ -489,7 +916,7 @@ class PolicyMessage(Message):
         return [np.frombuffer(self.onnx, dtype=np.uint8)]
 
     @classmethod
-    def build(cls, sender: str, body: dict[str, Any], arrays: list[np.ndarray]) -> Message:
+    def build(cls, sender: str, body: dict[str, Any], arrays: list[np.ndarray], limits: Limits) -> Message:
         return cls(sender=sender, **body, onnx=arrays[0].tobytes())
 
     def sidecar_dict(self) -> dict[str, Any]:
@@ -581,14 +1008,15 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 def encode(msg: Message) -> list[bytes]:
     """Frames for `msg`: the msgpack header, then each array's raw bytes (the message validated itself)."""
     arrays = [np.ascontiguousarray(a) for a in msg.arrays()]
+    body = msg.body()
     header = {
         "v": PROTOCOL_VERSION,
         "type": msg.TYPE,
         "sender": msg.sender,
-        "body": msg.body(),
+        "body": body,
         "arrays": [
             {"dtype": dtype, "shape": list(a.shape)}
-            for (_, dtype, _), a in zip(msg.ARRAYS, arrays, strict=True)
+            for (_, dtype, _), a in zip(msg.array_specs(body), arrays, strict=True)
         ],
     }
     return [msgpack.packb(header, use_bin_type=True), *(a.tobytes() for a in arrays)]
@@ -671,22 +1099,31 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         )
     _ident(header["sender"], "sender")
     body = header["body"]
-    if not isinstance(body, dict) or set(body) != set(cls.FIELDS):
+    if not isinstance(body, dict) or not set(cls.FIELDS) <= set(body) <= set(cls.FIELDS) | set(cls.OPTIONAL):
         keys = sorted(map(str, body)) if isinstance(body, dict) else type(body).__name__
-        raise ProtocolError("field", f"{cls.TYPE} body must have fields {sorted(cls.FIELDS)}, got {keys}")
+        optional = f" (and optionally {sorted(cls.OPTIONAL)})" if cls.OPTIONAL else ""
+        raise ProtocolError(
+            "field", f"{cls.TYPE} body must have fields {sorted(cls.FIELDS)}{optional}, got {keys}"
+        )
     for name, check in cls.FIELDS.items():
         check(body[name], name)
+    for name, check in cls.OPTIONAL.items():
+        if name in body:
+            check(body[name], name)
+    specs = cls.array_specs(body)
     descriptors = header["arrays"]
-    if not isinstance(descriptors, list) or len(descriptors) != len(cls.ARRAYS):
-        raise ProtocolError("array", f"{cls.TYPE} carries {len(cls.ARRAYS)} array descriptors")
-    if len(views) != 1 + len(cls.ARRAYS):
-        raise ProtocolError("frames", f"{cls.TYPE} has {1 + len(cls.ARRAYS)} frames, got {len(views)}")
+    if not isinstance(descriptors, list) or len(descriptors) != len(specs):
+        raise ProtocolError("array", f"this {cls.TYPE} message carries {len(specs)} array descriptors")
+    if len(views) != 1 + len(specs):
+        raise ProtocolError(
+            "frames", f"this {cls.TYPE} message has {1 + len(specs)} frames, got {len(views)}"
+        )
     arrays = [
         _array(view, descriptor, spec, i)
-        for i, (view, descriptor, spec) in enumerate(zip(views[1:], descriptors, cls.ARRAYS, strict=True))
+        for i, (view, descriptor, spec) in enumerate(zip(views[1:], descriptors, specs, strict=True))
     ]
     try:
-        return cls.build(header["sender"], body, arrays)
+        return cls.build(header["sender"], body, arrays, limits)
     except ProtocolError:
         raise
     except (TypeError, ValueError) as exc:  # a constructor's own check on a value the schema let through

@@ -195,7 +195,9 @@ def test_shipped_presets_load_and_parse_without_pyyaml() -> None:
         p = load_shift_preset(name)
         assert set(p) == {
             "dynamics",
+            "visual",
             "description",
+            "for_driver",
             "sensor_noise_std",
             "action_latency_steps",
             "jitter_ms",

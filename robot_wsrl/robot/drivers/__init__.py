@@ -28,10 +28,10 @@ def make_driver(
     retries: int | None = None,
 ) -> Driver:
     """Build a driver. `shift_preset` (configs/shift/NAME.yaml) applies its dynamics, sensor noise, action
-    latency and visual shift to a gym or cam driver (the robot the preset describes, as the emulated robot
-    runs it); `spec` gives
-    the null driver its sizes and control period; `timeout_s` is the emulated driver's per-request
-    deadline and `retries` its resends (the only driver behind a link that can go quiet)."""
+    latency and visual shift to a gym or cam driver it describes (the robot the preset describes, as the
+    emulated robot runs it); `spec` gives the null driver its sizes and control period; `timeout_s` is the
+    emulated driver's per-request deadline and `retries` its resends (the only driver behind a link that
+    can go quiet)."""
     head, at, request = name.partition("@")
     kind, _, arg = head.partition(":")
     if (timeout_s is not None or retries is not None) and kind != "emulated":
@@ -52,6 +52,10 @@ def make_driver(
         latency = 0
         if shift_preset:
             preset = _load("robot_wsrl.sim.shift", "load_shift_preset")(shift_preset)
+            if not _load("robot_wsrl.sim.shift", "preset_applies")(preset, name):
+                raise ValueError(
+                    f"shift preset {shift_preset!r} describes {preset['for_driver']} robots, not {name!r}"
+                )
             kwargs |= {
                 "shift": preset["dynamics"],
                 "obs_noise_std": preset["sensor_noise_std"],

@@ -3,6 +3,8 @@
 It implements the Driver protocol with a deadline on every request, so the runner sees the failure modes
 (late replies, lost link) it will see on hardware. It speaks the emulated robot's wire
 (robot_wsrl.sim.emulated_wire) and never imports the simulator: a robot image without the sim extra runs it.
+A camera robot's spec (from the server) carries its cameras; its observations arrive as raw parts (state,
+then one uint8 frame per camera) and are checked against that spec before the runner sees them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import zmq
 
 from robot_wsrl.core.driver import DriverFault, StepResult
-from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.core.spec import EnvSpec, Observation, ObservationError
 from robot_wsrl.sim.emulated_wire import Channel
 
 
@@ -76,11 +78,25 @@ class EmulatedRobotDriver:
             raise RuntimeError(err)
         raise DriverFault(err)
 
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def _observation(self, arrays: Sequence[np.ndarray], reply: str) -> Observation:
+        """The observation parts of a reply (state, then each camera in spec order), checked against the
+        spec: a part of the wrong shape or dtype is a DriverFault naming it."""
+        names = list(self.spec.obs_parts())
+        if len(arrays) != len(names):
+            raise DriverFault(
+                f"emulated robot: malformed {reply} reply: {len(arrays)} observation arrays "
+                f"{[a.shape for a in arrays]}, expected the parts {names}"
+            )
+        obs: Observation = dict(zip(names, arrays, strict=True)) if self.spec.cameras else arrays[0]
+        try:
+            self.spec.check_observation(obs, f"emulated robot {reply} reply")
+        except ObservationError as exc:
+            raise DriverFault(str(exc)) from None
+        return obs
+
+    def reset(self, seed: int | None = None) -> tuple[Observation, dict[str, Any]]:
         header, arrays = self._request(self._link, "reset", {"seed": None if seed is None else int(seed)})
-        if len(arrays) != 1 or arrays[0].shape != (self.spec.obs_dim,):
-            raise DriverFault(f"emulated robot: malformed reset reply {[a.shape for a in arrays]}")
-        return arrays[0], dict(header.get("info") or {})
+        return self._observation(arrays, "reset"), dict(header.get("info") or {})
 
     def step(self, action: np.ndarray) -> StepResult:
         """Send one command; the reply carries the action the robot applied this tick (after its latency)."""
@@ -90,18 +106,18 @@ class EmulatedRobotDriver:
         if not np.all(np.isfinite(a)):
             raise ValueError(f"non-finite action {a}")
         header, arrays = self._request(self._link, "step", None, [a])
-        if (
-            len(arrays) != 2
-            or arrays[0].shape != (self.spec.obs_dim,)
-            or arrays[1].shape != (self.spec.act_dim,)
-        ):
-            raise DriverFault(f"emulated robot: malformed step reply {[x.shape for x in arrays]}")
+        if not arrays or arrays[-1].shape != (self.spec.act_dim,) or arrays[-1].dtype != np.float32:
+            raise DriverFault(
+                f"emulated robot: malformed step reply: executed action {[x.shape for x in arrays[-1:]]}, "
+                f"expected float32 ({self.spec.act_dim},)"
+            )
+        obs = self._observation(arrays[:-1], "step")
         info = dict(header.get("info") or {})
         for key in ("applied_ctrl", "commanded_action"):
             if key in info:
                 info[key] = np.asarray(info[key], dtype=np.float64)
         return StepResult(
-            obs=arrays[0],
+            obs=obs,
             reward=float(header["reward"]),
             terminated=bool(header["terminated"]),
             truncated=bool(header["truncated"]),
