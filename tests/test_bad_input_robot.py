@@ -171,6 +171,25 @@ def test_the_null_driver_needs_steps_not_episodes_alone(
     assert "the null driver never ends an episode: give --steps" in _usage_error(runner.cli, argv, capsys)
 
 
+@pytest.mark.parametrize(
+    ("codec", "message"),
+    [
+        ("top", "give CAMERA=CODEC"),
+        ("top=gif", "unknown frame codec 'gif'"),
+        ("top=jpeg:x", "must be an integer"),
+    ],
+)
+def test_link_runner_refuses_a_bad_camera_codec(
+    codec: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--learner", "tcp://127.0.0.1:5555", "--keys", str(tmp_path), "--name", "r1", "--driver", "null"]
+    line = _usage_error(link_runner.cli, [*argv, "--steps", "3", "--codec", codec], capsys)
+    assert "argument --codec: " in line and message in line
+    assert link_runner.parser().parse_args([*argv, "--steps", "3", "--codec", "top=jpeg:90"]).codec == [
+        ("top", "jpeg:90")
+    ]
+
+
 def test_operator_tools_refuse_malformed_endpoints(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -43,6 +43,7 @@ from robot_wsrl.robot.policy import OnnxPolicy, PolicyError
 from robot_wsrl.robot.runner import Runner
 from robot_wsrl.robot.safety import EStopLatch
 from robot_wsrl.wire import keys, transport
+from robot_wsrl.wire.codecs import Codec, FrameError
 from robot_wsrl.wire.protocol import RUNNER_TAGS, Transition
 from robot_wsrl.wire.spool import TransitionSpool
 
@@ -59,6 +60,18 @@ STATE = StateDir("runs/link", "spool, policies and the e-stop latch's record")
 READY = ReadyFile("once up, write {pid, control} (the bound control endpoint) here as JSON, for a supervisor")
 HARDWARE_DRIVERS = ("emulated:",)  # drivers that stand for a real robot (the sim-first gate applies)
 DRAIN_S, DRAIN_ON_SIGNAL_S = 30.0, 3.0  # waiting for the last acks at the end of a run, or when told to stop
+
+
+def camera_codec(text: str) -> tuple[str, str]:
+    """`CAMERA=CODEC` (argparse type): the codec checked now, its library included, before the robot moves."""
+    camera, eq, codec = text.partition("=")
+    if not (eq and camera and codec):
+        raise argparse.ArgumentTypeError(f"{text!r}: give CAMERA=CODEC, e.g. top=jpeg:90")
+    try:
+        Codec.parse(codec).check_available()
+    except FrameError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc.detail}") from None
+    return camera, codec
 
 
 def parser() -> CommandParser:
@@ -84,6 +97,15 @@ def parser() -> CommandParser:
         type=positive_int,
         default=None,
         help="stop after handing N transitions to the learner",
+    )
+    p.add_argument(
+        "--codec",
+        type=camera_codec,
+        action="append",
+        default=[],
+        metavar="CAMERA=CODEC",
+        help="how a camera's frames cross the wire: raw (default), zlib[:LEVEL], png[:LEVEL] (lossless) or "
+        "jpeg[:QUALITY] (lossy; png and jpeg need the camera extra); repeat per camera, e.g. top=jpeg:90",
     )
     p.add_argument("--on-learner-lost", choices=("hold", "keep"), default="hold")
     p.add_argument("--no-lockstep", action="store_true", help="do not wait for the learner's credit")
@@ -128,7 +150,12 @@ class LinkRunner:
             )
         sock = client_socket(self.ctx, zmq.DEALER, args.learner, args, args.learner_name)
         tag = args.tag or ("hardware" if args.driver.startswith(HARDWARE_DRIVERS) else "sim")
-        options = LinkOptions(on_learner_lost=args.on_learner_lost, lockstep=not args.no_lockstep, tag=tag)
+        options = LinkOptions(
+            on_learner_lost=args.on_learner_lost,
+            lockstep=not args.no_lockstep,
+            tag=tag,
+            codecs=dict(args.codec),
+        )
         self.spool = TransitionSpool(state / SPOOL_DIR, args.name)
         self.link = LearnerLink(
             sock,
