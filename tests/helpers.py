@@ -4,6 +4,7 @@ test_layout.py checks it). Nothing here imports torch at import time."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -576,3 +577,36 @@ def start_runner_thread(
 # above 1% of the reference's return, at 51% confidence (a larger margin alone is no pass: the paired test
 # of c - (1 - margin) r grows noisier with the margin, and 3 pairs leave it undecided).
 PASS_EVERY_VERSION = ("reference.margin=0.99", "reference.confidence=0.51")
+
+
+# ----- headless rendering: camera tasks render with MUJOCO_GL=egl in a subprocess -----
+
+RENDER_TIMEOUT_S = 300.0  # generous: a loaded 2-core CI box renders in software
+
+
+@functools.cache
+def egl_problem() -> str | None:
+    """None when a subprocess can render with MUJOCO_GL=egl here, else why not (the suite itself runs with
+    MUJOCO_GL=disable, and mujoco picks its GL backend when first imported)."""
+    probe = "import mujoco; r = mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8); r.close()"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "MUJOCO_GL": "egl"},
+        capture_output=True,
+        text=True,
+        timeout=RENDER_TIMEOUT_S,
+    )
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+    return lines[-1]
+
+
+def egl_env() -> dict[str, str]:
+    """The environment of a subprocess that renders; skips the calling test where nothing can."""
+    import pytest
+
+    problem = egl_problem()
+    if problem is not None:
+        pytest.skip(f"no headless OpenGL (MUJOCO_GL=egl) on this machine: {problem}")
+    return {**os.environ, "MUJOCO_GL": "egl"}

@@ -69,16 +69,17 @@ def test_an_emulated_robot_that_fails_to_start_is_named_with_its_log(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """The robot's output goes to logs/robot.log, as the learner's and the runner's do; the session's
-    error names it and shows the robot's reason, not its traceback."""
+    error names it and shows the robot's one-line reason."""
     args = session.parse_args(["--plain", "--out", str(tmp_path / "s")])
     args.env_id = "Hoper-v5"  # past the up-front check: the robot itself refuses it now
     summary = session.Session(args, stream=io.StringIO()).run()
     log = tmp_path / "s" / "logs" / "robot.log"
-    assert summary["error"] == f"emulated robot exited during start-up (code 1); its log: {log}"
+    assert summary["error"] == f"emulated robot exited during start-up (code 2); its log: {log}"
     assert summary["failed_child"]["log_tail"] == [
-        "ValueError: gym:Hoper-v5: Environment `Hoper` doesn't exist. Did you mean: `Hopper`?"
-    ]
-    assert "Traceback" in log.read_text() and "Traceback" not in capfd.readouterr().err
+        "python -m robot_wsrl.sim.emulated_robot: error: gym:Hoper-v5: Environment `Hoper` doesn't exist. "
+        "Did you mean: `Hopper`?"
+    ]  # the robot's own one-line refusal (exit 2), no traceback anywhere
+    assert "Traceback" not in log.read_text() and "Traceback" not in capfd.readouterr().err
     assert "learner" not in summary["pids"]  # nothing else was started
 
 

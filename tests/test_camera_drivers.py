@@ -14,12 +14,12 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from functools import cache
 from typing import Any
 
 import mujoco
 import numpy as np
 import pytest
+from helpers import RENDER_TIMEOUT_S, egl_env
 
 from robot_wsrl.core.spec import CameraSpec
 from robot_wsrl.robot.drivers import make_driver
@@ -33,29 +33,10 @@ from robot_wsrl.sim.shift import (
     parse_simple_yaml,
 )
 
-RENDER_TIMEOUT_S = 300.0  # generous: a loaded 2-core CI box renders in software
-
-
-@cache
-def _egl_problem() -> str | None:
-    """None when a subprocess can render with MUJOCO_GL=egl here, else why not."""
-    probe = "import mujoco; r = mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8); r.close()"
-    env = {**os.environ, "MUJOCO_GL": "egl"}
-    done = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S
-    )
-    if done.returncode == 0:
-        return None
-    lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-    return lines[-1]
-
 
 def render(code: str) -> Any:
     """Run `code` (which prints one JSON line last) with MUJOCO_GL=egl; its decoded output."""
-    problem = _egl_problem()
-    if problem is not None:
-        pytest.skip(f"no headless OpenGL (MUJOCO_GL=egl) on this machine: {problem}")
-    env = {**os.environ, "MUJOCO_GL": "egl"}
+    env = egl_env()
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=env,

@@ -92,7 +92,8 @@ def test_build_networks_initialises_as_the_official_code():
     head orthogonal, zero biases, LayerNorm in the actor and critics, target = critics."""
     torch.manual_seed(0)
     cfg = AgentConfig(actor_hidden=[16, 16], critic_hidden=[16, 16], num_critics=3)
-    actor, critic, target = build_networks(5, 2, cfg)
+    actor, critic, target, encoder = build_networks(5, 2, cfg)
+    assert encoder is None  # a state task has no image encoder
     eye = torch.eye
     first, last, head = [m for m in actor.net if isinstance(m, nn.Linear)]
     assert any(isinstance(m, nn.LayerNorm) for m in actor.net)
@@ -114,7 +115,7 @@ def test_build_networks_initialises_as_the_official_code():
 
 def test_kernel_scale_final_none_keeps_sqrt2_everywhere():
     cfg = AgentConfig(actor_hidden=[16, 16], critic_hidden=[16, 16], num_critics=2, kernel_scale_final=None)
-    actor, critic, _ = build_networks(5, 2, cfg)
+    actor, critic, _, _ = build_networks(5, 2, cfg)
     last = [m for m in actor.net if isinstance(m, nn.Linear)][1]
     torch.testing.assert_close(_gram(last.weight.detach()), 2.0 * torch.eye(16))
     torch.testing.assert_close(_gram(critic.hidden[1].weight[0].detach()), 2.0 * torch.eye(16))

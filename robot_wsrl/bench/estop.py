@@ -384,9 +384,12 @@ def _deadman_trial(client: ControlClient, worker: _Worker, keydir: Path) -> floa
         until = last + SUPERVISE_S
         while time.perf_counter() < until:
             beat = HeartbeatMessage("deadman", "console", time.time(), "supervising")
+            # Stamped before the send: the runner cannot receive a heartbeat before it is sent, while a
+            # stamp taken after the send can land later than the receipt on a busy machine (the sender
+            # descheduled in between), which made a trip look shorter than the deadline.
+            last = time.perf_counter()
             if not transport.send_frames(sock, encode(beat), 1.0):
                 raise RuntimeError(f"{worker.name}: cannot send heartbeats")
-            last = time.perf_counter()
             time.sleep(HEARTBEAT_S)
         trip = worker.stop_after(last) - last
     finally:

@@ -1,12 +1,13 @@
 """Robot-side benchmark: onboard policy step latency and control-loop timing (DESIGN §6 targets).
 
 Measures, in one process: the onnxruntime step of a 2x256 actor (obs 11, act 3, one thread, one sampled
-action per call, as the runner does it), the same step in eager torch for comparison (torch is imported
-here only, never by the robot-side modules), and the jitter and missed deadlines of the real Runner on
-the null driver at 500 Hz and 1 kHz, with normal scheduling and, where permitted, SCHED_FIFO, each once
-with nothing of ours beside it and once (`_busy` keys) beside a learner-like process (single-threaded
-torch matrix products, as the learner's update loop on a shared core). Loop timing depends on what else
-the machine runs: `load_average_1min` is reported next to it.
+action per call, as the runner does it); the same step of a camera policy (state + one 84x84 frame, the
+`camera_policy_*` keys; target p99 <= 5 ms on one core); the 2x256 step in eager torch for comparison
+(torch is imported here only, never by the robot-side modules); and the jitter and missed deadlines of
+the real Runner on the null driver at 500 Hz and 1 kHz, with normal scheduling and, where permitted,
+SCHED_FIFO, each once with nothing of ours beside it and once (`_busy` keys) beside a learner-like process
+(single-threaded torch matrix products, as the learner's update loop on a shared core). Loop timing
+depends on what else the machine runs: `load_average_1min` is reported next to it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from robot_wsrl.bench.machine import cpu_description
-from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.core.spec import CameraSpec, EnvSpec
 from robot_wsrl.robot.drivers.null import NullDriver
 from robot_wsrl.robot.policy import OnnxPolicy
 from robot_wsrl.robot.runner import Runner
@@ -34,7 +35,18 @@ from robot_wsrl.robot.runner import Runner
 OBS_DIM, ACT_DIM, HIDDEN = 11, 3, (256, 256)
 RATES = {"500hz": 500, "1khz": 1000}
 FIFO_PRIORITY = 80
-TARGETS = {"policy_step_p99_us": 50.0, "loop_jitter_p99_us_1khz": 100.0, "missed_deadlines_500hz": 0}
+TARGETS = {
+    "policy_step_p99_us": 50.0,
+    "camera_policy_step_p99_us": 5000.0,
+    "loop_jitter_p99_us_1khz": 100.0,
+    "missed_deadlines_500hz": 0,
+}
+# The camera policy: cam:reacher's shapes (state 8, actions 2, camera `top` 84x84 RGB), with the encoder
+# of recipe=camera_cpu (the key without a suffix: what ships) and the default DrQ/SERL one (`_drq`).
+CAMERA_SPEC = EnvSpec(
+    "bench-camera", 8, 2, (-1.0, -1.0), (1.0, 1.0), 0.02, cameras=(CameraSpec("top", 84, 84),)
+)
+CAMERA_ENCODERS = {"": ([16, 32, 32], [2, 2, 2]), "_drq": ([32, 32, 32, 32], [2, 1, 1, 1])}
 BUSY_LEARNER = (
     "import torch\n"
     "torch.set_num_threads(1)\n"
@@ -77,6 +89,29 @@ def _loop(policy: OnnxPolicy, hz: int, seconds: float, rt_priority: int | None) 
     return Runner(driver, policy, seed=0, rt_priority=rt_priority).run(max_steps=int(seconds * hz))
 
 
+def _camera_step_us(
+    out_dir: Path, channels: list[int], strides: list[int], calls: int
+) -> tuple[float, float]:
+    """The onboard step of an exported camera policy: state + one 84x84 frame in, a sampled action out."""
+    from robot_wsrl.learn.checkpoint import build_camera_actor
+    from robot_wsrl.learn.config import EncoderConfig
+    from robot_wsrl.learn.export import export_policy
+
+    encoder = EncoderConfig(channels=channels, strides=strides)
+    actor = build_camera_actor(CAMERA_SPEC, list(HIDDEN), True, encoder).eval()
+    policy = OnnxPolicy.load(export_policy(actor, out_dir, spec=CAMERA_SPEC))
+    rng = np.random.default_rng(0)
+    observations = [
+        {
+            "state": rng.standard_normal(8).astype(np.float32),
+            "top": rng.integers(0, 256, (84, 84, 3), np.uint8),
+        }
+        for _ in range(64)
+    ]
+    times = _time_calls(lambda obs: policy.act(obs, False), observations, calls, warmup=calls // 10)
+    return _percentiles_us(times)
+
+
 @contextlib.contextmanager
 def _beside(busy: bool) -> Iterator[None]:
     """Run the body with a learner-like busy process beside it (or alone)."""
@@ -110,7 +145,11 @@ def _torch_step_us(actor: Any, observations: np.ndarray, calls: int, warmup: int
 
 
 def run_runner_benchmark(
-    calls: int = 20_000, warmup: int = 2_000, loop_seconds: float = 3.0, rt_priority: int = FIFO_PRIORITY
+    calls: int = 20_000,
+    warmup: int = 2_000,
+    loop_seconds: float = 3.0,
+    rt_priority: int = FIFO_PRIORITY,
+    camera_calls: int = 2_000,
 ) -> dict[str, Any]:
     """Policy step latency and loop timing; loop keys without a suffix use normal scheduling, `_fifo` keys
     the runner's opt-in SCHED_FIFO (present only where the process may use it)."""
@@ -125,8 +164,13 @@ def run_runner_benchmark(
     with tempfile.TemporaryDirectory() as tmp:
         policies = {hz: _export(actor, Path(tmp) / f"{hz}hz", 1.0 / hz) for hz in RATES.values()}
 
+        result: dict[str, Any] = {}
+        for suffix, (channels, strides) in CAMERA_ENCODERS.items():
+            p50, p99 = _camera_step_us(Path(tmp) / f"camera{suffix}", channels, strides, camera_calls)
+            result[f"camera_policy_step_p50_us{suffix}"] = p50
+            result[f"camera_policy_step_p99_us{suffix}"] = p99
+
     policy = policies[1000]
-    result: dict[str, Any] = {}
     times = _time_calls(lambda obs: policy.act(obs, False), observations, calls, warmup)
     result["policy_step_p50_us"], result["policy_step_p99_us"] = _percentiles_us(times)
     result["torch_step_p50_us"], result["torch_step_p99_us"] = _torch_step_us(
@@ -147,6 +191,7 @@ def run_runner_benchmark(
     result["targets_met"] = {key: result[key] <= target for key, target in TARGETS.items()}
     result.update(
         policy_calls=calls,
+        camera_policy_calls=camera_calls,
         loop_seconds=loop_seconds,
         device="cpu",
         cpu=cpu_description(),

@@ -2,8 +2,9 @@
 
 Layout (a dict of tensors and plain values, read back with `torch.load(weights_only=True)`):
   format, spec (EnvSpec dict), agent_config, config (resolved run config), config_hash, step,
-  actor (the actor's state: the only part a robot ever needs), agent (critics, targets, temperature,
-  optimisers), extra (loop counters and anything a run needs for an exact resume).
+  actor (the actor's state: with a camera task's encoder, the only part a robot ever needs), encoder (a
+  camera task's image encoder's state; absent for a state task), agent (critics, targets, temperature,
+  optimisers; the encoder again), extra (loop counters and anything a run needs for an exact resume).
 Writes are atomic and durable (temp file + fsync + rename + fsync of the folder), so a crash mid-save
 never leaves a truncated checkpoint. `CheckpointWriter` makes them in a background thread, so a service
 loop (the learner) snapshots its state and goes on while the file is written.
@@ -23,8 +24,9 @@ from typing import Any
 import torch
 
 from robot_wsrl.core.spec import EnvSpec
-from robot_wsrl.learn.config import AgentConfig
-from robot_wsrl.learn.networks import TanhGaussianActor
+from robot_wsrl.learn.config import AgentConfig, EncoderConfig
+from robot_wsrl.learn.encoder import ImageEncoder
+from robot_wsrl.learn.networks import CameraActor, TanhGaussianActor
 
 FORMAT = "robot-wsrl-checkpoint/1"
 
@@ -144,6 +146,7 @@ def _drop_legacy_normaliser(path: Path, payload: dict[str, Any]) -> None:
 # The agent-config keys that decide the networks' shapes (what a checkpoint's weights fit), and the
 # value of each key added later for checkpoints written before it existed.
 SHAPE_KEYS = ("actor_hidden", "actor_layer_norm", "critic_hidden", "num_critics", "critic_layer_norm")
+ENCODER_SHAPE_KEYS = ("channels", "strides", "feature_dim")  # agent.encoder's keys that shape its weights
 _BEFORE_ADDED = {"actor_layer_norm": False}  # the actor had no LayerNorm before the official default
 
 
@@ -154,23 +157,51 @@ def network_shapes(agent_config: dict[str, Any]) -> dict[str, Any]:
     return {key: agent_config.get(key, _BEFORE_ADDED.get(key)) for key in keys}
 
 
+def encoder_shapes(cfg: EncoderConfig, agent_config: dict[str, Any]) -> EncoderConfig:
+    """`cfg` with the encoder shapes a checkpoint's agent config saved (how it trains stays `cfg`'s)."""
+    saved = agent_config.get("encoder", {})
+    return dataclasses.replace(cfg, **{key: saved[key] for key in ENCODER_SHAPE_KEYS if key in saved})
+
+
 def with_checkpoint_shapes(cfg: AgentConfig, agent_config: dict[str, Any]) -> AgentConfig:
     """`cfg` with the network shapes of a checkpoint it starts from: the weights decide them."""
-    return dataclasses.replace(cfg, **network_shapes(agent_config))
+    return dataclasses.replace(
+        cfg, **network_shapes(agent_config), encoder=encoder_shapes(cfg.encoder, agent_config)
+    )
 
 
 def build_actor(spec: EnvSpec, actor_hidden: list[int], layer_norm: bool = False) -> TanhGaussianActor:
     return TanhGaussianActor(spec.obs_dim, spec.act_dim, actor_hidden, layer_norm)
 
 
-def load_actor(path: str | Path) -> tuple[TanhGaussianActor, EnvSpec, dict[str, Any]]:
-    """The actor alone (CPU, eval mode, in the shape it was saved with), its spec and the metadata export
-    needs."""
+def build_camera_actor(
+    spec: EnvSpec, actor_hidden: list[int], layer_norm: bool, encoder: EncoderConfig
+) -> CameraActor:
+    """A camera task's policy: the encoder of `encoder` for the spec's cameras, and the actor on
+    [state, features]."""
+    image_encoder = ImageEncoder(spec.cameras, encoder)
+    actor = TanhGaussianActor(spec.obs_dim + image_encoder.out_dim, spec.act_dim, actor_hidden, layer_norm)
+    return CameraActor(image_encoder, actor)
+
+
+def load_actor(path: str | Path) -> tuple[TanhGaussianActor | CameraActor, EnvSpec, dict[str, Any]]:
+    """The policy alone (CPU, eval mode, in the shape it was saved with: the actor, behind its image
+    encoder on a camera task), its spec and the metadata export needs."""
     payload = load_checkpoint(path)
     spec = EnvSpec.from_dict(payload["spec"])
     shapes = network_shapes(payload["agent_config"])
-    actor = build_actor(spec, list(shapes["actor_hidden"]), shapes["actor_layer_norm"])
-    actor.load_state_dict(payload["actor"])
+    hidden, layer_norm = list(shapes["actor_hidden"]), shapes["actor_layer_norm"]
+    actor: TanhGaussianActor | CameraActor
+    if spec.cameras:
+        if "encoder" not in payload:
+            raise CheckpointError(f"{path}: a camera task's checkpoint without its image encoder")
+        encoder = encoder_shapes(EncoderConfig(), payload["agent_config"])
+        actor = build_camera_actor(spec, hidden, layer_norm, encoder)
+        actor.encoder.load_state_dict(payload["encoder"])
+        actor.actor.load_state_dict(payload["actor"])
+    else:
+        actor = build_actor(spec, hidden, layer_norm)
+        actor.load_state_dict(payload["actor"])
     actor.eval()
     meta = {
         "step": int(payload["step"]),

@@ -39,6 +39,17 @@ class CQLConfig:
 
 
 @dataclass
+class EncoderConfig:
+    """The image encoder of a camera task (unused by state-only tasks): see configs/agent/sac.yaml."""
+
+    channels: list[int] = field(default_factory=lambda: [32, 32, 32, 32])
+    strides: list[int] = field(default_factory=lambda: [2, 1, 1, 1])
+    feature_dim: int = 50
+    augment_pad: int = 4  # DrQ random shift by up to this many pixels during training (0: none)
+    train_online: bool = False  # False: frozen online, features cached in the replay
+
+
+@dataclass
 class AgentConfig:
     name: str = "wsrl"
     actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
@@ -61,6 +72,7 @@ class AgentConfig:
     backup_entropy: bool = False
     regularizer: str = "none"
     cql: CQLConfig = field(default_factory=CQLConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     compile: str = "auto"
 
     def validate(self) -> None:
@@ -138,6 +150,10 @@ def _unit(key: str, *, open_low: bool) -> Rule:
     return Rule(key, "must be in [0, 1]", lambda value, _: 0.0 <= value <= 1.0)
 
 
+def _widths(value: list[int]) -> bool:
+    return len(value) >= 1 and all(w >= 1 for w in value)
+
+
 RULES: tuple[Rule, ...] = (
     one_of("agent.actor_objective", "min", "mean"),
     one_of("agent.regularizer", "none", "cql", "calql"),
@@ -157,6 +173,14 @@ RULES: tuple[Rule, ...] = (
     at_least("agent.critic_lr", 0),
     at_least("agent.temperature_lr", 0),
     above("agent.init_temperature", 0),
+    Rule("agent.encoder.channels", "must be widths >= 1 (one at least)", lambda v, _: _widths(v)),
+    Rule(
+        "agent.encoder.strides",
+        "must be one stride >= 1 per agent.encoder.channels entry",
+        lambda v, enc: len(v) == len(enc.channels) and all(s >= 1 for s in v),
+    ),
+    at_least("agent.encoder.feature_dim", 1),
+    at_least("agent.encoder.augment_pad", 0),
     at_least("agent.cql.alpha", 0),
     at_least("agent.cql.num_samples", 1),
     above("agent.cql.temperature", 0),

@@ -8,17 +8,26 @@ usual failure is "someone handed us the wrong file" and the fix starts with know
 
 Layout: one row per transition (s, a, r, s', terminal, timeout). `terminals` stops the TD backup;
 `timeouts` only marks that an episode was cut off (the backup continues through s').
+
+An image dataset (a camera task's, as `collect` records it) adds per camera its frames once each,
+`frames/{cam}` uint8 [F, H, W, C], and per row the index of the obs frame and of the next frame,
+`obs_frame/{cam}` and `next_frame/{cam}` [N]: an episode of T steps stores T + 1 frames. `observations`
+and `next_observations` are then the state part. `OfflineDataset.images(idx)` gives rows' images; a
+replay buffer made with `ReplayBuffer.from_arrays(..., frames=, obs_frame=, next_frame=)` samples them
+with the rows (the batch the UTD round takes).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from robot_wsrl.core.spec import CameraSpec
 
 __all__ = [
     "ACTION_TOLERANCE",
@@ -37,6 +46,7 @@ _OPTIONAL = ("timeouts", "next_observations")
 _HDF5_SUFFIXES = (".hdf5", ".h5")
 _NPZ_SUFFIXES = (".npz",)
 _MINARI_PREFIX = "minari:"
+_IMAGE_KEYS = ("frames", "obs_frame", "next_frame")  # an image dataset's keys: KEY/{camera}
 
 # (action_low, action_high) as given to load_dataset, or None when no bounds check is wanted.
 _Bounds = tuple[Any, Any] | None
@@ -68,6 +78,9 @@ class OfflineDataset:
     terminals: np.ndarray  # [N] bool
     timeouts: np.ndarray  # [N] bool
     source: str = "<memory>"
+    frames: Mapping[str, np.ndarray] = field(default_factory=dict)  # camera -> uint8 [F, H, W, C]
+    obs_frame: Mapping[str, np.ndarray] = field(default_factory=dict)  # camera -> int64 [N] into frames
+    next_frame: Mapping[str, np.ndarray] = field(default_factory=dict)  # camera -> int64 [N] into frames
 
     def __post_init__(self) -> None:
         fields = _check_fields(
@@ -84,6 +97,22 @@ class OfflineDataset:
         for name, value in fields.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "source", str(self.source))
+        images = {f"{key}/{cam}": v for key in _IMAGE_KEYS for cam, v in getattr(self, key).items()}
+        checked = _check_images(self.source, images, self.size, None)
+        for key in _IMAGE_KEYS:
+            parts = {k.split("/", 1)[1]: v for k, v in checked.items() if k.startswith(f"{key}/")}
+            object.__setattr__(self, key, parts)
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return tuple(self.frames)
+
+    def images(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The obs and next_obs images of rows `idx`: per camera uint8 [len(idx), H, W, C]."""
+        return (
+            {cam: f[self.obs_frame[cam][idx]] for cam, f in self.frames.items()},
+            {cam: f[self.next_frame[cam][idx]] for cam, f in self.frames.items()},
+        )
 
     @property
     def size(self) -> int:
@@ -119,11 +148,23 @@ class OfflineDataset:
             "next_observations": self.next_observations,
             "terminals": self.terminals,
             "timeouts": self.timeouts,
+            **{f"{key}/{cam}": value for key in _IMAGE_KEYS for cam, value in getattr(self, key).items()},
         }
 
     def head(self, n: int) -> OfflineDataset:
-        """The first n rows (a view), e.g. to honour `max_transitions`."""
-        return OfflineDataset(**{k: v[:n] for k, v in self.to_arrays().items()}, source=self.source)
+        """The first n rows (a view), e.g. to honour `max_transitions`; the frames they use."""
+        rows = {k: v[:n] for k, v in self.to_arrays().items() if "/" not in k}
+        used = {
+            cam: max(int(self.obs_frame[cam][:n].max()), int(self.next_frame[cam][:n].max()))
+            for cam in self.frames
+        }
+        return OfflineDataset(
+            **rows,
+            source=self.source,
+            frames={cam: f[: used[cam] + 1] for cam, f in self.frames.items()},
+            obs_frame={cam: i[:n] for cam, i in self.obs_frame.items()},
+            next_frame={cam: i[:n] for cam, i in self.next_frame.items()},
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,6 +177,7 @@ def load_dataset(
     action_low: float | np.ndarray | list[float] | tuple[float, ...] | None = None,
     action_high: float | np.ndarray | list[float] | tuple[float, ...] | None = None,
     max_transitions: int | None = None,
+    cameras: Sequence[CameraSpec] | None = None,
 ) -> OfflineDataset:
     """Load `path` (.hdf5/.h5, .npz, or `minari:DATASET_ID`) and validate it.
 
@@ -144,6 +186,8 @@ def load_dataset(
     rows whose successor belongs to another episode are dropped, so the result can be shorter than the
     file). `action_low`/`action_high` (scalars or per-dimension) reject data recorded outside the robot's
     limits, with tolerance `ACTION_TOLERANCE`. `max_transitions` keeps at most the first that many rows.
+    `cameras` (a task's `spec.cameras`; () for a state task) are the image parts the file must hold,
+    exactly, in their shapes; None takes the file's own (checked for consistency).
     """
     if max_transitions is not None and (isinstance(max_transitions, bool) or int(max_transitions) <= 0):
         raise ValueError(f"max_transitions must be a positive integer, got {max_transitions!r}")
@@ -152,6 +196,8 @@ def load_dataset(
 
     if isinstance(path, str) and path.startswith(_MINARI_PREFIX):
         ds = _load_minari(path, path[len(_MINARI_PREFIX) :], limit, bounds)
+        if cameras:
+            raise DatasetError(path, None, "Minari datasets load as state only: this task has cameras")
     else:
         p = Path(path)
         suffix = p.suffix.lower()
@@ -163,20 +209,25 @@ def load_dataset(
             raise DatasetError(p, None, "file not found")
         if not p.is_file():
             raise DatasetError(p, None, "not a regular file")
-        ds = _load_hdf5(p, limit, bounds) if suffix in _HDF5_SUFFIXES else _load_npz(p, limit, bounds)
+        load = _load_hdf5 if suffix in _HDF5_SUFFIXES else _load_npz
+        ds = load(p, limit, bounds, cameras)
     return ds
 
 
-def _load_npz(path: Path, limit: int | None, bounds: _Bounds) -> OfflineDataset:
+def _load_npz(
+    path: Path, limit: int | None, bounds: _Bounds, cameras: Sequence[CameraSpec] | None
+) -> OfflineDataset:
     try:
         with np.load(path, allow_pickle=False) as z:
-            raw = {k: z[k] for k in z.files if k in _REQUIRED + _OPTIONAL}
+            raw = {k: z[k] for k in z.files if k in _REQUIRED + _OPTIONAL or k.split("/")[0] in _IMAGE_KEYS}
     except Exception as e:  # OSError, ValueError (pickled/non-npz), zipfile.BadZipFile (truncated)
         raise DatasetError(path, None, f"cannot read as .npz: {type(e).__name__}: {e}") from e
-    return _from_raw(path, raw, limit, bounds)
+    return _from_raw(path, raw, limit, bounds, cameras)
 
 
-def _load_hdf5(path: Path, limit: int | None, bounds: _Bounds) -> OfflineDataset:
+def _load_hdf5(
+    path: Path, limit: int | None, bounds: _Bounds, cameras: Sequence[CameraSpec] | None
+) -> OfflineDataset:
     try:
         import h5py
     except ImportError as e:
@@ -194,16 +245,31 @@ def _load_hdf5(path: Path, limit: int | None, bounds: _Bounds) -> OfflineDataset
             if not isinstance(node, h5py.Dataset):
                 raise DatasetError(path, key, f"is an HDF5 {type(node).__name__}, expected an array")
             raw[key] = node  # read lazily: only the rows we keep (see _from_raw)
-        return _from_raw(path, raw, limit, bounds)
+        for group in _IMAGE_KEYS:
+            node = f.get(group)
+            if isinstance(node, h5py.Group):
+                raw |= {f"{group}/{cam}": node[cam] for cam in node}
+            elif node is not None:
+                raise DatasetError(
+                    path, group, f"is an HDF5 {type(node).__name__}, expected a group per camera"
+                )
+        return _from_raw(path, raw, limit, bounds, cameras)
 
 
 def _from_raw(
-    source: str | os.PathLike[str], raw: Mapping[str, Any], limit: int | None, bounds: _Bounds = None
+    source: str | os.PathLike[str],
+    raw: Mapping[str, Any],
+    limit: int | None,
+    bounds: _Bounds = None,
+    cameras: Sequence[CameraSpec] | None = None,
 ) -> OfflineDataset:
     """Check keys and lengths on the stored shapes, read (at most) the rows needed, derive s' if absent.
 
     Values (finiteness, action bounds) are checked before deriving s', so reported rows are file rows.
+    Image parts are checked (`_check_images`) before any state row is read.
     """
+    images = {k: raw[k] for k in raw if "/" in k}
+    raw = {k: v for k, v in raw.items() if "/" not in k}
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         present = ", ".join(sorted(raw)) or "none of the expected keys"
@@ -212,6 +278,13 @@ def _from_raw(
         if len(arr.shape) == 0:
             raise DatasetError(source, key, "is a scalar, expected one row per transition")
     n = int(raw["observations"].shape[0])
+    if images and "next_observations" not in raw:
+        raise DatasetError(
+            source, "next_observations", "an image dataset stores next_observations (with next_frame/{cam})"
+        )
+    images = _check_images(source, images, n, cameras)
+    if limit is not None:
+        images = {k: v if k.startswith("frames/") else v[:limit] for k, v in images.items()}
     for key, arr in raw.items():
         if int(arr.shape[0]) != n:
             raise DatasetError(
@@ -232,8 +305,80 @@ def _from_raw(
         _check_action_bounds(source, checked["actions"], *bounds)
     if derive:
         checked = _derive_next_observations(source, checked)
-    ds = OfflineDataset(**checked, source=str(source))
-    return ds if limit is None or ds.size <= limit else ds.head(limit)
+    parts = {
+        key: {k.split("/", 1)[1]: v for k, v in images.items() if k.startswith(f"{key}/")}
+        for key in _IMAGE_KEYS
+    }
+    ds = OfflineDataset(**checked, source=str(source), **parts)
+    return ds if limit is None or (ds.size <= limit and not ds.frames) else ds.head(limit)
+
+
+def _check_images(
+    source: str | os.PathLike[str], images: Mapping[str, Any], n: int, cameras: Sequence[CameraSpec] | None
+) -> dict[str, np.ndarray]:
+    """Check an image dataset's parts: per camera `frames/{cam}` uint8 [F, H, W, C] and its two index
+    arrays [n] within 0..F-1, the cameras being exactly `cameras` (in their shapes) when given. Returns
+    the arrays, indices as int64."""
+    names = sorted({key.split("/", 1)[1] for key in images})
+    expected = None if cameras is None else {c.name: c for c in cameras}
+    for name in names:
+        for key in _IMAGE_KEYS:
+            if f"{key}/{name}" not in images:
+                raise DatasetError(
+                    source,
+                    f"{key}/{name}",
+                    f"missing: a camera needs {', '.join(k + '/' + name for k in _IMAGE_KEYS)}",
+                )
+        if expected is not None and name not in expected:
+            raise DatasetError(
+                source,
+                f"frames/{name}",
+                f"camera {name!r} is not one of the task's cameras {sorted(expected)}",
+            )
+    missing = sorted(set(expected or ()) - set(names))
+    if missing:
+        raise DatasetError(
+            source,
+            f"frames/{missing[0]}",
+            f"missing: the task's cameras are {sorted(expected or ())}, the file has {names}",
+        )
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        key = f"frames/{name}"
+        frames = images[key]
+        shape, dtype = tuple(frames.shape), np.dtype(frames.dtype)
+        if expected is not None:
+            want = "[F, " + ", ".join(str(x) for x in expected[name].shape) + "]"
+            fits = len(shape) == 4 and shape[1:] == expected[name].shape
+        else:
+            want = "[F, H, W, C] with C 1 or 3"
+            fits = len(shape) == 4 and shape[1] > 0 and shape[2] > 0 and shape[3] in (1, 3)
+        if dtype != np.uint8 or not fits or shape[0] == 0:
+            raise DatasetError(source, key, f"is {dtype} {list(shape)}, expected uint8 {want} with F > 0")
+        try:
+            CameraSpec(name, *(int(x) for x in shape[1:]))
+        except ValueError as e:
+            raise DatasetError(source, key, str(e)) from e
+        out[key] = np.asarray(frames)
+        for index_key in (f"obs_frame/{name}", f"next_frame/{name}"):
+            index = np.asarray(images[index_key])
+            if not np.issubdtype(index.dtype, np.integer) or index.shape != (n,):
+                raise DatasetError(
+                    source,
+                    index_key,
+                    f"is {index.dtype} {list(index.shape)}, expected integer [{n}] (one per row)",
+                )
+            bad = (index < 0) | (index >= shape[0])
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise DatasetError(
+                    source,
+                    index_key,
+                    f"row {row} points at frame {int(index[row])}, outside 0..{shape[0] - 1} ({key} has "
+                    f"{shape[0]} frames)",
+                )
+            out[index_key] = index.astype(np.int64, copy=False)
+    return out
 
 
 def _derive_next_observations(
@@ -452,8 +597,10 @@ def _flatten_obs(obs: Any, space: Any) -> np.ndarray:
 # Saving and summaries
 
 
-def save_dataset(path: str | os.PathLike[str], dataset: OfflineDataset) -> Path:
-    """Write `dataset` as .npz or .hdf5/.h5 (by suffix) with the D4RL keys, next_observations included.
+def save_dataset(path: str | os.PathLike[str], dataset: OfflineDataset, *, compress: bool = False) -> Path:
+    """Write `dataset` as .npz or .hdf5/.h5 (by suffix) with the D4RL keys, next_observations included
+    (and an image dataset's frames and indices). `compress`: deflate every array (lossless; images
+    shrink several times, at a CPU cost when written and read).
 
     Written to a temporary file and renamed, so a crashed `collect` never leaves a half-written dataset.
     """
@@ -468,13 +615,13 @@ def save_dataset(path: str | os.PathLike[str], dataset: OfflineDataset) -> Path:
     arrays = dataset.to_arrays()
     try:
         if suffix in _NPZ_SUFFIXES:
-            _write_npz(tmp, arrays)
+            _write_npz(tmp, arrays, compress)
         else:
             import h5py
 
             with h5py.File(tmp, "w") as f:
                 for key, a in arrays.items():
-                    f.create_dataset(key, data=a)
+                    f.create_dataset(key, data=a, compression="gzip" if compress else None)
         os.replace(tmp, p)
     finally:
         if tmp.exists():
@@ -482,14 +629,17 @@ def save_dataset(path: str | os.PathLike[str], dataset: OfflineDataset) -> Path:
     return p
 
 
-def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """An .npz as np.savez writes it, but every member stamped 1980-01-01 instead of the current time:
-    equal arrays then make byte-identical files, so a dataset's sha256 can check a regenerated copy."""
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray], compress: bool = False) -> None:
+    """An .npz as np.savez (np.savez_compressed with `compress`) writes it, but every member stamped
+    1980-01-01 instead of the current time: equal arrays then make byte-identical files, so a dataset's
+    sha256 can check a regenerated copy."""
     import zipfile
 
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", method, allowZip64=True) as archive:
         for key, array in arrays.items():
             member = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            member.compress_type = method
             with archive.open(member, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
@@ -513,4 +663,12 @@ def dataset_stats(ds: OfflineDataset) -> dict[str, Any]:
         "return_mean": float(returns.mean()),
         "return_min": float(returns.min()),
         "return_max": float(returns.max()),
+        **(
+            {
+                "cameras": {cam: list(f.shape[1:]) for cam, f in ds.frames.items()},
+                "frames": {cam: len(f) for cam, f in ds.frames.items()},
+            }
+            if ds.frames
+            else {}
+        ),
     }

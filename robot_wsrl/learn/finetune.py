@@ -25,7 +25,7 @@ from robot_wsrl.learn.envs import make_env, step_normalised
 from robot_wsrl.learn.metrics import MetricsLogger
 from robot_wsrl.learn.networks import build_networks
 from robot_wsrl.learn.replay import ReplayBuffer
-from robot_wsrl.learn.trainer import Trainer
+from robot_wsrl.learn.trainer import Trainer, online_buffer
 from robot_wsrl.learn.training import (
     evaluate_agent,
     load_agent_checkpoint,
@@ -44,6 +44,12 @@ if TYPE_CHECKING:
 def load_offline_buffer(cfg: Config, spec) -> ReplayBuffer:
     """Only the retain-offline baselines call this: WSRL never loads the offline dataset."""
     from robot_wsrl.learn.datasets import load_dataset
+
+    if spec.cameras:
+        raise ValueError(
+            "run.offline_ratio > 0 (retain offline data) is not available for camera tasks yet: its offline "
+            "frames would need the encoder's features; use run.offline_ratio=0 (WSRL)"
+        )
 
     ds = load_dataset(cfg.run.dataset, action_low=spec.low, action_high=spec.high)
     return ReplayBuffer.from_arrays(
@@ -67,14 +73,15 @@ def finetune(cfg: Config, judge: Judge | None = None) -> dict[str, Any]:
     rng = seed_everything(cfg.seed, cfg.threads)
     env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 10_000)
     spec = env.spec
-    agent = Agent(build_networks(spec.obs_dim, spec.act_dim, cfg.agent, cfg.device), cfg.agent)
+    networks = build_networks(spec.obs_dim, spec.act_dim, cfg.agent, cfg.device, cameras=spec.cameras)
+    agent = Agent(networks, cfg.agent)
     run = cfg.run
 
-    online = ReplayBuffer(run.buffer_capacity, spec.obs_dim, spec.act_dim, cfg.agent.discount)
+    online = online_buffer(agent, run.buffer_capacity, spec.cameras)
     step, episode = 0, 0
     if run.resume:
         payload = load_agent_checkpoint(str(out / CHECKPOINT), agent, spec, with_optimizers=True)
-        online = ReplayBuffer.load(out / payload["extra"]["replay"])
+        online = ReplayBuffer.load(out / payload["extra"]["replay"], featurize=agent.replay_featurize)
         online.end_episode()  # the episode in progress at the checkpoint restarts from a reset
         step, episode = int(payload["step"]), int(payload["extra"]["episode"])
         restore_rng(rng, payload["extra"]["rng"])
@@ -87,7 +94,7 @@ def finetune(cfg: Config, judge: Judge | None = None) -> dict[str, Any]:
         if judge is None:
             raise ValueError("run.gate_every needs a judge: the validation of each candidate")
         deployed = DeployedPolicy(out, spec, judge, cfg.seed)
-        deployed.start(agent.actor, int(payload["extra"]["deployed"]) if run.resume else 0)
+        deployed.start(agent.policy_module(), int(payload["extra"]["deployed"]) if run.resume else 0)
 
     logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
     trainer = Trainer(
@@ -188,7 +195,7 @@ def _gate(deployed: DeployedPolicy, agent: Agent, online: ReplayBuffer, logger: 
     """The guarded variant's publishing hook: validate the current actor against the deployed version (the
     robot runs the last pass), at the step the last transition was."""
     step = online.total_added
-    logger.log("gate", step, deployed.consider(agent.actor, step))
+    logger.log("gate", step, deployed.consider(agent.policy_module(), step))
 
 
 def _q_online(agent: Agent, online: ReplayBuffer, n: int = 256) -> float:

@@ -58,8 +58,8 @@ from robot_wsrl.learn.export import export_policy
 from robot_wsrl.learn.gating import PolicyGate, Validator, Verdict
 from robot_wsrl.learn.ingest_log import IngestLog
 from robot_wsrl.learn.networks import build_networks
-from robot_wsrl.learn.replay import ReplayBuffer
-from robot_wsrl.learn.trainer import Trainer
+from robot_wsrl.learn.replay import FrameBatch
+from robot_wsrl.learn.trainer import Trainer, online_buffer
 from robot_wsrl.learn.training import (
     checkpoint_snapshot,
     config_header,
@@ -194,11 +194,11 @@ class Learner:
                 f"act_dim={self.spec.act_dim}); env={cfg.env.name} drives {env_id}"
             )
         cfg.agent = with_checkpoint_shapes(cfg.agent, pretrained["agent_config"])  # the weights decide them
-        networks = build_networks(self.spec.obs_dim, self.spec.act_dim, cfg.agent, cfg.device)
-        self.agent = Agent(networks, cfg.agent)
-        self.buffer = ReplayBuffer(
-            cfg.run.buffer_capacity, self.spec.obs_dim, self.spec.act_dim, cfg.agent.discount
+        networks = build_networks(
+            self.spec.obs_dim, self.spec.act_dim, cfg.agent, cfg.device, cameras=self.spec.cameras
         )
+        self.agent = Agent(networks, cfg.agent)
+        self.buffer = online_buffer(self.agent, cfg.run.buffer_capacity, self.spec.cameras)
         self.rejects = RejectCounter()
         self.learning_paused = False
         self.roles = roles  # CURVE: {key name: runner|console} (keys.load_key_roles); None in plain mode
@@ -255,11 +255,14 @@ class Learner:
             if self.version > self.deployed.version:
                 self.gate.submit(self.version, self._version_dir(self.version))
         log.info(
-            "learner ready: %d transitions replayed from %s, policy version %d, %d updates",
+            "learner ready: %d transitions replayed from %s, policy version %d, %d updates; replay %.0f "
+            "bytes per transition, %.2f GB when full",
             self.buffer.total_added,
             self.log.path,
             self.version,
             self.trainer.updates,
+            self.buffer.bytes_per_transition,
+            self.buffer.bytes_per_transition * self.buffer.capacity / 1e9,
         )
 
     # ----- phases and updates -----
@@ -319,7 +322,7 @@ class Learner:
         directory = self._version_dir(self.version)
         if not (directory / POLICY_SIDECAR).exists():
             export_policy(
-                self.agent.actor,
+                self.agent.policy_module(),  # behind its image encoder on a camera task
                 directory,
                 version=self.version,
                 parent_version=self.version - 1 if self.version else None,
@@ -400,7 +403,7 @@ class Learner:
     @functools.cached_property
     def rules(self) -> BatchRules:
         """What a batch must be for this task (widths) and within the per-batch bounds."""
-        return BatchRules(self.spec.obs_dim, self.spec.act_dim)
+        return BatchRules(self.spec.obs_dim, self.spec.act_dim, cameras=self.spec.cameras)
 
     def _refusal(self, batch: Transitions) -> str | None:
         """Why `batch` may not touch any state (a reason to count), or None: a runner files data only
@@ -449,8 +452,14 @@ class Learner:
         truncated[lasts[:-1]] |= ~ended[:-1]  # left for the next episode: cut short
         ids = episodes[starts].tolist()
         keys = [f"{batch.runner_id}/{episode}" for episode in ids]  # runners' episodes interleave
+        frames = None
+        if batch.cameras:  # the accepted rows' frames, each stored once (chained rows share theirs)
+            obs = {c: batch.camera_obs(c) for c in batch.cameras}
+            unchained = {c: batch.camera_next_unchained(c) for c in batch.cameras}
+            frames = FrameBatch(batch.chained, obs, unchained).rows(idx)
         self.buffer.add_batch(
             np.repeat(np.array(keys), lasts - starts + 1),
+            frames,
             obs=batch.obs[idx],
             action=batch.action[idx],
             reward=rewards,
@@ -477,21 +486,8 @@ class Learner:
         mask = self._accepted(batch)
         idx = np.flatnonzero(mask)
         for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if len(idx) else []:
-            part = batch
-            if len(run) != batch.count:
-                part = Transitions.make(
-                    batch.runner_id,
-                    batch.first_seq + int(run[0]),
-                    obs=batch.obs[run],
-                    action=batch.action[run],
-                    reward=batch.reward[run],
-                    next_obs=batch.next_obs[run],
-                    terminated=batch.terminated[run],
-                    truncated=batch.truncated[run],
-                    episode_id=batch.episode_id[run],
-                    policy_version=batch.policy_version[run],
-                )
-            self.log.append(part)
+            # a run of new rows as a batch of its own: its frames logged as they arrived (never re-coded)
+            self.log.append(batch if len(run) == batch.count else batch.rows(int(run[0]), int(run[-1]) + 1))
         self._acks[identity] = batch.runner_id
         self._insert(batch, mask)
 
@@ -702,6 +698,7 @@ class Learner:
             "owed_updates": self.owed_updates(),
             "effective_utd": self.trainer.effective_utd,
             "buffer": len(self.buffer),
+            "replay": self.buffer.stats(),
             "policy_version": self.version,
             "gate": self._gate_status(),
             "mean_q": mean_q if mean_q is not None and math.isfinite(mean_q) else None,

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robot_wsrl.core.spec import CameraSpec
 from robot_wsrl.learn.allocator import tune_cpu_allocator
 from robot_wsrl.learn.config import AgentConfig
+from robot_wsrl.learn.encoder import ImageEncoder
 from robot_wsrl.learn.kernels import EnsembleMLPFunction, ensemble_min_q, ensemble_mlp_forward
 
 LOG_STD_MIN = -20.0
@@ -73,6 +75,21 @@ class TanhGaussianActor(nn.Module):
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0])
+
+
+class CameraActor(nn.Module):
+    """The policy a camera robot runs: state and raw frames -> the actor's (mean, log_std).
+
+    `forward(state [B, obs_dim] float32, *frames uint8 [B, H, W, C])` is the exported graph's signature."""
+
+    def __init__(self, encoder: ImageEncoder, actor: TanhGaussianActor) -> None:
+        super().__init__()
+        self.encoder, self.actor = encoder, actor
+        self.obs_dim, self.act_dim = actor.obs_dim - encoder.out_dim, actor.act_dim
+        self.camera_names = encoder.camera_names
+
+    def forward(self, state: torch.Tensor, *frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor(torch.cat([state, self.encoder(*frames)], dim=-1))
 
 
 def tanh_gaussian_log_prob(
@@ -248,11 +265,13 @@ SQRT2 = math.sqrt(2.0)
 
 class Networks(NamedTuple):
     """What an Agent learns with: the actor, the critic ensemble and its target. They read raw
-    observations, as the official WSRL code does (no observation normalisation)."""
+    observations, as the official WSRL code does (no observation normalisation). A camera task adds the
+    image encoder they share: actor and critics then read [state, features]."""
 
     actor: TanhGaussianActor
     critic: QEnsemble
     target_critic: QEnsemble
+    encoder: ImageEncoder | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -262,25 +281,35 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_networks(
-    obs_dim: int, act_dim: int, cfg: AgentConfig, device: str | torch.device = "cpu"
+    obs_dim: int,
+    act_dim: int,
+    cfg: AgentConfig,
+    device: str | torch.device = "cpu",
+    cameras: Sequence[CameraSpec] = (),
 ) -> Networks:
-    """The actor, critics and target critics of `cfg`, initialised as the official code does, on `device`.
+    """The actor, critics and target critics of `cfg`, initialised as the official code does, on `device`;
+    with `cameras`, the image encoder of cfg.encoder too (then actor and critics read obs_dim + its
+    features).
 
     The target starts as a copy of the critics. On the CPU the allocator is tuned for the update's
     activations (see `allocator.tune_cpu_allocator`).
     """
     device = resolve_device(device) if isinstance(device, str) else device
-    actor = TanhGaussianActor(obs_dim, act_dim, cfg.actor_hidden, cfg.actor_layer_norm)
-    critic = QEnsemble(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.critic_layer_norm)
+    encoder = ImageEncoder(cameras, cfg.encoder) if cameras else None
+    in_dim = obs_dim + (encoder.out_dim if encoder is not None else 0)
+    actor = TanhGaussianActor(in_dim, act_dim, cfg.actor_hidden, cfg.actor_layer_norm)
+    critic = QEnsemble(in_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.critic_layer_norm)
     init_actor(actor, cfg.kernel_scale_final)
     init_critic(critic, cfg.kernel_scale_final)
     target = QEnsemble(
-        obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.critic_layer_norm
+        in_dim, act_dim, cfg.critic_hidden, cfg.num_critics, cfg.critic_layer_norm
     ).requires_grad_(False)
     target.load_state_dict(critic.state_dict())
     if device.type == "cpu":
         tune_cpu_allocator()
-    return Networks(actor.to(device), critic.to(device), target.to(device))
+    return Networks(
+        actor.to(device), critic.to(device), target.to(device), encoder.to(device) if encoder else None
+    )
 
 
 @torch.no_grad()

@@ -1,4 +1,8 @@
-"""Offline pre-training with CQL or Cal-QL on a dataset, producing the checkpoint fine-tuning starts from."""
+"""Offline pre-training with CQL or Cal-QL on a dataset, producing the checkpoint fine-tuning starts from.
+
+A camera task pre-trains from an image dataset: each batch carries the sampled rows' frames, and the
+critic loss trains the image encoder (see `agent.py`); calibration encodes the probe rows' frames.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,21 @@ import json
 import time
 from typing import Any
 
+import numpy as np
+import torch
+
 from robot_wsrl.core.artifacts import CHECKPOINT, SUMMARY, kept_checkpoint
 from robot_wsrl.learn.agent import Agent
-from robot_wsrl.learn.calibration import CALIBRATION_TOLERANCE, calibrated, make_probe, measure
+from robot_wsrl.learn.calibration import (
+    CALIBRATION_TOLERANCE,
+    CalibrationProbe,
+    calibrated,
+    make_probe,
+    measure,
+)
 from robot_wsrl.learn.config import Config, config_hash, prepare_out_dir, resumed
-from robot_wsrl.learn.datasets import load_dataset
+from robot_wsrl.learn.datasets import OfflineDataset, load_dataset
+from robot_wsrl.learn.encoder import image_key, next_image_key
 from robot_wsrl.learn.envs import make_env
 from robot_wsrl.learn.metrics import MetricsLogger
 from robot_wsrl.learn.networks import build_networks
@@ -39,7 +53,7 @@ def pretrain(cfg: Config, steps: int | None = None) -> dict[str, Any]:
     rng = seed_everything(cfg.seed, cfg.threads)
     eval_env = make_env(cfg.env, seed=cfg.seed + 10_000)
     spec = eval_env.spec
-    ds = load_dataset(cfg.run.dataset, action_low=spec.low, action_high=spec.high)
+    ds = load_dataset(cfg.run.dataset, action_low=spec.low, action_high=spec.high, cameras=spec.cameras)
     if ds.obs_dim != spec.obs_dim or ds.act_dim != spec.act_dim:
         raise ValueError(
             f"{cfg.run.dataset}: obs/action sizes {ds.obs_dim}/{ds.act_dim} do not match "
@@ -56,7 +70,19 @@ def pretrain(cfg: Config, steps: int | None = None) -> dict[str, Any]:
     )
     sampler = MixedSampler(None, offline, 1.0)
     probe = make_probe(offline, seed=cfg.seed)
-    agent = Agent(build_networks(spec.obs_dim, spec.act_dim, cfg.agent, cfg.device), cfg.agent)
+    networks = build_networks(spec.obs_dim, spec.act_dim, cfg.agent, cfg.device, cameras=spec.cameras)
+    agent = Agent(networks, cfg.agent)
+
+    def sample() -> dict[str, np.ndarray]:
+        if not spec.cameras:
+            return sampler.sample(cfg.agent.utd, cfg.agent.batch_size, rng)
+        return image_batch(offline, ds, cfg.agent.utd * cfg.agent.batch_size, rng)
+
+    def calibration() -> dict[str, float]:
+        return (
+            measure(agent, offline, probe) if not spec.cameras else measure_images(agent, offline, ds, probe)
+        )
+
     step = 0
     if cfg.run.resume:
         payload = load_agent_checkpoint(str(out / CHECKPOINT), agent, spec, with_optimizers=True)
@@ -78,13 +104,12 @@ def pretrain(cfg: Config, steps: int | None = None) -> dict[str, Any]:
     bar = progress_bar(run.steps, step, cfg.progress, "pretrain", "update")
     started, first_step = time.perf_counter(), step
     while step < run.steps:
-        info = agent.update(agent.to_batch(sampler.sample(cfg.agent.utd, cfg.agent.batch_size, rng)))
+        info = agent.update(agent.to_batch(sample()))
         step += 1
         if run.log_every and step % run.log_every == 0:
             rate = (step - first_step) / max(time.perf_counter() - started, 1e-9)
             logger.log("train", step, {"updates_per_s": rate, **{k: float(v) for k, v in info.items()}})
-            calibration = measure(agent, offline, probe)
-            logger.log("calibration", step, calibration)
+            logger.log("calibration", step, calibration())
         if run.eval_every and step % run.eval_every == 0:
             last_eval = evaluate_agent(agent, eval_env, run.eval_episodes, seed=cfg.seed + 20_000)
             logger.log("eval", step, last_eval)
@@ -95,12 +120,14 @@ def pretrain(cfg: Config, steps: int | None = None) -> dict[str, Any]:
             bar.set_postfix(eval=f"{last_eval['return_mean']:.0f}", refresh=False)
     bar.close()
     save(step)
-    calibration = measure(agent, offline, probe)
-    logger.log("calibration", step, calibration)
+    final_calibration = calibration()
+    logger.log("calibration", step, final_calibration)
     logger.close()
     eval_env.close()
     plot_calibration(
-        out / "calibration.csv", out / "calibration.png", CALIBRATION_TOLERANCE,
+        out / "calibration.csv",
+        out / "calibration.png",
+        CALIBRATION_TOLERANCE,
         f"critic calibration on {ds.size:,} dataset transitions ({cfg.agent.regularizer}, {step:,} updates)",
     )
     summary = {
@@ -109,11 +136,35 @@ def pretrain(cfg: Config, steps: int | None = None) -> dict[str, Any]:
         "dataset": run.dataset,
         "dataset_size": ds.size,
         "final_eval": last_eval,
-        "calibration": calibration,
-        "calibrated": calibrated(calibration["q_calibration"]),
+        "calibration": final_calibration,
+        "calibrated": calibrated(final_calibration["q_calibration"]),
         "config_hash": config_hash(cfg),
         "checkpoint": str(out / CHECKPOINT),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
+
+def image_batch(
+    offline: ReplayBuffer, ds: OfflineDataset, n: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """n rows drawn as the state task draws them (`offline` holds the dataset's rows in its order), with
+    their frames at s and s' (`image/CAM`, `next_image/CAM`)."""
+    idx = offline.sample_indices(n, rng)
+    images, next_images = ds.images(idx)
+    return (
+        offline.gather(idx)
+        | {image_key(cam): frames for cam, frames in images.items()}
+        | {next_image_key(cam): frames for cam, frames in next_images.items()}
+    )
+
+
+def measure_images(
+    agent: Agent, offline: ReplayBuffer, ds: OfflineDataset, probe: CalibrationProbe
+) -> dict[str, float]:
+    """`calibration.measure` for a camera task: the probe rows' obs are [state, features of their frames]."""
+    obs = agent.featurize(offline.obs[probe.rows], ds.images(probe.rows)[0])
+    action = offline.action[probe.rows]
+    q = agent.mean_q(torch.as_tensor(obs, device=agent.device), torch.as_tensor(action, device=agent.device))
+    ratio = q / probe.mc_return_mean if probe.mc_return_mean else float("nan")
+    return {"q_data_mean": q, "mc_return_mean": probe.mc_return_mean, "q_calibration": ratio}

@@ -14,41 +14,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from robot_wsrl.core.artifacts import CHECKPOINT, MANIFEST, signature_path
-from robot_wsrl.learn.checkpoint import load_actor, load_checkpoint
+from robot_wsrl.learn.checkpoint import load_checkpoint
 from robot_wsrl.learn.envs import evaluate
 from robot_wsrl.learn.export import export_policy
 from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.robot.policy import OnnxPolicy
 from robot_wsrl.sim.shift import preset_names
 from robot_wsrl.wire.signing import write_signature
 
 
-def measure_returns(checkpoint: Path, episodes: int, seed: int) -> dict[str, dict[str, float]]:
-    """Deterministic returns of the checkpoint's actor on its env with each shift preset."""
-    payload = load_checkpoint(checkpoint)
-    env = payload["config"]["env"]
-    actor, _, _ = load_actor(checkpoint)
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return actor.deterministic(torch.as_tensor(obs, dtype=torch.float32)).numpy()
-
+def measure_returns(
+    policy_file: Path, env: dict[str, Any], episodes: int, seed: int
+) -> dict[str, dict[str, Any]]:
+    """Deterministic returns (and success rate, for a task that has one) of the exported policy, run as
+    the robot runs it (onnxruntime), on its env with each shift preset that describes that robot."""
+    policy = OnnxPolicy.load(policy_file)
     results = {}
     for preset in preset_names(env["driver"]):
         driver = make_driver(
             env["driver"], seed=seed, max_episode_steps=env["max_episode_steps"], shift_preset=preset
         )
         try:
-            returns = evaluate(policy, driver, episodes, seed)
+            measured = evaluate(lambda obs: policy.act(obs, deterministic=True), driver, episodes, seed)
         finally:
             driver.close()
+        row = measured.summary()
         results[preset] = {
-            "return_mean": float(returns.mean()),
-            "return_std": float(returns.std()),
+            "return_mean": row["return_mean"],
+            "return_std": row["return_std"],
+            **({"success_rate": row["success_rate"]} if "success_rate" in row else {}),
             "episodes": episodes,
         }
     return results
@@ -84,10 +81,10 @@ def ship(
         "recipe": recipe,
         **({"dataset": dataset} if dataset else {}),  # path, sha256, command: `collect --fetch` rebuilds it
         **({"selection": selection} if selection else {}),
-        "returns": measure_returns(target, episodes, seed),
+        "driver": payload["config"]["env"]["driver"],  # what the policy runs on (cameras: its spec's)
+        "returns": measure_returns(onnx_path, payload["config"]["env"], episodes, seed),
         "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (target, onnx_path)},
         "shipped": time.strftime("%Y-%m-%d"),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-

@@ -18,8 +18,26 @@ from typing import Literal
 import numpy as np
 import torch
 
+from robot_wsrl.core.spec import CameraSpec
 from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.replay import MixedSampler, ReplayBuffer
+
+
+def online_buffer(agent: Agent, capacity: int, cameras: tuple[CameraSpec, ...]) -> ReplayBuffer:
+    """The online replay of `agent`, the same for both callers: a camera task's keeps each frame once and,
+    while the encoder is frozen online, caches [state, features] as obs (the agent's featurize), so a UTD
+    round costs what a state task's does."""
+    featurize = agent.replay_featurize
+    return ReplayBuffer(
+        capacity,
+        agent.obs_dim,
+        agent.act_dim,
+        agent.cfg.discount,
+        cameras=cameras,
+        featurize=featurize,
+        feature_dim=None if featurize is None else agent.input_dim,
+    )
+
 
 # What `publish_every` counts from: the trainer's start (or restart) in rounds, or transition 0 (a publish
 # after the round owed by every publish_every-th transition: the in-process loop's steps N, 2N, ...).

@@ -33,13 +33,7 @@ def seed_everything(seed: int, threads: int = 0) -> np.random.Generator:
 
 
 def evaluate_agent(agent: Agent, env, episodes: int, seed: int) -> dict[str, float]:
-    returns = evaluate(lambda obs: agent.act(obs, deterministic=True), env, episodes, seed)
-    return {
-        "return_mean": float(returns.mean()),
-        "return_std": float(returns.std()),
-        "return_min": float(returns.min()),
-        "return_max": float(returns.max()),
-    }
+    return evaluate(lambda obs: agent.act(obs, deterministic=True), env, episodes, seed).summary()
 
 
 def config_header(spec: EnvSpec, cfg: Config) -> dict[str, Any]:
@@ -56,7 +50,8 @@ def config_header(spec: EnvSpec, cfg: Config) -> dict[str, Any]:
 
 def state_payload(agent: Agent, header: dict[str, Any], step: int, extra: dict[str, Any]) -> dict[str, Any]:
     state = agent.state_dict()
-    return {**header, "step": step, "actor": state["actor"], "agent": state, "extra": extra}
+    policy = {key: state[key] for key in ("actor", "encoder") if key in state}  # what a robot runs
+    return {**header, "step": step, **policy, "agent": state, "extra": extra}
 
 
 def checkpoint_payload(
@@ -122,15 +117,17 @@ def restore_rng(rng: np.random.Generator, saved: dict[str, Any]) -> None:
     torch.set_rng_state(saved["torch"])
 
 
+def _sizes(spec: EnvSpec) -> str:
+    cameras = f", cameras={ {c.name: c.shape for c in spec.cameras} }" if spec.cameras else ""
+    return f"obs_dim={spec.obs_dim}, act_dim={spec.act_dim}{cameras} ({spec.name})"
+
+
 def load_agent_checkpoint(path: str, agent: Agent, spec: EnvSpec, *, with_optimizers: bool) -> dict[str, Any]:
     """Load a checkpoint into `agent` after checking it was made for the same observation/action sizes."""
     payload = load_checkpoint(path, map_location=agent.device)
     saved = EnvSpec.from_dict(payload["spec"])
-    if (saved.obs_dim, saved.act_dim) != (spec.obs_dim, spec.act_dim):
-        raise CheckpointError(
-            f"{path}: made for obs_dim={saved.obs_dim}, act_dim={saved.act_dim} ({saved.name}); "
-            f"this env has obs_dim={spec.obs_dim}, act_dim={spec.act_dim} ({spec.name})"
-        )
+    if (saved.obs_dim, saved.act_dim, saved.cameras) != (spec.obs_dim, spec.act_dim, spec.cameras):
+        raise CheckpointError(f"{path}: made for {_sizes(saved)}; this env has {_sizes(spec)}")
     if "agent" not in payload:
         raise CheckpointError(f"{path}: holds no learner state (an actor-only export cannot be fine-tuned)")
     try:
