@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "transport": "robot_wsrl.bench.transport:run_transport_benchmark",
     "soak": "robot_wsrl.bench.soak:main",
     "gate": "robot_wsrl.bench.gate:main",
+    "camera": "robot_wsrl.bench.camera:run_camera_benchmark",
 }
 CONFIGURABLE = {"finetune", "soak", "gate"}
 
