@@ -2,6 +2,10 @@
 fix, exit code 2, checked before any work is done (issue 15's convention, apps/errors.py)."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -106,6 +110,32 @@ def test_ship_refuses_zero_episodes(tmp_path, capsys):
 def test_a_recipe_typo_suggests_the_recipe_option(capsys):
     code = _run(pretrain_app.cli, ["recipe=cpuu", "run.dataset=d.npz"])
     _one_line(code, capsys.readouterr().err, "recipe=cpuu: no such recipe config", "did you mean recipe=cpu?")
+
+
+def test_a_stopped_pretraining_checkpoints_the_update_it_reached_and_resumes(tmp_path, pendulum_dataset):
+    """SIGTERM (a service stop, Ctrl-C alike) ends a long pre-training with a checkpoint of where it was, not
+    of the last periodic save: `run.resume` continues from there."""
+    run = tmp_path / "run"
+    argv = ["env=inverted_pendulum", *SMALL_AGENT, f"run.dataset={pendulum_dataset}", "run.eval_every=0",
+            "run.steps=1000000", "run.checkpoint_every=1000000", "run.log_every=5", "progress=false",
+            f"out_dir={run}"]  # fmt: skip
+    command = [sys.executable, "-m", "robot_wsrl.apps.cli", "pretrain", *argv]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 180
+        while not ((run / "train.csv").exists() and len((run / "train.csv").read_text().splitlines()) > 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr and proc.stderr.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] and summary["steps"] >= 10 and "pre-training stopped at" in out
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == summary["steps"]
+    assert pretrain_app.cli([f"run.resume={run}", f"run.steps={summary['steps'] + 2}"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == summary["steps"] + 2
 
 
 def test_pretrain_resume_takes_the_saved_dataset_and_extends_to_run_steps(tmp_path, pendulum_dataset, capsys):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import TYPE_CHECKING
 
 from robot_wsrl.apps.errors import reports_errors
 from robot_wsrl.apps.overrides import OverridesCommand
+from robot_wsrl.core.lifetime import stop_on_signals
 
 if TYPE_CHECKING:
     from robot_wsrl.learn.config import Config
@@ -27,8 +30,19 @@ def cli(argv: list[str]) -> int:
 
     refuse_overwrite(cfg)
 
-    summary = pretrain(cfg, steps=resume_steps(cfg, overrides))
-    print(f"pre-training done: {summary['steps']} updates on {summary['dataset_size']} transitions")
+    stop = threading.Event()
+    handlers = stop_on_signals([stop])  # a stop (SIGTERM, Ctrl-C) checkpoints the update reached
+    try:
+        summary = pretrain(cfg, steps=resume_steps(cfg, overrides), stop=stop)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    if summary["stopped"]:
+        print(
+            f"pre-training stopped at {summary['steps']} updates: run.resume={summary['out_dir']} continues"
+        )
+    else:
+        print(f"pre-training done: {summary['steps']} updates on {summary['dataset_size']} transitions")
     print(f"checkpoint: {summary['checkpoint']}")
     return 0
 

@@ -7,6 +7,7 @@ critic loss trains the image encoder (see `agent.py`); calibration encodes the p
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -41,9 +42,11 @@ from robot_wsrl.learn.training import (
 )
 
 
-def pretrain(cfg: Config, steps: int | None = None) -> dict[str, Any]:
+def pretrain(cfg: Config, steps: int | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     """Run cfg.run.steps UTD rounds on the offline dataset; checkpoint.pt holds the result. A resumed run
-    (run.resume) continues with its saved config, to `steps` updates in all when given (extending it)."""
+    (run.resume) continues with its saved config, to `steps` updates in all when given (extending it).
+    `stop` set (the command's SIGTERM or Ctrl-C) ends the run early with a checkpoint of the update it
+    reached, so `run.resume` loses nothing."""
     cfg = resumed(cfg)
     if steps is not None:
         cfg.run.steps = steps
@@ -103,7 +106,7 @@ def pretrain(cfg: Config, steps: int | None = None) -> dict[str, Any]:
     last_eval: dict[str, float] = {}
     bar = progress_bar(run.steps, step, cfg.progress, "pretrain", "update")
     started, first_step = time.perf_counter(), step
-    while step < run.steps:
+    while step < run.steps and not (stop is not None and stop.is_set()):
         info = agent.update(agent.to_batch(sample()))
         step += 1
         if run.log_every and step % run.log_every == 0:
@@ -133,6 +136,7 @@ def pretrain(cfg: Config, steps: int | None = None) -> dict[str, Any]:
     summary = {
         "out_dir": str(out),
         "steps": step,
+        "stopped": step < run.steps,  # by a signal: `run.resume=OUT_DIR` continues from this checkpoint
         "dataset": run.dataset,
         "dataset_size": ds.size,
         "final_eval": last_eval,
