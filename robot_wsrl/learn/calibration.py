@@ -62,10 +62,13 @@ def make_probe(buffer: ReplayBuffer, seed: int = 0, rows: int = PROBE_ROWS) -> C
     return CalibrationProbe(chosen, float(buffer.mc_return[chosen].mean()))
 
 
-def measure(agent: Agent, buffer: ReplayBuffer, probe: CalibrationProbe) -> dict[str, float]:
+def measure(
+    agent: Agent, buffer: ReplayBuffer, probe: CalibrationProbe, obs: np.ndarray | None = None
+) -> dict[str, float]:
     """`q_data_mean` (ensemble mean Q on the probe rows), `mc_return_mean` and their ratio `q_calibration`
-    (1.0 is calibrated; the issue's band is 0.75 to 1.25)."""
-    batch = agent.to_batch(buffer.gather(probe.rows))
+    (1.0 is calibrated; the issue's band is 0.75 to 1.25). `obs`: the probe rows' observations as the
+    critics read them when the buffer holds something else (a camera task's [state, features])."""
+    batch = agent.to_batch(buffer.gather(probe.rows) | ({} if obs is None else {"obs": obs}))
     q = agent.mean_q(batch["obs"], batch["action"])
     ratio = q / probe.mc_return_mean if probe.mc_return_mean else float("nan")
     return {"q_data_mean": q, "mc_return_mean": probe.mc_return_mean, "q_calibration": ratio}

@@ -12,13 +12,11 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from robot_wsrl.core.artifacts import CHECKPOINT, SUMMARY, kept_checkpoint
 from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.calibration import (
     CALIBRATION_TOLERANCE,
-    CalibrationProbe,
     calibrated,
     make_probe,
     measure,
@@ -82,9 +80,10 @@ def pretrain(cfg: Config, steps: int | None = None, stop: threading.Event | None
         return image_batch(offline, ds, cfg.agent.utd * cfg.agent.batch_size, rng)
 
     def calibration() -> dict[str, float]:
-        return (
-            measure(agent, offline, probe) if not spec.cameras else measure_images(agent, offline, ds, probe)
-        )
+        if not spec.cameras:
+            return measure(agent, offline, probe)
+        features = agent.featurize(offline.obs[probe.rows], ds.images(probe.rows)[0])  # [state, features]
+        return measure(agent, offline, probe, obs=features)
 
     step = 0
     if cfg.run.resume:
@@ -161,14 +160,3 @@ def image_batch(
         | {image_key(cam): frames for cam, frames in images.items()}
         | {next_image_key(cam): frames for cam, frames in next_images.items()}
     )
-
-
-def measure_images(
-    agent: Agent, offline: ReplayBuffer, ds: OfflineDataset, probe: CalibrationProbe
-) -> dict[str, float]:
-    """`calibration.measure` for a camera task: the probe rows' obs are [state, features of their frames]."""
-    obs = agent.featurize(offline.obs[probe.rows], ds.images(probe.rows)[0])
-    action = offline.action[probe.rows]
-    q = agent.mean_q(torch.as_tensor(obs, device=agent.device), torch.as_tensor(action, device=agent.device))
-    ratio = q / probe.mc_return_mean if probe.mc_return_mean else float("nan")
-    return {"q_data_mean": q, "mc_return_mean": probe.mc_return_mean, "q_calibration": ratio}
