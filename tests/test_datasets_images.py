@@ -88,21 +88,17 @@ def test_compressed_file_is_smaller_and_written_deterministically(tmp_path):
     assert small.read_bytes() == again.read_bytes()
 
 
+def _offline(ds, **frames) -> ReplayBuffer:
+    """The dataset as pre-training's offline buffer; `frames` replaces its frame arrays (a bad index)."""
+    columns = (ds.observations, ds.actions, ds.rewards, ds.next_observations, ds.terminals.astype(np.float32))
+    given = {"frames": ds.frames, "obs_frame": ds.obs_frame, "next_frame": ds.next_frame} | frames
+    return ReplayBuffer.from_arrays(0.9, *columns, ds.episode_ends(), **given)
+
+
 def test_an_image_dataset_in_a_replay_samples_rows_with_their_images():
     """Pre-training's batch: the rows as the state task samples them, plus image/CAM and next_image/CAM."""
     ds = image_dataset()
-    offline = ReplayBuffer.from_arrays(
-        0.9,
-        ds.observations,
-        ds.actions,
-        ds.rewards,
-        ds.next_observations,
-        ds.terminals.astype(np.float32),
-        ds.episode_ends(),
-        frames=ds.frames,
-        obs_frame=ds.obs_frame,
-        next_frame=ds.next_frame,
-    )
+    offline = _offline(ds)
     batch = MixedSampler(None, offline, 1.0).sample(2, 8, np.random.default_rng(0))
     assert batch["obs"].shape == (16, 2) and batch["image/top"].shape == (16, 6, 5, 3)
     assert batch["next_image/grey"].dtype == np.uint8 and batch["mc_return"].shape == (16,)
@@ -110,18 +106,7 @@ def test_an_image_dataset_in_a_replay_samples_rows_with_their_images():
     images = {cam: batch[f"image/{cam}"] for cam in ("top", "grey")}
     _check_images(ds, np.array(rows), images, {cam: batch[f"next_image/{cam}"] for cam in ("top", "grey")})
     with pytest.raises(ValueError, match="one frame index shared by all cameras"):
-        ReplayBuffer.from_arrays(
-            0.9,
-            ds.observations,
-            ds.actions,
-            ds.rewards,
-            ds.next_observations,
-            ds.terminals.astype(np.float32),
-            ds.episode_ends(),
-            frames=ds.frames,
-            obs_frame={**ds.obs_frame, "grey": ds.obs_frame["grey"][::-1]},
-            next_frame=ds.next_frame,
-        )
+        _offline(ds, obs_frame={**ds.obs_frame, "grey": ds.obs_frame["grey"][::-1]})
 
 
 def test_max_transitions_keeps_the_rows_and_the_frames_they_use(tmp_path):
