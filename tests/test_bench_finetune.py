@@ -17,7 +17,7 @@ import pytest
 from helpers import SMALL_AGENT
 
 from robot_wsrl.bench import cli as bench_cli
-from robot_wsrl.bench.finetune import load_config, run_finetune_benchmark
+from robot_wsrl.bench.finetune import Run, _variant_summary, load_config, run_finetune_benchmark
 from robot_wsrl.core.paths import REPO_ROOT
 from robot_wsrl.learn.config import compose_config
 from robot_wsrl.learn.pretrain import pretrain
@@ -213,3 +213,30 @@ def test_sigterm_ends_the_running_children_and_removes_the_temporary_folder(tmp_
     _until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 30, "the children to end")
     assert not _processes_naming(run_dir)
     assert list(tmp.iterdir()) == []
+
+
+def _fake_run(tmp_path, variant, seed, successes):
+    """A finished run folder whose eval.csv has a success column (a camera task's), one row per entry."""
+    out = tmp_path / f"{variant}-{seed}"
+    out.mkdir()
+    with open(out / "eval.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "phase", "return_mean", "success_rate"])
+        for i, success in enumerate(successes):
+            writer.writerow([i * 10, "warmup" if i == 0 else "online", -10.0 + i, success])
+    final = {"return_mean": -10.0 + len(successes) - 1, "success_rate": successes[-1]}
+    (out / "summary.json").write_text(json.dumps({"final_eval": final, "updates": 5}))
+    return Run(variant, seed, [], out, returncode=0)
+
+
+def test_a_task_with_a_success_signal_reports_success_before_and_after(tmp_path):
+    runs = [_fake_run(tmp_path, "wsrl", seed, [0.2, 0.1, s]) for seed, s in enumerate((0.6, 0.8, 0.7))]
+    composed = compose_config("finetune", ["env=inverted_pendulum"])
+    summary = _variant_summary("wsrl", runs, composed)
+    assert summary["initial_success_mean"] == pytest.approx(0.2)
+    assert summary["final_success_mean"] == pytest.approx(0.7)
+    assert summary["final_success_per_seed"] == pytest.approx([0.6, 0.8, 0.7])
+    low, high = summary["final_success_ci95"]
+    assert 0.6 <= low <= 0.7 <= high <= 0.8 + 1e-9
+    plain = _fake_run(tmp_path, "frozen", 0, [""])  # no success signal: no success keys
+    assert "final_success_mean" not in _variant_summary("frozen", [plain], composed)

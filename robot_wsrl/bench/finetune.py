@@ -420,15 +420,14 @@ def _variant_summary(name: str, runs: list[Run], composed: Config) -> dict[str, 
     online updates (the dip the paper describes) and the final one, each mean with a 95% bootstrap
     interval over seeds (and the final IQM, robust to one diverged seed)."""
     mine = [r for r in runs if r.variant == name]
-    finals = np.array([r.summary()["final_eval"].get("return_mean", float("nan")) for r in mine])
+    finals = _finals(mine, "return_mean")
     evals = [r.rows("eval") for r in mine]
-    initial = [float(e["return_mean"]) for rows in evals for e in rows if int(e["step"]) == 0]
     online = [[float(e["return_mean"]) for e in rows if e["phase"] == "online"] for rows in evals]
     lowest = np.array([min(returns) for returns in online if returns])  # from the first update on
-    return {
+    summary = {
         "seeds": [r.seed for r in mine],
         "updates": [r.summary()["updates"] for r in mine],
-        "initial_mean": _mean(np.array(initial)),
+        "initial_mean": _mean(_initials(evals, "return_mean")),
         "final_mean": _mean(finals),
         "final_ci95": list(bootstrap_ci(finals)),
         "final_iqm": iqm(finals),
@@ -438,13 +437,41 @@ def _variant_summary(name: str, runs: list[Run], composed: Config) -> dict[str, 
         "peak_rss_mb_max": max((r.peak_rss_mb for r in mine), default=float("nan")),
         "warmup_steps": composed.run.warmup_steps,
     }
+    if any(_has_success(rows) for rows in evals):  # a task with a success signal (e.g. cam:reacher)
+        success = _finals(mine, "success_rate")
+        summary |= {
+            "initial_success_mean": _mean(_initials(evals, "success_rate")),
+            "final_success_mean": _mean(success),
+            "final_success_ci95": list(bootstrap_ci(success)),
+            "final_success_per_seed": success.tolist(),
+        }
+    return summary
+
+
+def _finals(runs: list[Run], column: str) -> np.ndarray:
+    return np.array([float(r.summary()["final_eval"].get(column, float("nan"))) for r in runs])
+
+
+def _initials(evals: list[list[dict[str, str]]], column: str) -> np.ndarray:
+    """`column` of each seed's evaluation before any update (step 0)."""
+    return np.array(
+        [float(e[column]) for rows in evals for e in rows if int(e["step"]) == 0 and e.get(column)]
+    )
+
+
+def _has_success(rows: list[dict[str, str]]) -> bool:
+    return any(row.get("success_rate") for row in rows)
 
 
 def _reproduction(result: dict[str, Any]) -> dict[str, Any]:
     """The paper's claims as checks on this run: WSRL ends at least as high as retaining the offline data
     and 1.3x above the frozen pre-trained policy; without warmup the post-switch dip is deeper."""
     keys = ("seeds", "final_mean", "final_ci95", "final_iqm", "lowest_after_switch_mean", "initial_mean")
-    variants = {name: {key: v[key] for key in keys} for name, v in result["variants"].items()}
+    success_keys = ("initial_success_mean", "final_success_mean", "final_success_ci95")
+    variants = {
+        name: {key: v[key] for key in keys + success_keys if key in v}
+        for name, v in result["variants"].items()
+    }
     final = {name: v["final_mean"] for name, v in variants.items()}
     targets: dict[str, Any] = {}
     if {"wsrl", "retain_offline"} <= final.keys():
@@ -515,7 +542,7 @@ def _scale_label(cfg: DictConfig, composed: Config, device: str, steps: int, war
 
 def _by_step(runs: list[Run], stream: str, column: str) -> tuple[np.ndarray, np.ndarray]:
     """Steps logged by every seed and a [seeds, steps] array of `column` there (NaN where blank)."""
-    tables = [{int(row["step"]): float(row[column] or "nan") for row in r.rows(stream)} for r in runs]
+    tables = [{int(row["step"]): float(row.get(column) or "nan") for row in r.rows(stream)} for r in runs]
     steps = sorted(set.intersection(*(set(t) for t in tables)))
     return np.array(steps), np.array([[t[s] for s in steps] for t in tables])
 
@@ -526,10 +553,13 @@ def _plot(out: Path, cfg: DictConfig, labels: tuple[str, str], runs: list[Run], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for stream, column, ylabel, name in (
+    figures = [
         ("eval", "return_mean", "evaluation return", "learning_curves.png"),
         ("train", "q_online", "mean Q on latest online transitions", "q_trace.png"),
-    ):
+    ]
+    if any(_has_success(r.rows("eval")) for r in runs):
+        figures.append(("eval", "success_rate", "evaluation success rate", "success_curves.png"))
+    for stream, column, ylabel, name in figures:
         fig, ax = plt.subplots(figsize=(9, 5.5))
         for variant in cfg.include:
             mine = [r for r in runs if r.variant == variant]
