@@ -43,12 +43,13 @@ class GymMujocoDriver:
         cameras: Sequence[CameraSpec] = (),
         views: Mapping[str, FreeView] | None = None,
         visual: VisualShift | None = None,
+        env_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if not (np.isfinite(obs_noise_std) and obs_noise_std >= 0):
             raise ValueError(f"obs_noise_std must be >= 0, got {obs_noise_std}")
-        kwargs: dict[str, Any] = (
-            {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
-        )
+        kwargs: dict[str, Any] = dict(env_kwargs or {})  # the env's own options, e.g. its reward weights
+        if max_episode_steps is not None:
+            kwargs["max_episode_steps"] = int(max_episode_steps)
         try:
             self.env = gym.make(env_id, **kwargs)
         except gym.error.Error as exc:  # unknown id or version: one line with gymnasium's "did you mean"
