@@ -61,6 +61,11 @@ CMD ["--help"]
 # ----- runner: the robot side only (base dependencies, the `robot` extra; `robot,sim` for sim drivers) -----
 FROM base AS runner
 ARG RUNNER_EXTRAS=robot
+# With the simulators, camera tasks render headless through Mesa's EGL (robot_wsrl/sim/gl.py picks egl
+# when no display is set and libEGL loads).
+RUN case ",${RUNNER_EXTRAS}," in *,sim,*) apt-get update \
+        && apt-get install -y --no-install-recommends libegl1 libgl1-mesa-dri \
+        && rm -rf /var/lib/apt/lists/* ;; esac
 COPY pyproject.toml constraints.txt ./
 RUN python /usr/local/bin/pyproject-requirements "${RUNNER_EXTRAS}" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt -c constraints.txt \
@@ -81,7 +86,8 @@ RUN pip install --no-deps --no-build-isolation -e . \
 USER robot-wsrl
 
 # ----- learner: a compiler and Python headers (Triton and torch.compile build kernels), CUDA torch -----
-# python:*-slim has the headers (/usr/local/include/python3.11); build-essential adds gcc, g++ and make.
+# python:*-slim has the headers (/usr/local/include/python3.11); build-essential adds gcc, g++ and make;
+# libegl1 and Mesa's drivers let the gate and fine-tuning render camera tasks headless (MUJOCO_GL=egl).
 # No CUDA base image: the pip CUDA wheels bring their own CUDA and cuDNN and load nothing from one. PyPI's
 # torch 2.13.0 for Linux x86_64 is the CUDA 13 build (NVIDIA driver >= 580); for an older driver pick
 # another build, e.g. --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128.
@@ -93,7 +99,7 @@ ENV TRITON_CACHE_DIR=/tmp/triton \
     TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
     MPLCONFIGDIR=/tmp/matplotlib
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
+    && apt-get install -y --no-install-recommends build-essential libegl1 libgl1-mesa-dri \
     && rm -rf /var/lib/apt/lists/*
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml constraints.txt ./

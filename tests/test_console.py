@@ -99,7 +99,7 @@ def test_console_stops_all_releases_one_and_marks_a_killed_runner_stale(
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
             learner_up = lambda: client.snapshot.learner is not None and not client.snapshot.learner.stale  # noqa: E731
-            await _until(pilot, lambda: learner_up() and set(states().values()) == {"fine_tuning"}, START_S)
+            await _until(pilot, lambda: learner_up() and set(states().values()) == {"running"}, START_S)
             await _until(pilot, lambda: "phase warmup" in str(app.query_one("#learner").render()))
 
             await pilot.press("space")
@@ -120,11 +120,11 @@ def test_console_stops_all_releases_one_and_marks_a_killed_runner_stale(
             await pilot.press(*"robot1")
             assert not app.screen.query_one("#release-confirm", Button).disabled
             await pilot.click("#release-confirm")
-            await _until(pilot, lambda: states() == {"robot1": "fine_tuning", "robot2": "estopped"})
+            await _until(pilot, lambda: states() == {"robot1": "running", "robot2": "estopped"})
 
             runners["robot2"][1].kill()
             await _until(pilot, lambda: cell("robot2", "state").startswith("STALE"))
-            assert cell("robot1", "state") == "fine_tuning"
+            assert cell("robot1", "state") == "running"
             kinds = {(e.peer, e.kind) for e in client.snapshot.events}
             assert {
                 ("robot1", "stop"),
@@ -158,7 +158,7 @@ def test_killing_a_deadman_console_process_estops_its_runners_within_the_deadlin
             return all(armed_deadman(v.status, "console") == DEADMAN_S for v in views)
 
         assert wait_for(supervised, START_S)
-        assert all(observer.view(name).status["state"] == "fine_tuning" for name in runners)  # type: ignore[index]
+        assert all(observer.view(name).status["state"] == "running" for name in runners)  # type: ignore[index]
         killed_at = time.time()
         console.kill()
 

@@ -161,7 +161,7 @@ def test_killing_a_deadman_console_stops_a_runner_started_without_a_deadline(
         armed = lambda: armed_deadman(observer.view("robot1").status, "console")  # noqa: E731
         assert pump_until(observer, lambda: armed() == DEFAULT_DEADMAN_S, START_S)
         assert armed_deadman(observer.view("robot1").status, "observer") is None  # it only watches
-        assert observer.view("robot1").status["state"] == "fine_tuning"  # type: ignore[index]
+        assert observer.view("robot1").status["state"] == "running"  # type: ignore[index]
         killed_at = time.time()
         console.kill()
         stopped = lambda: (observer.view("robot1").status or {}).get("state") == "estopped"  # noqa: E731

@@ -223,7 +223,7 @@ def test_ship_signs_when_given_keys(small_overrides, pendulum_dataset, keydir: P
     ship(tmp_path / "run" / "checkpoint.pt", out, {}, 1, 0, keys.load_signing_key(keydir, "learner"))
     (entry,) = shipped(out.parent, keys.load_verify_keys(keydir))
     assert (entry.name, entry.signature.state, entry.integrity) == ("pendulum", "valid", "ok")
-    ship(tmp_path / "run" / "checkpoint.pt", out, {}, 1, 0)  # shipped again without keys: unsigned
+    ship(tmp_path / "run" / "checkpoint.pt", out, {}, 1, 0, force=True)  # again without keys: unsigned
     assert shipped(out.parent, None)[0].signature.state == "unsigned"
 
 

@@ -244,6 +244,20 @@ def test_state_while_running_and_phase(paths: dict[str, Path]) -> None:
         runner.set_phase(RunnerState.PAUSED)
 
 
+def test_a_runner_without_a_learner_says_running_and_no_phase(paths: dict[str, Path]) -> None:
+    runner = _runner(paths, FakeDriver(episode_len=3), phase=None)  # what `robot-wsrl runner` makes
+    seen: list[tuple[str, Any, int, int]] = []
+    runner._on_transition = lambda t: seen.append(
+        ((s := runner.status())["state"], s["phase"], s["episode"], s["episodes_done"])
+    )
+    assert runner.status()["episode"] == 0 and runner.status()["phase"] is None  # none started yet
+    end = runner.run(max_episodes=2)
+    assert {(state, phase) for state, phase, _, _ in seen} == {("running", None)}
+    # the episode under way counts from 1; a finished one is counted by both (no off-by-one at the end)
+    assert [(episode, done) for _, _, episode, done in seen] == [(1, 0)] * 3 + [(2, 1)] * 3
+    assert (end["state"], end["phase"], end["episode"], end["episodes_done"]) == ("idle", None, 2, 2)
+
+
 def _swap_test(paths: dict[str, Path], swap_mode: str) -> list[tuple[int, int, int]]:
     """Offer v2 during step 1 of episode 0; returns (episode, step, policy version) per transition."""
     v2 = OnnxPolicy.load(paths["v2"])

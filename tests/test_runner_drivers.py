@@ -92,7 +92,7 @@ def test_cli_runs_an_exported_policy_with_a_live_status_line(
     assert f"version 0 on {driver}" in out and f"steps                {CLI_STEPS}" in out
     assert "last_stop_cause      None" in out
     lines = [line for line in err.splitlines() if " v0 | ep " in line]  # stderr is no terminal: lines
-    assert any(line.startswith("fine_tuning") for line in lines)  # shown while running
+    assert any(line.startswith("running ") for line in lines)  # shown while running (no learner: no phase)
     assert lines[-1].startswith("idle") and err.endswith("\n")  # the final line, after the run, ended
 
 

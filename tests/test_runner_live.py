@@ -81,7 +81,7 @@ def test_an_estop_survives_a_restart_until_an_operator_releases_it(
     console = Console(endpoint)
     consoles.append(console)
     first = start_runner(procs, tmp_path, null_policy, state, endpoint)
-    up(console, first, "fine_tuning")
+    up(console, first, "running")
     assert console.command("estop", reason="hand in the cell").ok
     assert console.status()["state"] == "estopped"  # type: ignore[index]
     rc = first.signal(sig)
@@ -98,11 +98,11 @@ def test_an_estop_survives_a_restart_until_an_operator_releases_it(
     time.sleep(0.3)  # still latched a while later: nothing but a release leaves it
     assert console.status()["state"] == "estopped"  # type: ignore[index]
     assert console.command("release", operator="alice").ok
-    up(console, second, "fine_tuning")
+    up(console, second, "running")
     assert second.signal(signal.SIGTERM) == 0, second.output()
 
     third = start_runner(procs, tmp_path, null_policy, state, endpoint)  # the release was recorded too
-    status = up(console, third, "fine_tuning")
+    status = up(console, third, "running")
     assert [s["kind"] for s in status["control"]["stops"]][-2:] == ["enter", "release"]
     assert third.signal(signal.SIGTERM) == 0 and "Traceback" not in third.output()
 
@@ -189,7 +189,7 @@ def test_a_supervising_console_arms_the_default_deadman_and_its_death_stops_the_
     console = Console(endpoint)  # watching: also named "console", a separate connection
     consoles.append(console)
     runner = start_runner(procs, tmp_path, null_policy, tmp_path / "state", endpoint)  # no --deadman-s
-    status = up(console, runner, "fine_tuning")
+    status = up(console, runner, "running")
     assert status["control"]["deadman_s"] is None and status["control"]["supervisors"] == []
     supervisors = [_supervising_console(endpoint) for _ in range(2)]  # same key name, two connections
     try:
@@ -200,7 +200,7 @@ def test_a_supervising_console_arms_the_default_deadman_and_its_death_stops_the_
         assert status["control"]["deadman_s"] == DEFAULT_DEADMAN_S
         assert {s["name"] for s in status["control"]["supervisors"]} == {"console"}
         assert all(0 <= s["silent_s"] < DEFAULT_DEADMAN_S for s in status["control"]["supervisors"])
-        assert status["state"] == "fine_tuning"
+        assert status["state"] == "running"
         killed_at = time.time()
         supervisors[0].kill()  # one of the two goes silent: that alone stops the robot
         status = wait_for(
@@ -292,7 +292,7 @@ def test_an_estop_gets_through_a_flood_of_raw_connections_under_a_low_open_file_
     console = Console(endpoint)
     consoles.append(console)
     runner = start_runner(procs, tmp_path, null_policy, tmp_path / "state", endpoint, preexec=_low_nofile)
-    up(console, runner, "fine_tuning")
+    up(console, runner, "running")
     soft, hard_seen = _nofile_limits(runner.popen.pid)
     assert soft == hard_seen and soft > 128  # what lets the console in below
     with Flood(int(endpoint.rsplit(":", 1)[1])):

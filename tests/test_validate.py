@@ -141,15 +141,21 @@ def test_an_estop_ends_the_episode_at_once_and_counts_as_a_fault(good: Path) -> 
 
 def test_config_defaults_and_bad_values() -> None:
     cfg = load_config()
-    assert isinstance(cfg, ValidateConfig) and cfg.judged() == ["real", "nominal"]
+    assert isinstance(cfg, ValidateConfig) and cfg.preset is None  # the robot's: known with its driver
+    assert cfg.for_robot("gym:InvertedPendulum-v5").judged() == ["real", "nominal"]
+    assert cfg.for_robot("cam:reacher@top:24x24").judged() == ["reacher_real", "nominal"]
+    assert cfg.for_robot("dmc:cartpole-swingup").judged() == ["nominal"]  # no preset describes it
     assert not cfg.deterministic  # as the runner runs a policy
     assert cfg.episodes >= 3 and cfg.thresholds.max_faults == 0
-    assert load_config(overrides=["variants=[nominal]"]).judged() == ["real", "nominal"]
+    hopper = load_config(overrides=["variants=[nominal,real]"]).for_robot("gym:Hopper-v5")
+    assert hopper.judged() == ["real", "nominal"]  # the robot's preset first
     assert load_config(overrides=["variants=[]", "preset=real_mild"]).judged() == ["real_mild"]
     with pytest.raises(ValueError, match="episodes must be positive"):
         load_config(overrides=["episodes=0"])
     with pytest.raises(ValueError, match="min_return names variants"):
-        load_config(overrides=["variants=[nominal]", "thresholds.min_return.real_mild=1"])
+        load_config(overrides=["variants=[nominal]", "thresholds.min_return.real_mild=1"]).for_robot("gym:a")
+    with pytest.raises(ValueError, match="did you mean driver=cam:reacher@top:24x24"):
+        load_config(overrides=["env.driver=cam:reacher@top:24x24"])
     with pytest.raises(ConfigKeyError, match="no_such_key"):  # apps/errors.py words it with the known keys
         load_config(overrides=["no_such_key=1"])
 

@@ -36,7 +36,7 @@ from robot_wsrl.core.driver import Driver
 from robot_wsrl.core.files import write_atomic
 from robot_wsrl.core.spec import EnvSpec
 from robot_wsrl.robot import control
-from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.robot.drivers import CAMERA_REQUESTS, DRIVER_FORMS, make_driver
 from robot_wsrl.robot.safety import EStopLatch
 from robot_wsrl.wire import keys, transport
 from robot_wsrl.wire.endpoints import Endpoints, check_endpoint, endpoint_problem, load_endpoints, parse_named
@@ -281,7 +281,7 @@ class DriverOptions:
             "--driver",
             type=driver_name,
             required=True,
-            help="gym:ENV_ID | dmc:DOMAIN-TASK | null | emulated:ENDPOINT",
+            help=f"{' | '.join(DRIVER_FORMS)} ({CAMERA_REQUESTS})",
         )
         default = (
             "the driver's own" if self.timeout_periods is None else f"{self.timeout_periods} control periods"

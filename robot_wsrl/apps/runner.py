@@ -176,6 +176,7 @@ def _build(
             deterministic=args.deterministic,
             seed=args.seed,
             safety=SafetyConfig(max_delta_per_step=args.max_delta),
+            phase=None,  # no learner: its status says state running, phase None
             realtime=args.realtime,
             rt_priority=args.rt_priority,
             latch=latch,

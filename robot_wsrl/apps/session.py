@@ -20,7 +20,13 @@ is for when that does not matter. The robot comes first on the CPU too: the lear
 validation worker) runs at nice +10, the runner at a higher priority where the system allows it.
 
 The progress line and summary.json show the robot's own state (e-stopped, faulted, paused, holding and
-why) from the runner's control channel, beside the learner's phase.
+why) from the runner's control channel, beside the learner's phase. summary.json also has what the gate
+measured of each version it judged (return and, for a task with a success signal, success rate per
+preset), the learner's replay (bytes per transition) and each process's peak resident memory.
+
+A camera policy (made on `cam:TASK[@CAM:HxW]`) runs the same way: the emulated robot renders the cameras
+the policy sees (a headless machine needs MUJOCO_GL=egl), the runner streams the frames, and the learner
+caches the frozen encoder's features in a replay capped at --steps transitions.
 """
 
 from __future__ import annotations
@@ -126,6 +132,19 @@ def _wait_ready(name: str, path: Path, proc: subprocess.Popen, log: Path, timeou
     return dict(json.loads(path.read_text()))
 
 
+def robot_env(driver: str) -> str:
+    """What the emulated robot simulates for a policy made on `driver`: a gymnasium id (`gym:Hopper-v5` ->
+    `Hopper-v5`) or a camera task as named there (`cam:reacher@top:84x84`: the cameras the policy sees)."""
+    return driver.removeprefix("gym:")
+
+
+def replay_capacity(driver: str, steps: int) -> list[str]:
+    """The learner's replay capacity for a camera policy: the session's `steps` (it never gets more), not
+    the default million transitions, whose frames alone would reserve 23 GB at 84x84 (a learner on a
+    machine with less memory would not start). A state task keeps the default (0.1 GB for Hopper)."""
+    return [f"run.buffer_capacity={steps}"] if driver.startswith("cam:") or "@" in driver else []
+
+
 def _env_of(policy_dir: Path) -> dict[str, Any]:
     """The env config the policy was made for: from its manifest if shipped, else from its checkpoint."""
     manifest = policy_dir / MANIFEST
@@ -145,6 +164,16 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """A live process's peak resident memory so far (Linux's VmHWM), in MiB; None where unreadable (gone,
+    a zombie, not Linux)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 def _stop_child(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> int:
@@ -321,21 +350,45 @@ def made_at_step(sidecar: Path, warmup: int, utd: int) -> int:
     return warmup + -(-updates // utd) - 1 if updates else 0
 
 
-def validated_versions(policies: Path, preset: str, warmup: int, utd: int) -> list[tuple[int, float, bool]]:
-    """Each judged version of the learner as (environment step it was made at, its validation return on the
-    robot's preset, or the mean over the variants validated, promoted?): the learner's side of the plot."""
-    points = []
+def validation_results(policies: Path, warmup: int, utd: int) -> list[dict[str, Any]]:
+    """Each version of the learner the gate judged (passed or failed, with its report): its status, the
+    environment step it was made at, and per preset validated its mean return and success rate (None for a
+    task without a success signal), as summary.json's gate.validated."""
+    results = []
     for verdict_path in sorted(policies.glob(f"v*/{VALIDATION_DIR}/{VERDICT}")):
         verdict = json.loads(verdict_path.read_text())
         report_path = verdict_path.with_name(REPORT)
         if verdict["status"] not in ("passed", "failed") or not report_path.exists():
             continue
         variants = json.loads(report_path.read_text())["candidate"]["variants"]
-        chosen = [variants[preset]] if preset in variants else list(variants.values())
-        step = made_at_step(verdict_path.parents[1] / POLICY_SIDECAR, warmup, utd)
-        points.append(
-            (step, sum(v["return_mean"] for v in chosen) / len(chosen), verdict["status"] == "passed")
+        results.append(
+            {
+                "version": int(verdict["version"]),
+                "status": verdict["status"],
+                "made_at_step": made_at_step(verdict_path.parents[1] / POLICY_SIDECAR, warmup, utd),
+                "variants": {
+                    name: {"return_mean": v["return_mean"], "success_rate": v.get("success_rate")}
+                    for name, v in variants.items()
+                },
+            }
         )
+    return results
+
+
+def validated_versions(
+    results: list[dict[str, Any]], preset: str
+) -> list[tuple[int, float, bool, float | None]]:
+    """The learner's side of the plot, from `validation_results`: each judged version as (environment step
+    it was made at, its validation return on the robot's preset, or the mean over the presets validated,
+    promoted?, its success rate likewise, or None for a task without one)."""
+    points = []
+    for result in results:
+        variants = result["variants"]
+        chosen = [variants[preset]] if preset in variants else list(variants.values())
+        rates = [v["success_rate"] for v in chosen]
+        success = None if None in rates else sum(rates) / len(rates)
+        mean_return = sum(v["return_mean"] for v in chosen) / len(chosen)
+        points.append((result["made_at_step"], mean_return, result["status"] == "passed", success))
     return points
 
 
@@ -416,6 +469,7 @@ class Session:
         self._runner_argv: list[str] = []
         self._control = "tcp://127.0.0.1:0"  # the runner's control endpoint, once it has bound one
         self.rows: list[dict[str, Any]] = []  # the robot's finished episodes, read from the learner's log
+        self.peak_rss_mb: dict[str, float] = {}  # each child's own (not its validation workers'), while up
 
     def _log(self, name: str) -> Path:
         """Where child `name` writes its output."""
@@ -497,6 +551,7 @@ class Session:
             f"seed={a.seed}",
             f"out_dir={(self.out / 'learner').resolve()}",
             "threads=1",  # the robot and the runner share this machine: two torch threads would thrash
+            *replay_capacity(env["driver"], a.steps),
             *a.overrides,
         ]
         ready = self.out / "logs" / "learner.ready.json"
@@ -528,6 +583,14 @@ class Session:
         save_endpoints(self.out, endpoints)
         return endpoints
 
+    def _sample_memory(self) -> None:
+        """Each running child's peak memory so far (a peak only grows: the last sample before it stops is
+        its peak, up to one poll's growth for a runner that ends on its own)."""
+        procs = {**self.children, **({"robot": self.robot.popen} if self.robot is not None else {})}
+        for name, proc in procs.items():
+            if proc.poll() is None and (mb := peak_rss_mb(proc.pid)) is not None:
+                self.peak_rss_mb[name] = max(mb, self.peak_rss_mb.get(name, 0.0))
+
     def _check_children(self) -> bool:
         """Any child gone is an error, except a runner that spent its budget (exit 0): whether it did."""
         with self.children_lock:
@@ -547,6 +610,7 @@ class Session:
         moved_at, position = time.monotonic(), (0, 0)
         try:
             while not self.stop.wait(POLL_S):
+                self._sample_memory()
                 runner_done = self._check_children()
                 status = client.status("learner")
                 robot = self.robot_status if runner_done else client.status(RUNNER)  # None: no answer
@@ -574,6 +638,7 @@ class Session:
     def _shutdown(self) -> dict[str, int | None]:
         """Runner, learner, robot, in this order; every one is waited for (killed if it must be)."""
         codes: dict[str, int | None] = {}
+        self._sample_memory()
         for name in ("runner", "learner"):
             if name in self.children:
                 codes[name] = _stop_child(self.children[name])
@@ -621,7 +686,9 @@ class Session:
             shutil.copytree(source / VALIDATION_DIR, target / VALIDATION_DIR)
         return target
 
-    def _returns(self, promoted: list[int], baseline: float | None) -> list[dict[str, Any]]:
+    def _returns(
+        self, promoted: list[int], baseline: float | None, validated: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         from robot_wsrl.learn.plots import plot_episode_returns
 
         rows = self.rows
@@ -632,7 +699,7 @@ class Session:
             writer.writerows(rows)
         title = f"robot-wsrl session: {self.args.env_id} ({self.args.preset}), {self.args.policy_dir}"
         policies = self.out / "learner" / POLICY_DIR
-        versions = validated_versions(policies, self.args.preset, self.args.warmup, self.args.utd)
+        versions = validated_versions(validated, self.args.preset)
         promotions = promotion_steps(rows, promoted, policies, self.args.warmup, self.args.utd)
         plot_episode_returns(
             csv_path, self.out / "returns.png", self.args.warmup, title, versions, promotions, baseline
@@ -642,7 +709,7 @@ class Session:
     def run(self) -> dict[str, Any]:
         a = self.args
         env = _env_of(a.policy_dir)
-        a.env_id = a.env_id or env["driver"].partition(":")[2]
+        a.env_id = a.env_id or robot_env(env["driver"])
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         client: StatusClient | None = None
@@ -680,6 +747,7 @@ class Session:
             "pids": {name: p.pid for name, p in self.children.items()}
             | ({"robot": self.robot.pid} if self.robot is not None else {}),
             "exit_codes": codes,
+            "peak_rss_mb": {name: round(mb, 1) for name, mb in self.peak_rss_mb.items()},
         }
         status = self.last_status
         if status is not None:
@@ -687,9 +755,11 @@ class Session:
                 "steps": status["step"],
                 "updates": status["updates"],
                 "effective_utd": status["effective_utd"],
+                "replay": status.get("replay"),  # its bytes per transition; cameras and cached features
             }
         summary["robot"] = robot_summary(self.robot_status)
         summary["gate"] = gate_summary(self.out / "learner" / POLICY_DIR)
+        summary["gate"]["validated"] = validation_results(self.out / "learner" / POLICY_DIR, a.warmup, a.utd)
         promoted = promoted_versions(summary["gate"], status)
         summary["promoted_versions"] = promoted
         summary |= self._export(promoted)
@@ -699,7 +769,7 @@ class Session:
         summary["episodes"] = len(self.rows)
         summary |= robot_returns(self.rows, total_steps)
         if log.exists():
-            self._returns(promoted, summary["baseline_return"])
+            self._returns(promoted, summary["baseline_return"], summary["gate"]["validated"])
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -718,7 +788,12 @@ def _parser() -> argparse.ArgumentParser:
         default="policies/hopper",
         help="has checkpoint.pt (found from the working directory, then from the repository)",
     )
-    parser.add_argument("--env-id", default=None, help="gymnasium id (default: the policy's env)")
+    parser.add_argument(
+        "--env-id",
+        default=None,
+        help="gymnasium id, or camera task cam:NAME[@CAM:HxW] (rendering needs MUJOCO_GL=egl headless); "
+        "default: the policy's env",
+    )
     parser.add_argument("--preset", default="real", help="robot shift preset, configs/shift/NAME.yaml")
     parser.add_argument("--steps", type=int, default=6000, help="environment steps in all, warmup included")
     parser.add_argument("--warmup", type=int, default=1000, help="steps before the first update")
@@ -755,9 +830,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def env_id_problem(env_id: str) -> str | None:
     """Why the emulated robot could not drive `env_id` (the gym driver's own words: gymnasium's "did you
-    mean"), or None: checked before any child starts, not in a traceback from the robot's start-up."""
+    mean"; for a camera task `cam:NAME[@CAMERAS]`, its name and camera request, checked without rendering),
+    or None: checked before any child starts, not in a traceback from the robot's start-up."""
     from robot_wsrl.sim.gym_mujoco import GymMujocoDriver  # the sim extra, as the robot needs it
 
+    if env_id.startswith("cam:"):
+        from robot_wsrl.sim.camera import parse_cameras
+        from robot_wsrl.sim.camera_tasks import CAMERA_TASKS
+
+        task, at, request = env_id.removeprefix("cam:").partition("@")
+        if task not in CAMERA_TASKS:
+            close = difflib.get_close_matches(task, list(CAMERA_TASKS), n=1)
+            hint = f" (did you mean cam:{close[0]}?)" if close else ""
+            return f"{env_id}: no such camera task; the camera tasks: {sorted(CAMERA_TASKS)}{hint}"
+        try:
+            if at:
+                parse_cameras(request, where=env_id)
+        except ValueError as exc:
+            return str(exc)
+        return None
     try:
         GymMujocoDriver(env_id).close()
     except ValueError as exc:
@@ -833,5 +924,12 @@ def cli(argv: list[str]) -> int:
         ratio = summary.get("last_third_over_baseline")
         shown = "-" if ratio is None else f"{ratio:.2f}x"
         print(f"robot return: last third {last:.1f} vs pre-trained v0 {baseline:.1f} ({shown})")
+    rates = [
+        f"v{r['version']} {v['success_rate']:.0%}"
+        for r in summary["gate"]["validated"]
+        if (v := r["variants"].get(args.preset)) is not None and v["success_rate"] is not None
+    ]
+    if rates:
+        print(f"validation success rate on {args.preset}: {', '.join(rates)}")
     print(f"plot: {session.out / 'returns.png'}")
     return 130 if summary["interrupted"] else 0

@@ -14,7 +14,8 @@ from robot_wsrl.apps.options import CommandParser, positive_float, positive_int
 
 DESCRIPTION = """Package a pre-trained checkpoint as a shipped policy under policies/NAME/: checkpoint.pt
 (what the learner starts from), policy.onnx + policy.json (what robots run) and manifest.json (how it was
-made, and its measured return on the nominal simulator and on every dynamics-shift preset).
+made, and its measured return on the nominal simulator and on every shift preset describing its robot).
+The folder appears only once complete; one that holds a policy is replaced only with --force.
 
 Given a pre-training run folder (pre-trained with run.keep_checkpoints=true, as recipe=cpu and
 recipe=paper do), `--select calibrated` ships the latest kept checkpoint whose critics are calibrated:
@@ -36,6 +37,9 @@ def _parser() -> CommandParser:
         "--band", type=positive_float, default=None, help="calibrated: |q_calibration - 1| <= BAND (0.25)"
     )
     parser.add_argument("--out", type=Path, required=True, help="policies/NAME")
+    parser.add_argument(
+        "--force", action="store_true", help="replace --out if it holds a policy (once the new one is built)"
+    )
     parser.add_argument("--recipe", type=Path, default=None, help="JSON describing how it was made")
     parser.add_argument(
         "--episodes", type=positive_int, default=10, help="evaluation episodes per preset (default 10)"
@@ -51,16 +55,21 @@ def _parser() -> CommandParser:
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from robot_wsrl.learn.collect import dataset_entry
-    from robot_wsrl.learn.ship import ship
+    from robot_wsrl.learn.ship import check_out, ship
     from robot_wsrl.wire.keys import load_signing_key
 
+    check_out(args.out, args.force)  # before any work: a slip of --out is one line, not minutes later
     recipe = json.loads(args.recipe.read_text()) if args.recipe else {}
     key = None if args.keys is None else load_signing_key(args.keys, args.signer)
     dataset = None if args.dataset is None else dataset_entry(args.dataset)
     checkpoint, selection = _source(args)
-    manifest = ship(checkpoint, args.out, recipe, args.episodes, args.seed, key, dataset, selection)
+    manifest = ship(
+        checkpoint, args.out, recipe, args.episodes, args.seed, key, dataset, selection, force=args.force
+    )
+    width = max(map(len, manifest["returns"]))
     for preset, r in manifest["returns"].items():
-        print(f"  {preset:<10} return {r['return_mean']:8.1f} ± {r['return_std']:.1f}")
+        success = f"  success {r['success_rate']:.0%}" if "success_rate" in r else ""
+        print(f"  {preset:<{width}}  return {r['return_mean']:8.1f} ± {r['return_std']:.1f}{success}")
     print(f"shipped to {args.out}")
     return 0
 

@@ -29,7 +29,12 @@ def parser() -> CommandParser:
         "Exit 0 on pass, 1 on fail, 2 on bad input.",
     )
     p.add_argument("policy", type=Path, help="DIR/policy.onnx or DIR (with its policy.json)")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. episodes=20 env=hopper")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides key=value, e.g. episodes=20 preset=real_mild (default: the policy's own task, "
+        "cameras and robot presets; env=NAME, driver=NAME choose others)",
+    )
     p.add_argument("--reference", type=Path, default=None, help="the deployed policy to compare with")
     p.add_argument("--config", type=Path, default=None, help="YAML merged over configs/validate.yaml")
     p.add_argument(
@@ -45,8 +50,9 @@ def parser() -> CommandParser:
 
 def _print_summary(report: dict[str, Any], out: Path) -> None:
     ref = report["reference"]
+    width = max(10, *map(len, report["candidate"]["variants"]))
     for variant, c in report["candidate"]["variants"].items():
-        line = f"  {variant:<10} candidate {c['return_mean']:9.2f} ± {c['return_std']:7.2f}"
+        line = f"  {variant:<{width}} candidate {c['return_mean']:9.2f} ± {c['return_std']:7.2f}"
         r = None if ref is None else ref["variants"].get(variant)
         if r is not None:
             line += f" | reference {r['return_mean']:9.2f} ± {r['return_std']:7.2f}"

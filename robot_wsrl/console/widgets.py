@@ -25,6 +25,7 @@ ALARM_STYLE = "bold white on red"
 CAUSE_WIDTH = 56  # characters of the last stop's cause in the table (the event log has all of it)
 STATE_STYLES = {
     "fine_tuning": "bold green",
+    "running": "bold green",  # a standalone runner: no learner, so no fine-tuning phase
     "warmup": "bold cyan",
     "paused": "bold yellow",
     "idle": "dim",

@@ -200,8 +200,9 @@ def _entry(
 
 
 def shipped(root: Path, trusted: Mapping[str, Ed25519PublicKey] | None = None) -> list[PolicyEntry]:
-    """policies/NAME/ folders with a manifest, an ONNX policy and its sidecar."""
-    folders = sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
+    """policies/NAME/ folders with a manifest, an ONNX policy and its sidecar. Not hidden ones: `ship`
+    builds a folder in .NAME.*.shipping, and moves the one it replaces into .NAME.*.replaced."""
+    folders = sorted(p.parent for p in root.glob(f"*/{MANIFEST}") if not p.parent.name.startswith("."))
     return [
         _entry(d.name, "shipped", d, trusted)
         for d in folders

@@ -13,6 +13,7 @@ Robot side: numpy, onnxruntime, mujoco; never torch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -30,9 +31,10 @@ from robot_wsrl.core.spec import EnvSpec
 from robot_wsrl.gate.episodes import Episode, EpisodePool, EpisodeSetup, Result, Task, default_workers
 from robot_wsrl.gate.registry import load_trusted, policy_file, require_trusted
 from robot_wsrl.gate.stats import SequentialTest, look_schedule, t_quantile
+from robot_wsrl.robot.drivers import simulator_name
 from robot_wsrl.robot.policy import OnnxPolicy, sha256_bytes
 from robot_wsrl.sim.env_config import EnvConfig
-from robot_wsrl.sim.shift import preset_names
+from robot_wsrl.sim.shift import load_shift_preset, preset_applies, preset_names
 
 REPORT_FORMAT = "robot-wsrl-validation/1"
 MIN_PAIRED_EPISODES = 3  # a confidence bound over fewer paired episodes would be a single-episode verdict
@@ -62,8 +64,10 @@ class ReferenceConfig:
 @dataclass
 class ValidateConfig:
     env: str | None = None
-    preset: str = "real"
-    variants: list[str] = field(default_factory=lambda: ["real", "nominal"])
+    driver: str | None = None  # None: the policy's own (`resolve_env`)
+    preset: str | None = None  # None: the robot's (`for_robot`)
+    robot_presets: list[str] = field(default_factory=lambda: ["reacher_real", "real"])
+    variants: list[str] = field(default_factory=lambda: ["nominal"])
     episodes: int = 128
     workers: int = 0
     seed: int = 1000
@@ -76,7 +80,20 @@ class ValidateConfig:
 
     def judged(self) -> list[str]:
         """The variants validated: the robot's preset first, then the other `variants` in their order."""
+        if self.preset is None:
+            raise ValueError("validate config: no robot preset yet: resolve it with for_robot(driver)")
         return [self.preset, *(v for v in self.variants if v != self.preset)]
+
+    def for_robot(self, driver: str) -> ValidateConfig:
+        """This config on the robot `driver` drives: `preset` null becomes the first of `robot_presets` that
+        describes that robot (a preset's `for_driver`, as `ship` measures on every preset describing it),
+        `nominal` when none does. Checked again, the robot's preset now known."""
+        preset = self.preset or next(
+            (p for p in self.robot_presets if preset_applies(load_shift_preset(p), driver)), "nominal"
+        )
+        resolved = dataclasses.replace(self, preset=preset)
+        resolved.check()
+        return resolved
 
     def check(self) -> None:
         t, r = self.thresholds, self.reference
@@ -88,8 +105,8 @@ class ValidateConfig:
             or self.max_episode_steps > 0,
             "max_delta_per_step must be positive": self.max_delta_per_step is None
             or self.max_delta_per_step > 0,
-            "thresholds.min_return names variants that are not validated": set(t.min_return)
-            <= set(self.judged()),
+            "thresholds.min_return names variants that are not validated": self.preset is None
+            or set(t.min_return) <= set(self.judged()),
             "thresholds.min_success_rate must be in [0, 1]": t.min_success_rate is None
             or 0.0 <= t.min_success_rate <= 1.0,
             "thresholds.max_faults must be >= 0": t.max_faults >= 0,
@@ -106,6 +123,10 @@ class ValidateConfig:
             raise ValueError("validate config: " + "; ".join(bad))
 
 
+# The learner's `env.KEY` overrides and the keys of this config that say the same here.
+ENV_KEYS = {"name": "env", "driver": "driver", "max_episode_steps": "max_episode_steps", "shift": "preset"}
+
+
 def load_config(config_file: Path | None = None, overrides: list[str] | None = None) -> ValidateConfig:
     """configs/validate.yaml, then `config_file` merged over it, then `key=value` overrides; typed.
 
@@ -114,6 +135,12 @@ def load_config(config_file: Path | None = None, overrides: list[str] | None = N
     malformed = [o for o in overrides or [] if "=" not in o]
     if malformed:
         raise ValueError(f"override {malformed[0]!r} has no '=': give KEY=VALUE, e.g. episodes=20")
+    for override in overrides or []:
+        key, _, value = override.partition("=")
+        if key.startswith("env."):  # the learner's env group: here env is only a name, its keys are ours
+            ours = ENV_KEYS.get(key.removeprefix("env."))
+            hint = f": did you mean {ours}={value}?" if ours else ""
+            raise ValueError(f"override {override!r}: validate's env is a config name (env=NAME){hint}")
     layers = [OmegaConf.structured(ValidateConfig), OmegaConf.load(CONFIG_DIR / "validate.yaml")]
     if config_file is not None:
         layers.append(OmegaConf.load(config_file))
@@ -124,8 +151,12 @@ def load_config(config_file: Path | None = None, overrides: list[str] | None = N
 
 
 def resolve_env(cfg: ValidateConfig, spec: EnvSpec) -> EnvConfig:
-    """The env config named by `cfg.env`, or the one whose driver runs the policy's spec (gym:NAME)."""
+    """Where the policy runs: the env config `cfg.env` names, else the one whose driver runs the policy's
+    task. Its driver is `cfg.driver` when given, else the policy's own (`simulator_name`: its task, its
+    cameras at their sizes) when the env drives that task, else the env's own (which the policy must fit)."""
     env_dir = CONFIG_DIR / "env"
+    own = simulator_name(spec)
+    task = _task(cfg.driver or own)
     if cfg.env is not None:
         path = env_dir / f"{cfg.env}.yaml"
         if not path.is_file():
@@ -134,13 +165,23 @@ def resolve_env(cfg: ValidateConfig, spec: EnvSpec) -> EnvConfig:
         candidates = [path]
     else:
         candidates = [
-            p for p in sorted(env_dir.glob("*.yaml")) if OmegaConf.load(p).get("driver") == f"gym:{spec.name}"
+            p for p in sorted(env_dir.glob("*.yaml")) if _task(OmegaConf.load(p).get("driver")) == task
         ]
         if not candidates:
-            raise ValueError(f"no env config in {env_dir} drives {spec.name!r}: pass env=NAME")
-    return OmegaConf.to_object(
+            raise ValueError(f"no env config in {env_dir} drives {task!r}: pass env=NAME")
+    env: EnvConfig = OmegaConf.to_object(
         OmegaConf.merge(OmegaConf.structured(EnvConfig), OmegaConf.load(candidates[0]))
-    )  # type: ignore[return-value]
+    )  # type: ignore[assignment]
+    if cfg.driver is not None:
+        env.driver = cfg.driver
+    elif _task(env.driver) == _task(own):
+        env.driver = own
+    return env
+
+
+def _task(driver: str | None) -> str:
+    """A driver name without its camera requests: `cam:reacher@top:24x24` -> `cam:reacher`."""
+    return str(driver or "").partition("@")[0]
 
 
 # ----- the setup and the measurements -----
@@ -170,7 +211,7 @@ class Setup:
             env.driver, steps, cfg.seed, cfg.deterministic, cfg.max_delta_per_step,
             cfg.success_return.get(env.name),
         )  # fmt: skip
-        return cls(episode, cfg.preset, variants, look_schedule(cfg.episodes, cfg.reference.looks))
+        return cls(episode, variants[0], variants, look_schedule(cfg.episodes, cfg.reference.looks))
 
 
 class Measurement:
@@ -452,6 +493,7 @@ def validate(
     trust = {p: require_trusted(p, trusted, allow_unsigned) for p in (cand, ref) if p is not None}
     spec = OnnxPolicy.load(cand).spec
     env = resolve_env(cfg, spec)
+    cfg = cfg.for_robot(env.driver)
     setup = Setup.of(cfg, env)
     if ref is not None:
         if cfg.episodes < MIN_PAIRED_EPISODES:

@@ -43,13 +43,14 @@ def plot_episode_returns(
     out_png: Path,
     warmup_steps: int,
     title: str,
-    versions: list[tuple[int, float, bool]] | None = None,
+    versions: list[tuple[int, float, bool, float | None]] | None = None,
     promotions: list[tuple[int, int]] | None = None,
     baseline: float | None = None,
 ) -> Path:
     """Each episode's return at the step it ended, with a moving mean and the end of warmup marked
     (a session has no separate evaluation: its episodes are the robot's own). `versions`: the learner's
-    versions as (step published, validation return, promoted), drawn next to what the robot ran.
+    versions as (step published, validation return, promoted, validation success rate or None), drawn
+    next to what the robot ran, each labelled with its success rate (a task with a success signal).
     `promotions`: (version, step) of each version the gate promoted, a vertical line labelled vN where the
     robot took it up; `baseline`: the robot's mean return on the pre-trained policy, a dashed line."""
     import matplotlib
@@ -66,15 +67,19 @@ def plot_episode_returns(
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.plot(steps, returns, "o", markersize=3, alpha=0.4, label="episode return (what the robot ran)")
     ax.plot(steps, mean, label=f"mean of the last {window} episodes")
+    rates = " (% success)" if any(v[3] is not None for v in versions or []) else ""
     for promoted, marker, label in ((True, "^", "promoted"), (False, "x", "held back")):
-        chosen = [(s, r) for s, r, p in versions or [] if p == promoted]
+        chosen = [(s, r) for s, r, p, _ in versions or [] if p == promoted]
         if chosen:
             ax.plot(
                 *zip(*chosen, strict=True),
                 marker,
                 color="tab:green" if promoted else "tab:red",
-                label=f"learner version, validation return: {label}",
+                label=f"learner version, validation return{rates}: {label}",
             )
+    for step, ret, _, success in versions or []:
+        if success is not None:
+            ax.annotate(f"{success:.0%}", (step, ret), xytext=(3, 3), textcoords="offset points", fontsize=7)
     if warmup_steps > 0:
         ax.axvline(warmup_steps, color="grey", linestyle="--", label=f"end of warmup ({warmup_steps} steps)")
     if baseline is not None:

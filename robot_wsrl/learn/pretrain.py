@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from robot_wsrl.core.artifacts import CHECKPOINT, SUMMARY, kept_checkpoint
+from robot_wsrl.core.spec import CameraSpec, EnvSpec
 from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.calibration import (
     CALIBRATION_TOLERANCE,
@@ -22,7 +23,7 @@ from robot_wsrl.learn.calibration import (
     measure,
 )
 from robot_wsrl.learn.config import Config, config_hash, prepare_out_dir, resumed
-from robot_wsrl.learn.datasets import OfflineDataset, load_dataset
+from robot_wsrl.learn.datasets import DatasetError, OfflineDataset, load_dataset
 from robot_wsrl.learn.encoder import image_key, next_image_key
 from robot_wsrl.learn.envs import make_env
 from robot_wsrl.learn.metrics import MetricsLogger
@@ -30,6 +31,7 @@ from robot_wsrl.learn.networks import build_networks
 from robot_wsrl.learn.plots import plot_calibration
 from robot_wsrl.learn.replay import MixedSampler, ReplayBuffer
 from robot_wsrl.learn.training import (
+    driver_hint,
     evaluate_agent,
     load_agent_checkpoint,
     progress_bar,
@@ -38,6 +40,25 @@ from robot_wsrl.learn.training import (
     save_training_checkpoint,
     seed_everything,
 )
+
+
+def _load_for(path: str, spec: EnvSpec) -> OfflineDataset:
+    """The dataset, checked against the task; frames at other sizes than the env's driver renders are
+    refused with the driver that renders theirs (read again, on that error only, to learn their sizes)."""
+    try:
+        return load_dataset(path, action_low=spec.low, action_high=spec.high, cameras=spec.cameras)
+    except DatasetError as exc:
+        if not (spec.cameras and exc.field and exc.field.startswith("frames/")):
+            raise
+        try:
+            frames = load_dataset(path, cameras=None).frames
+        except DatasetError:
+            raise exc from None
+        own = tuple(CameraSpec(c.name, *frames[c.name].shape[1:]) for c in spec.cameras if c.name in frames)
+        hint = driver_hint(own, spec)
+        if not hint:
+            raise
+        raise DatasetError(exc.source, exc.field, exc.problem + hint) from exc
 
 
 def pretrain(cfg: Config, steps: int | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -54,7 +75,7 @@ def pretrain(cfg: Config, steps: int | None = None, stop: threading.Event | None
     rng = seed_everything(cfg.seed, cfg.threads)
     eval_env = make_env(cfg.env, seed=cfg.seed + 10_000)
     spec = eval_env.spec
-    ds = load_dataset(cfg.run.dataset, action_low=spec.low, action_high=spec.high, cameras=spec.cameras)
+    ds = _load_for(cfg.run.dataset, spec)
     if ds.obs_dim != spec.obs_dim or ds.act_dim != spec.act_dim:
         raise ValueError(
             f"{cfg.run.dataset}: obs/action sizes {ds.obs_dim}/{ds.act_dim} do not match "

@@ -2,7 +2,13 @@
 
 The folder holds what the learner starts from (`checkpoint.pt`, the full agent state), what robots run
 (`policy.onnx` + `policy.json`) and `manifest.json`: how it was made and its measured return on the
-nominal simulator and on every dynamics-shift preset (the sim-to-real gap a fine-tuning session closes).
+nominal simulator and on every shift preset that describes its robot (the sim-to-real gap a fine-tuning
+session closes).
+
+A runner runs whatever policy.onnx a folder holds, so a folder exists only once shipped whole: it is built
+in a hidden sibling folder and renamed into place after its manifest is written. A failure (a simulator
+that cannot render, a bad checkpoint) leaves nothing behind, and an existing folder is replaced only when
+asked to (`force`), once the new one is complete.
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ import hashlib
 import json
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from robot_wsrl.core.artifacts import CHECKPOINT, MANIFEST, signature_path
+from robot_wsrl.core.artifacts import CHECKPOINT, MANIFEST
 from robot_wsrl.learn.checkpoint import load_checkpoint
 from robot_wsrl.learn.envs import evaluate
 from robot_wsrl.learn.export import export_policy
@@ -51,6 +58,16 @@ def measure_returns(
     return results
 
 
+def check_out(out: Path, force: bool) -> None:
+    """Refuse to ship into a folder that holds something, unless `force`: a shipped policy is what runners
+    and sessions start from, never overwritten by a slip of `--out`."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder, e.g. policies/NAME")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "a shipped policy" if (out / MANIFEST).is_file() else "files"
+        raise ValueError(f"{out} already holds {what}: give --force to replace it, or another --out")
+
+
 def ship(
     checkpoint: Path,
     out: Path,
@@ -60,20 +77,46 @@ def ship(
     signing_key: Ed25519PrivateKey | None = None,
     dataset: dict[str, str] | None = None,
     selection: dict[str, Any] | None = None,
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Copy `checkpoint` into `out`, export and measure it; `selection` records how it was chosen among a
-    run's kept checkpoints (learn/selection.py), when it was."""
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / CHECKPOINT
-    if checkpoint.resolve() != target.resolve():
-        shutil.copyfile(checkpoint, target)
+    run's kept checkpoints (learn/selection.py), when it was. All or nothing (module docstring); `force`
+    replaces a folder `out` that holds something."""
+    check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = _hidden_sibling(out, "shipping")
+    try:
+        manifest = _build(
+            checkpoint, staging, out.name, recipe, episodes, seed, signing_key, dataset, selection
+        )
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build(
+    checkpoint: Path,
+    folder: Path,
+    name: str,
+    recipe: dict[str, Any],
+    episodes: int,
+    seed: int,
+    signing_key: Ed25519PrivateKey | None,
+    dataset: dict[str, str] | None,
+    selection: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The shipped folder's files, written into `folder` (empty); the manifest last."""
+    target = folder / CHECKPOINT
+    shutil.copyfile(checkpoint, target)
     payload = load_checkpoint(target)
-    onnx_path = export_policy(target, out, version=0)
-    signature_path(onnx_path).unlink(missing_ok=True)  # a signature of an earlier export would not verify
+    onnx_path = export_policy(target, folder, version=0)
     if signing_key is not None:
         write_signature(onnx_path, signing_key)
     manifest = {
-        "name": out.name,
+        "name": name,
         "env": payload["config"]["env"],
         "agent": payload["agent_config"],
         "pretrain_steps": int(payload["step"]),
@@ -86,5 +129,32 @@ def ship(
         "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (target, onnx_path)},
         "shipped": time.strftime("%Y-%m-%d"),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _hidden_sibling(out: Path, role: str) -> Path:
+    """A new empty folder `.NAME.RANDOM.ROLE` beside `out` (hidden: registry.shipped lists no such folder),
+    on the same file system so that a rename moves it."""
+    folder = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.{role}"
+    folder.mkdir()
+    return folder
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the complete `staging` folder to `out`. A folder already there is first moved aside (two
+    renames: POSIX has no portable directory exchange) and removed once the new one is in place; if the
+    second rename fails it is moved back."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    aside = _hidden_sibling(out, "replaced")
+    old = aside / out.name
+    out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        old.rename(out)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from robot_wsrl.core.spec import EnvSpec
+from robot_wsrl.core.spec import CameraSpec, EnvSpec
 from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from robot_wsrl.learn.config import Config, config_hash, to_dict
 from robot_wsrl.learn.envs import evaluate
+from robot_wsrl.robot.drivers import simulator_name
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str, unit: str) -> tqdm:
@@ -122,12 +124,27 @@ def _sizes(spec: EnvSpec) -> str:
     return f"obs_dim={spec.obs_dim}, act_dim={spec.act_dim}{cameras} ({spec.name})"
 
 
+def driver_hint(cameras: tuple[CameraSpec, ...], spec: EnvSpec) -> str:
+    """A message's ending that names the driver rendering `cameras` (a dataset's, a checkpoint's) when
+    they are the task's own at other sizes than the env's driver renders: "; did you mean env.driver=...?".
+    Empty otherwise."""
+
+    def kinds(cams: tuple[CameraSpec, ...]) -> list[tuple[str, int]]:
+        return [(c.name, c.channels) for c in cams]
+
+    if cameras == spec.cameras or kinds(cameras) != kinds(spec.cameras):
+        return ""
+    return f"; did you mean env.driver={simulator_name(dataclasses.replace(spec, cameras=cameras))}?"
+
+
 def load_agent_checkpoint(path: str, agent: Agent, spec: EnvSpec, *, with_optimizers: bool) -> dict[str, Any]:
     """Load a checkpoint into `agent` after checking it was made for the same observation/action sizes."""
     payload = load_checkpoint(path, map_location=agent.device)
     saved = EnvSpec.from_dict(payload["spec"])
     if (saved.obs_dim, saved.act_dim, saved.cameras) != (spec.obs_dim, spec.act_dim, spec.cameras):
-        raise CheckpointError(f"{path}: made for {_sizes(saved)}; this env has {_sizes(spec)}")
+        same_sizes = (saved.obs_dim, saved.act_dim) == (spec.obs_dim, spec.act_dim)
+        hint = driver_hint(saved.cameras, spec) if same_sizes else ""
+        raise CheckpointError(f"{path}: made for {_sizes(saved)}; this env has {_sizes(spec)}{hint}")
     if "agent" not in payload:
         raise CheckpointError(f"{path}: holds no learner state (an actor-only export cannot be fine-tuned)")
     try:

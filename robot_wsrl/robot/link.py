@@ -179,6 +179,14 @@ class LearnerLink:
         return self.policy_path if self._first_policy.wait(timeout_s) else None
 
     def attach(self, runner: Runner) -> None:
+        """Feed on `runner`; a codec for a camera its driver lacks is refused here, before anything moves."""
+        cameras = runner.spec.camera_names
+        unknown = [camera for camera in self.codecs if camera not in cameras]
+        if unknown:
+            raise ValueError(
+                f"link codecs {dict(self.options.codecs)}: {runner.spec.name} has no camera "
+                f"{', '.join(map(repr, unknown))}; its cameras: {', '.join(cameras) or 'none'}"
+            )
         self._runner = runner
         self._offered_version = runner.policy.version
         with self._holds_lock:

@@ -189,7 +189,7 @@ class Runner:
         watchdog_deadline_s: float | None = None,
         swap_mode: SwapMode = "between_episodes",
         on_transition: Callable[[Transition], None] | None = None,
-        phase: RunnerState = RunnerState.FINE_TUNING,
+        phase: RunnerState | None = RunnerState.FINE_TUNING,
         realtime: bool = True,
         rt_priority: int | None = None,
         transition_buffer: int = TRANSITION_BUFFER,
@@ -258,7 +258,9 @@ class Runner:
             return latched
         if not self._running:
             return RunnerState.IDLE
-        return RunnerState.PAUSED if self._paused and not self._waiting else self._phase
+        if self._paused and not self._waiting:
+            return RunnerState.PAUSED
+        return self._phase or RunnerState.RUNNING
 
     @property
     def latch(self) -> EStopLatch:
@@ -306,7 +308,8 @@ class Runner:
         self._paused = self._waiting = False
 
     def set_phase(self, phase: RunnerState) -> None:
-        """The learner says whether this is warmup or fine-tuning (reported in status and transitions)."""
+        """The learner says whether this is warmup or fine-tuning (reported in status and transitions).
+        A runner made with `phase=None` has no learner: its status says phase None and state running."""
         self._phase = self._check_phase(phase)
 
     def offer_policy(self, candidate: OnnxPolicy | str | Path) -> OfferResult:
@@ -347,7 +350,7 @@ class Runner:
         return {
             "state": self.state.value,
             "waiting": self._waiting,
-            "phase": self._phase.value,
+            "phase": None if self._phase is None else self._phase.value,
             "policy_version": self._policy.version,
             "policy_sha256": self._policy.sha256,
             "previous_policy_version": None if previous is None else previous.version,
@@ -358,7 +361,7 @@ class Runner:
             "sched_fifo": self._fifo,
             "ticks": self._ticks,
             "steps": self._steps,
-            "episode": self._episode,
+            "episode": self._episode + 1,  # the current (or last) episode, counted like episodes_done
             "episode_step": self._episode_step,
             "episode_return": _finite(self._episode_return),
             "last_episode_return": _finite(self._last_episode_return),
@@ -598,8 +601,8 @@ class Runner:
             self.driver.safe_stop()
 
     @staticmethod
-    def _check_phase(phase: RunnerState) -> RunnerState:
-        if phase not in (RunnerState.WARMUP, RunnerState.FINE_TUNING):
+    def _check_phase(phase: RunnerState | None) -> RunnerState | None:
+        if phase not in (None, RunnerState.WARMUP, RunnerState.FINE_TUNING):
             raise ValueError(f"phase must be warmup or fine_tuning, got {phase}")
         return phase
 

@@ -32,6 +32,7 @@ EVENT_LOG_SIZE = 1024
 
 class RunnerState(str, Enum):
     IDLE = "idle"
+    RUNNING = "running"  # stepping its policy with no learner: no warmup or fine-tuning phase
     WARMUP = "warmup"
     FINE_TUNING = "fine_tuning"
     PAUSED = "paused"

@@ -6,7 +6,8 @@ The rig applies a `VisualShift` to the rendered SCENE (lights, geom colours, the
 pixels (blur, seeded noise), never to the model, so a visual shift cannot change the physics.
 
 Rendering needs an OpenGL backend chosen before mujoco is imported: `MUJOCO_GL=egl` renders headless
-(Mesa's software EGL on a CPU machine). Without one, asking for a camera is a ValueError that says so.
+(Mesa's software EGL on a CPU machine; robot_wsrl.sim.gl picks it when MUJOCO_GL is unset on a machine
+without a display). Without one, asking for a camera is a ValueError that says why and what to set.
 
 Cameras are asked for by a string `NAME:HxW[+NAME:HxW...]` (`parse_cameras`), e.g. `top:84x84`: the part
 after `@` in a driver name (`gym:Hopper-v5@track:84x84`), written so that it passes a Hydra override as is.
@@ -24,6 +25,7 @@ import mujoco
 import numpy as np
 
 from robot_wsrl.core.spec import MAX_IMAGE_SIDE, CameraSpec
+from robot_wsrl.sim import gl
 from robot_wsrl.sim.shift import VisualShift
 
 _SIZE = re.compile(r"(\d+)x(\d+)\Z")
@@ -211,12 +213,9 @@ def _release_gl_context() -> None:
 def _renderer(model: mujoco.MjModel, cam: CameraSpec, where: str) -> mujoco.Renderer:
     try:
         return mujoco.Renderer(model, cam.height, cam.width)
-    except Exception as exc:  # no GL backend (MUJOCO_GL=disable or unset on a headless machine), no display
-        raise ValueError(
-            f"{where}: cannot render camera {cam.name!r} ({type(exc).__name__}: {exc}); rendering needs an "
-            f"OpenGL backend chosen before mujoco is imported, e.g. MUJOCO_GL=egl "
-            f"(now MUJOCO_GL={os.environ.get('MUJOCO_GL')!r})"
-        ) from exc
+    except Exception as exc:  # no GL backend (MUJOCO_GL off, or one that cannot work here: gl.settle)
+        why = gl.render_problem(exc)
+        raise ValueError(f"{where}: cannot render camera {cam.name!r}: {why}; {gl.FIX}") from exc
 
 
 def _geom_tints(model: mujoco.MjModel, v: VisualShift) -> np.ndarray | None:

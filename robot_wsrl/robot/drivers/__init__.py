@@ -16,6 +16,10 @@ from typing import Any
 from robot_wsrl.core.driver import Driver
 from robot_wsrl.core.spec import EnvSpec
 
+# The driver names make_driver takes, for the commands' help and its own errors (the one list).
+DRIVER_FORMS = ("gym:ENV_ID", "dmc:DOMAIN-TASK", "cam:TASK", "null", "emulated:ENDPOINT")
+CAMERA_REQUESTS = "a simulator name may end in @NAME:HxW camera requests, e.g. cam:reacher@top:84x84"
+
 
 def make_driver(
     name: str,
@@ -83,10 +87,23 @@ def make_driver(
         if spec is None:
             return null(max_episode_steps=max_episode_steps)
         return null(spec.obs_dim, spec.act_dim, spec.control_period_s, max_episode_steps=max_episode_steps)
-    raise ValueError(
-        f"unknown driver {name!r}: use gym:ENV_ID, dmc:DOMAIN-TASK, cam:TASK, null or emulated:ENDPOINT "
-        "(a simulator name may end in @NAME:HxW camera requests)"
-    )
+    forms = f"{', '.join(DRIVER_FORMS[:-1])} or {DRIVER_FORMS[-1]}"
+    raise ValueError(f"unknown driver {name!r}: use {forms} ({CAMERA_REQUESTS})")
+
+
+def simulator_name(spec: EnvSpec) -> str:
+    """The simulator driver whose observations are `spec`'s, its cameras at their sizes (`gym:Hopper-v5`,
+    `cam:reacher@top:24x24`): what a policy made for `spec` runs on in simulation. The inverse of the names
+    the simulators give their specs: a gymnasium env id, `dm_control/DOMAIN-TASK`, a camera task's own
+    driver name."""
+    name = spec.name
+    if name.startswith("dm_control/"):
+        head = "dmc:" + name.removeprefix("dm_control/")
+    else:
+        head = name if ":" in name else f"gym:{name}"
+    if not spec.cameras:
+        return head
+    return head + "@" + "+".join(f"{c.name}:{c.height}x{c.width}" for c in spec.cameras)
 
 
 def _load(module: str, attr: str) -> Any:

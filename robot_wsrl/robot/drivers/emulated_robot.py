@@ -121,7 +121,7 @@ class EmulatedRobotDriver:
             reward=float(header["reward"]),
             terminated=bool(header["terminated"]),
             truncated=bool(header["truncated"]),
-            executed_action=arrays[1],
+            executed_action=arrays[-1],  # after the observation parts (one per camera too)
             info=info,
         )
 
