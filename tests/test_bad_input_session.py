@@ -49,8 +49,22 @@ def test_a_session_refuses_a_bad_validate_arg_before_it_starts(
     _one_line(typed, capsys.readouterr().err, "--validate-arg episodes=abc: ", "'abc'")
     ranged = session.cli(["--plain", "--validate-arg", "episodes=0", "--out", str(out)])
     _one_line(ranged, capsys.readouterr().err, "--validate-arg: ", "episodes must be positive")
+    few = session.cli(["--plain", "--validate-arg", "episodes=2", "--out", str(out)])
+    _one_line(few, capsys.readouterr().err, "--validate-arg episodes=2: ", "needs episodes >= 3")
     assert not out.exists()  # nothing started, nothing written
     session.check_validate_args(["preset=real", "episodes=3", "variants=[nominal]"])  # the gate's own form
+
+
+def test_a_session_runs_on_a_preset_of_its_policys_robot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default preset is the gate's for the shipped Hopper (`real`); the camera arm's is refused."""
+    assert session.parse_args(["--plain", "--out", str(tmp_path / "s")]).preset == "real"
+    out = tmp_path / "t"
+    with pytest.raises(SystemExit) as exited:
+        session.cli(["--plain", "--preset", "reacher_real", "--out", str(out)])
+    _one_line(int(exited.value.code or 0), capsys.readouterr().err, "--preset reacher_real: ", "real_mild")
+    assert not out.exists()
 
 
 def test_a_session_refuses_an_unknown_env_id_before_it_starts(

@@ -138,6 +138,11 @@ def robot_env(driver: str) -> str:
     return driver.removeprefix("gym:")
 
 
+def policy_driver(env_id: str) -> str:
+    """The driver name of the robot `robot_env` gives an emulated robot: `Hopper-v5` -> `gym:Hopper-v5`."""
+    return env_id if env_id.startswith("cam:") else f"gym:{env_id}"
+
+
 def replay_capacity(driver: str, steps: int) -> list[str]:
     """The learner's replay capacity for a camera policy: the session's `steps` (it never gets more), not
     the default million transitions, whose frames alone would reserve 23 GB at 84x84 (a learner on a
@@ -794,7 +799,12 @@ def _parser() -> argparse.ArgumentParser:
         help="gymnasium id, or camera task cam:NAME[@CAM:HxW] (rendering needs MUJOCO_GL=egl headless); "
         "default: the policy's env",
     )
-    parser.add_argument("--preset", default="real", help="robot shift preset, configs/shift/NAME.yaml")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="robot shift preset, configs/shift/NAME.yaml (default: the gate's robot preset for the policy's "
+        "robot, configs/validate.yaml robot_presets: real for a Hopper, reacher_real for the camera arm)",
+    )
     parser.add_argument("--steps", type=int, default=6000, help="environment steps in all, warmup included")
     parser.add_argument("--warmup", type=int, default=1000, help="steps before the first update")
     parser.add_argument("--utd", type=int, default=1, help="critic updates per environment step")
@@ -859,10 +869,15 @@ def env_id_problem(env_id: str) -> str | None:
 def check_validate_args(overrides: list[str]) -> None:
     """Compose the gate's config as each validation will (gate.validate.load_config): a bad --validate-arg
     would otherwise hold back every version, v0 included, while the session runs on for nothing."""
-    from robot_wsrl.gate.validate import load_config
+    from robot_wsrl.gate.validate import MIN_PAIRED_EPISODES, load_config
 
     try:
-        load_config(None, overrides)
+        episodes = load_config(None, overrides).episodes
+        if episodes < MIN_PAIRED_EPISODES:  # every version after v0 is compared with the robot's version
+            raise ValueError(
+                f"episodes: the session's gate compares each version with the one the robot runs, which "
+                f"needs episodes >= {MIN_PAIRED_EPISODES}, got {episodes}"
+            )
     except Exception as exc:
         line = user_error(exc)
         if line is None:
@@ -878,17 +893,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """`robot-wsrl session`'s arguments, checked (the soak benchmark runs a session from them too)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    args.validate_arg = [f"preset={args.preset}", *(args.validate_arg or [])]  # the user's may override it
     if not (args.policy_dir / CHECKPOINT).is_file():
         parser.error(f"{args.policy_dir / 'checkpoint.pt'} not found")
     if args.steps <= args.warmup:
         parser.error("--steps counts the warmup too: it must be larger than --warmup")
-    from robot_wsrl.sim.shift import preset_names  # the sim extra: not needed for --help
+    from robot_wsrl.gate.validate import load_config  # the learner extra: not needed for --help
+    from robot_wsrl.sim.shift import preset_names
 
-    if args.preset not in (presets := preset_names()):
+    driver = _env_of(args.policy_dir)["driver"] if args.env_id is None else policy_driver(args.env_id)
+    if args.preset is None:
+        args.preset = load_config(None, []).for_robot(driver).preset
+    if args.preset not in (presets := preset_names(driver)):
         close = difflib.get_close_matches(args.preset, presets, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        parser.error(f"--preset {args.preset}: no such preset; available: {', '.join(presets)}{hint}")
+        parser.error(
+            f"--preset {args.preset}: no preset of that name describes {driver}; its presets: "
+            f"{', '.join(presets)}{hint}"
+        )
+    args.validate_arg = [f"preset={args.preset}", *(args.validate_arg or [])]  # the user's may override it
     if args.env_id is not None:
         problem = env_id_problem(args.env_id)
         if problem is not None:
