@@ -102,11 +102,27 @@ def test_a_camera_session_streams_frames_caches_features_and_promotes_a_validate
 
     # A promoted version reached the robot, and the robot ran nothing else but the pre-trained v0.
     with (out / "returns.csv").open() as f:
-        ran = {int(row["policy_version"]) for row in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    ran = {int(row["policy_version"]) for row in rows}
     promoted = summary["promoted_versions"]
     assert 0 in ran and ran - {0} and ran - {0} <= set(promoted), (ran, summary["gate"])
     assert summary["policy_version"] == max(promoted) == OnnxPolicy.load(out / "policy" / POLICY_ONNX).version
     assert f"validation success rate on {PRESET}: v0 " in done.stdout
+
+    # The robot's own episodes' outcomes (the task's success signal at their last step) came with their
+    # transitions: per episode in returns.csv, per version and against the baseline in summary.json.
+    assert rows and {row["success"] for row in rows} <= {"0", "1"}, rows
+    outcomes = [int(row["success"]) for row in rows]
+    on_v0 = [int(row["success"]) for row in rows if row["policy_version"] == "0"]
+    assert summary["baseline_success_rate"] == pytest.approx(sum(on_v0) / len(on_v0))
+    for version in summary["versions_ran"]:
+        assert 0.0 <= version["success_rate"] <= 1.0, version
+    last = summary["robot_success_rate_last_third"]
+    assert last is not None and 0.0 <= last <= 1.0 and summary["robot_episodes_last_third"] > 0
+    assert sum(v["success_rate"] * v["episodes"] for v in summary["versions_ran"]) == pytest.approx(
+        sum(outcomes)
+    )
+    assert "robot success rate: last third " in done.stdout and " vs pre-trained v0 " in done.stdout
     assert (out / "returns.png").stat().st_size > 0
 
 
@@ -124,6 +140,7 @@ def test_the_camera_robot_reports_the_action_it_executed_not_a_frame(monkeypatch
         result = driver.step(command)
         np.testing.assert_array_equal(result.executed_action, [0.5, -1.0])  # nominal: no latency; clipped
         assert result.obs["top"].shape == (24, 24, 3)
+        assert type(result.info["success"]) is bool  # the task's success signal crosses the robot's socket
     finally:
         driver.close()
         robot.stop()

@@ -50,7 +50,7 @@ def _one_line_error(result: subprocess.CompletedProcess[str], *words: str, max_l
         (["learner", "--bind", "tcp://127.0.0.1:0"], ["--bind is now service.bind=VALUE"]),
         (
             ["session", "--preset", "marsrover"],
-            ["marsrover", "available: nominal, reacher_real, reacher_real_mild, real, real_mild"],
+            ["marsrover", "describes gym:Hopper-v5; its presets: nominal, real, real_mild"],
         ),
     ],
 )

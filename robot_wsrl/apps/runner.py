@@ -52,6 +52,7 @@ SUMMARY_KEYS = (
     "episodes_done",
     "last_episode_return",
     "mean_episode_return",
+    "success_rate",  # None for a task without a success signal (info["success"])
     "loop_rate_hz",
     "jitter_p50_us",
     "jitter_p99_us",

@@ -10,7 +10,8 @@ unvalidated one: the learner's latest version, if different, goes to SESSION/pol
 It writes the episode returns (CSV + PNG with the promotions and the baseline marked, read from the
 learner's durable transition log, so they are exact) and summary.json: what the robot ran and returned on
 each policy version, against a baseline (its own episodes on the frozen pre-trained version 0, on the same
-preset) and over the session's last third.
+preset) and over the session's last third; for a task with a success signal (cam:reacher), the robot's
+success rate likewise (each episode's outcome at its last step, carried with its transitions).
 
 Safe on a shared machine: every socket is CURVE by default, with throwaway keys the session makes in
 SESSION/keys (mode 0700, every file 0600): the learner's, the runner's, `console` for the operator's tools
@@ -283,6 +284,9 @@ class Progress:
     ) -> None:
         returns = [r for runner in status["runners"].values() for r in runner["recent_returns"]]
         recent = f"{sum(returns) / len(returns):8.1f}" if returns else "       -"
+        outcomes = [ok for runner in status["runners"].values() for ok in runner.get("recent_success", [])]
+        if outcomes:
+            recent += f" success {sum(outcomes) / len(outcomes):4.0%}"
         state = robot_state(robot)
         if state in ("estopped", "faulted") and robot is not None:
             state = f"{state.upper()} ({robot.get('last_stop_detail') or robot.get('last_stop_cause')})"
@@ -304,8 +308,8 @@ class Progress:
 
 
 def episode_returns(log_path: Path) -> list[dict[str, Any]]:
-    """Each finished episode (in arrival order at the learner): the step it ended at, return, length and
-    the policy version that ended it."""
+    """Each finished episode (in arrival order at the learner): the step it ended at, return, length, the
+    policy version that ended it and whether it succeeded (None for a task without a success signal)."""
     from robot_wsrl.learn.ingest_log import IngestLog
 
     rows: list[dict[str, Any]] = []
@@ -314,6 +318,7 @@ def episode_returns(log_path: Path) -> list[dict[str, Any]]:
     log = IngestLog(log_path)
     try:
         for batch in log.replay():
+            outcomes = batch.successes()
             for i in range(batch.count):
                 step += 1
                 key = (batch.runner_id, int(batch.episode_id[i]))
@@ -329,6 +334,7 @@ def episode_returns(log_path: Path) -> list[dict[str, Any]]:
                             "return": ret,
                             "length": int(length),
                             "policy_version": int(batch.policy_version[i]),
+                            "success": outcomes.get(i),
                         }
                     )
     finally:
@@ -413,28 +419,44 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _success_rate(rows: list[dict[str, Any]]) -> float | None:
+    """The share of `rows` that succeeded, of those reporting an outcome (None if none does)."""
+    return _mean([float(r["success"]) for r in rows if r.get("success") is not None])
+
+
 def robot_returns(rows: list[dict[str, Any]], total_steps: int) -> dict[str, Any]:
     """What the robot ran and returned (`episode_returns` rows): per policy version; the baseline, its
     mean return on version 0 (the frozen pre-trained policy, warmup included: the same preset, the same
     sampling); its mean over the episodes that ended in the last third of the session's `total_steps`
-    environment steps, and that over the baseline (None unless the baseline is positive)."""
-    by_version: dict[int, list[float]] = {}
+    environment steps, and that over the baseline (None unless the baseline is positive). For a task with
+    a success signal (an episode reported an outcome), the success rates beside the returns: per version,
+    `baseline_success_rate` and `robot_success_rate_last_third`; absent for a task without one."""
+    by_version: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
-        by_version.setdefault(int(row["policy_version"]), []).append(float(row["return"]))
-    baseline = _mean(by_version.get(0, []))
-    last = [float(r["return"]) for r in rows if r["step"] > total_steps * 2 / 3]
-    last_mean = _mean(last)
+        by_version.setdefault(int(row["policy_version"]), []).append(row)
+    has_success = any(row.get("success") is not None for row in rows)
+    returns = {v: [float(r["return"]) for r in ran] for v, ran in by_version.items()}
+    baseline = _mean(returns.get(0, []))
+    last_rows = [r for r in rows if r["step"] > total_steps * 2 / 3]
+    last_mean = _mean([float(r["return"]) for r in last_rows])
     ratio = None if last_mean is None or baseline is None or baseline <= 0 else last_mean / baseline
-    return {
-        "versions_ran": [
-            {"version": v, "episodes": len(r), "return_mean": _mean(r)} for v, r in sorted(by_version.items())
-        ],
+    versions = []
+    for v, ran in sorted(by_version.items()):
+        versions.append({"version": v, "episodes": len(ran), "return_mean": _mean(returns[v])})
+        if has_success:
+            versions[-1]["success_rate"] = _success_rate(ran)
+    summary: dict[str, Any] = {
+        "versions_ran": versions,
         "baseline_return": baseline,
-        "baseline_episodes": len(by_version.get(0, [])),
+        "baseline_episodes": len(returns.get(0, [])),
         "robot_return_last_third": last_mean,
-        "robot_episodes_last_third": len(last),
+        "robot_episodes_last_third": len(last_rows),
         "last_third_over_baseline": ratio,
     }
+    if has_success:
+        summary["baseline_success_rate"] = _success_rate(by_version.get(0, []))
+        summary["robot_success_rate_last_third"] = _success_rate(last_rows)
+    return summary
 
 
 def promotion_steps(
@@ -699,9 +721,12 @@ class Session:
         rows = self.rows
         csv_path = self.out / "returns.csv"
         with csv_path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", "runner", "return", "length", "policy_version"])
-            writer.writeheader()
-            writer.writerows(rows)
+            fields = ["step", "runner", "return", "length", "policy_version", "success"]
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()  # success: 1 or 0, empty for a task without a success signal
+            writer.writerows(
+                {**r, "success": "" if r["success"] is None else int(r["success"])} for r in rows
+            )
         title = f"robot-wsrl session: {self.args.env_id} ({self.args.preset}), {self.args.policy_dir}"
         policies = self.out / "learner" / POLICY_DIR
         versions = validated_versions(validated, self.args.preset)
@@ -953,5 +978,15 @@ def cli(argv: list[str]) -> int:
     ]
     if rates:
         print(f"validation success rate on {args.preset}: {', '.join(rates)}")
+    robot_rates = [
+        f"v{r['version']} {r['success_rate']:.0%}"
+        for r in summary["versions_ran"]
+        if r.get("success_rate") is not None
+    ]
+    if robot_rates:
+        base, last_rate = summary["baseline_success_rate"], summary["robot_success_rate_last_third"]
+        shown = [f"last third {'-' if last_rate is None else f'{last_rate:.0%}'}"]
+        shown.append(f"pre-trained v0 {'-' if base is None else f'{base:.0%}'}")
+        print(f"robot success rate: {' vs '.join(shown)} (by version: {', '.join(robot_rates)})")
     print(f"plot: {session.out / 'returns.png'}")
     return 130 if summary["interrupted"] else 0

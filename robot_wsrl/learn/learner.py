@@ -151,9 +151,11 @@ class Peer:
 
 @dataclass
 class Returns:
-    """A runner's episode returns, summed from the transitions it sent (survives reconnects)."""
+    """A runner's episode returns, summed from the transitions it sent (survives reconnects), and the
+    outcomes its episodes reported (a task with a success signal; the ending row's `success`)."""
 
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RETURNS))
+    recent_success: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT_RETURNS))
     running: dict[int, float] = field(default_factory=dict)
 
 
@@ -474,6 +476,10 @@ class Learner:
             if ids[i] == episode:
                 sums[i] += returns.running.pop(episode)
         returns.recent.extend(sums[ended][-RECENT_RETURNS:].tolist())
+        outcomes = batch.successes()
+        if outcomes:
+            rows = idx[lasts[ended]].tolist()
+            returns.recent_success.extend(outcomes[row] for row in rows if row in outcomes)
         if not ended[-1]:  # the others ended or were cut short (no return to report for those)
             returns.running[ids[-1]] = float(sums[-1])
         while len(returns.running) > MAX_OPEN_EPISODES:
@@ -713,6 +719,7 @@ class Learner:
                 name: {
                     "acked_seq": self.dedup.watermark(name),
                     "recent_returns": list(r.recent),
+                    "recent_success": list(r.recent_success),
                     "connected": any(q.heartbeat.alive() for q in peers_of.get(name, [])),
                     "tag": peers_of[name][0].tag if name in peers_of else None,
                     "sent_policy_version": peers_of[name][0].sent_version if name in peers_of else None,

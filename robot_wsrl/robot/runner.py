@@ -7,6 +7,8 @@ against the spec and keeps its own copy (a driver may reuse its buffers), which 
 The loop keeps time with perf_counter and a hybrid sleep (OS sleep to ~200 us before the deadline, then
 spin), so its jitter is set by the spin, not by the OS timer. It never raises out of a tick: bad numbers
 become hold commands, driver errors (a malformed observation included) latch an e-stop.
+For a task whose driver reports `info["success"]`, an episode succeeds when its last step does: the
+transition of that step carries the outcome (the learner logs it per episode) and status counts it.
 Policies are swapped in from other threads through `offer_policy`, which validates outside the loop; the
 loop itself only swaps a reference, between episodes by default.
 
@@ -240,6 +242,9 @@ class Runner:
         self._last_episode_return: float | None = None
         self._episodes_done = 0
         self._returns_sum = 0.0  # of the episodes done
+        self._last_episode_success: bool | None = None
+        self._episodes_judged = 0  # done with an outcome (a task with a success signal) ...
+        self._episodes_succeeded = 0  # ... and of those, successes
         self._steps = 0
         self._ticks = 0
         self._swaps = 0
@@ -369,6 +374,10 @@ class Runner:
                 _finite(self._returns_sum / self._episodes_done) if self._episodes_done else None
             ),
             "episodes_done": self._episodes_done,
+            "last_episode_success": self._last_episode_success,
+            "success_rate": (
+                self._episodes_succeeded / self._episodes_judged if self._episodes_judged else None
+            ),
             "last_stop_cause": None if self._latch.cause is None else self._latch.cause.value,
             "last_stop_detail": self._latch.detail,
             "last_fault": None if fault is None else f"{fault.kind.value}: {fault.detail}",
@@ -488,6 +497,8 @@ class Runner:
         if self._robot_clock and result.info.get("late"):
             self._timing.overruns += 1  # the robot's clock says this command missed its tick
         self._episode_return += float(result.reward)
+        ended = bool(result.terminated or result.truncated)
+        success = episode_success(result.info) if ended else None
         violation = self._envelope.record_executed(result.executed_action)
         if violation is None and np.all(np.isfinite(_state(obs))) and np.all(np.isfinite(_state(next_obs))):
             self._record(
@@ -501,6 +512,7 @@ class Runner:
                     episode=self._episode,
                     step=self._episode_step - 1,
                     policy_version=self._policy.version,
+                    success=success,
                 )
             )
         else:
@@ -508,10 +520,14 @@ class Runner:
         self._obs = next_obs
         if violation is not None:
             self._on_fault(violation)
-        if result.terminated or result.truncated:
+        if ended:
             self._episodes_done += 1
             self._last_episode_return = self._episode_return
             self._returns_sum += self._episode_return
+            self._last_episode_success = success
+            if success is not None:
+                self._episodes_judged += 1
+                self._episodes_succeeded += success
             self._needs_reset = True
 
     def _start_episode(self) -> bool:
@@ -605,6 +621,19 @@ class Runner:
         if phase not in (None, RunnerState.WARMUP, RunnerState.FINE_TUNING):
             raise ValueError(f"phase must be warmup or fine_tuning, got {phase}")
         return phase
+
+
+def episode_success(info: dict[str, Any]) -> bool | None:
+    """The outcome a driver reports at an episode's last step (`info["success"]`, a bool, numpy's too),
+    or None: a task without a success signal, or a value that is not a truth value (never a guess)."""
+    value = info.get("success")
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if value is not None:
+        log.warning(
+            "driver info['success'] is a %s, not a bool: the episode's outcome is unknown", type(value)
+        )
+    return None
 
 
 def _state(obs: Observation) -> np.ndarray:

@@ -15,6 +15,8 @@ Requests (client DEALER -> server ROUTER) and their replies (same "type" and "se
   reset {"seed"}       -> {"info": {...}} + [*obs parts]
   step + [action]      -> {"reward", "terminated", "truncated", "info": {"applied_ctrl", "commanded_action",
                             "tick", "late", ...}} + [*obs parts, executed_action]
+                          info also carries the simulator's own plain values, e.g. a task's "success"
+                          (bool; absent for a task without a success signal)
   safe_stop            -> {"safe_stop_count": int}
   ping                 -> {"stats": {...}}
   close                -> {} and the server exits

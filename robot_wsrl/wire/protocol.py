@@ -6,6 +6,10 @@ descriptor per array frame, in the type's fixed order). Array frames are the arr
 bytes, so a batch of transitions crosses the network without a copy into a serialiser, and nothing
 received is ever unpickled.
 
+A batch may also say whether each episode that ends in it succeeded (`success`, for a task whose driver
+reports `info["success"]`): an optional header field, one entry per terminated or truncated row, absent for
+a task without a success signal, so such a batch is encoded exactly as before the field existed.
+
 A camera task's batch adds, per camera, its uint8 frames as raw array frames, or as one blob per frame
 under the camera's codec (`codecs`), each frame once: a row's next frame is sent only when it is not the
 next row's obs frame ("chained" rows). A state-only batch is encoded exactly as before cameras existed.
@@ -187,6 +191,14 @@ def _int_list(value: Any, name: str) -> None:
         raise _fail(name, "must be a list of int64 integers")
 
 
+def _success_list(value: Any, name: str) -> None:
+    """A batch's episode outcomes: one true, false or nil per ending row, at least one of them known."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_LIST:
+        raise _fail(name, f"must be a list of at most {MAX_LIST} entries")
+    if not set(map(type, value)) <= {bool, type(None)} or not any(v is not None for v in value):
+        raise _fail(name, "must hold only true, false or nil, and at least one true or false")
+
+
 def _json_object(value: Any, name: str) -> None:
     if not isinstance(value, str):
         raise _fail(name, "must be a string of JSON")
@@ -273,7 +285,9 @@ class Transition:
     `obs` and `next_obs` are what the driver gave: a state array, or a camera task's dict of parts.
 
     The runner makes one per tick; `Transitions.from_steps` stacks them into the wire batch, which numbers
-    them by `seq` instead of carrying `step` (the step within its episode stays on the robot)."""
+    them by `seq` instead of carrying `step` (the step within its episode stays on the robot). `success`
+    is set only on an episode's last step (terminated or truncated), and only for a task whose driver
+    reports one: did the episode succeed (`info["success"]` at that step)? None: no signal."""
 
     obs: np.ndarray | dict[str, np.ndarray]
     action: np.ndarray
@@ -284,6 +298,7 @@ class Transition:
     episode: int
     step: int
     policy_version: int
+    success: bool | None = None
 
 
 def _camera_entry(entry: Any) -> tuple[CameraSpec, Codec]:
@@ -424,6 +439,11 @@ class Transitions(Message):
     chained when row i + 1 goes on with the same episode from row i's next frame (its obs frame has the
     same content), so that next frame is not sent twice. A state-only batch has no frames and no row
     chained; its header and frames are exactly those of a batch from before cameras.
+
+    `success` holds the outcome of each episode that ends in the batch, one entry per terminated or
+    truncated row in row order (True, False, or None for an episode without a signal), or is None when
+    none of them has one (a task without a success signal; a runner from before the field): then the
+    header has no `success` field. `successes()` gives them by row.
     """
 
     runner_id: str
@@ -438,6 +458,7 @@ class Transitions(Message):
     policy_version: np.ndarray
     chained: np.ndarray | None = None  # bool [n]; None: no row chained (what a state-only batch has)
     frames: tuple[CameraFrames, ...] = ()
+    success: tuple[bool | None, ...] | None = None  # per ending row; None: no episode here reports one
     TYPE: ClassVar[str] = "transitions"
     FIELDS: ClassVar[dict[str, Check]] = {
         "runner_id": _ident,
@@ -445,7 +466,7 @@ class Transitions(Message):
         "first_seq": _nonneg,
         "count": _nonneg,
     }
-    OPTIONAL: ClassVar[dict[str, Check]] = {"cameras": _camera_list}
+    OPTIONAL: ClassVar[dict[str, Check]] = {"cameras": _camera_list, "success": _success_list}
     ARRAYS: ClassVar[tuple[tuple[str, str, int], ...]] = (
         ("obs", "float32", 2),
         ("action", "float32", 2),
@@ -481,7 +502,20 @@ class Transitions(Message):
             if not np.all(np.isfinite(getattr(self, name))):
                 raise ProtocolError("value", f"{name!r} holds NaN or inf")
         self._check_frames(n)
+        self._check_success()
         super().__post_init__()
+
+    def _check_success(self) -> None:
+        """One known-or-None outcome per terminated or truncated row, at least one known, or none at all."""
+        if self.success is None:
+            return
+        _success_list(self.success, "success")
+        object.__setattr__(self, "success", tuple(self.success))
+        ends = int(np.count_nonzero(self.terminated | self.truncated))
+        if len(self.success) != ends:
+            raise ProtocolError(
+                "value", f"{len(self.success)} success entries for the batch's {ends} ending rows"
+            )
 
     def _check_frames(self, n: int) -> None:
         """`chained` consistent with the episodes, and each camera's frames [n] and [n - chained]."""
@@ -539,6 +573,13 @@ class Transitions(Message):
         ids = np.sort(self.episode_id)  # np.unique is ten times slower on a long batch
         return ids[np.r_[True, ids[1:] != ids[:-1]]].tolist()
 
+    def successes(self) -> dict[int, bool]:
+        """{row: did its episode succeed} for the terminated or truncated rows that report an outcome."""
+        if self.success is None:
+            return {}
+        rows = np.flatnonzero(self.terminated | self.truncated).tolist()
+        return {row: ok for row, ok in zip(rows, self.success, strict=True) if ok is not None}
+
     # ----- camera frames -----
 
     @property
@@ -588,12 +629,18 @@ class Transitions(Message):
         next_rows = np.r_[unchained_before[own], [stop] if cut else []].astype(np.int64)
         from_obs = np.r_[np.zeros(len(own), bool), [True] if cut else []].astype(bool)
         obs_rows = np.arange(start, stop)
+        success = None
+        if self.success is not None:  # the entries of the ending rows within start..stop-1
+            ends = np.r_[0, np.cumsum(self.terminated | self.truncated)]
+            kept = self.success[int(ends[start]) : int(ends[stop])]
+            success = kept if any(ok is not None for ok in kept) else None
         return Transitions(
             self.sender,
             self.runner_id,
             *(getattr(self, name)[part] for name, _, _ in self.ARRAYS),
             chained=chained if self.frames else None,
             frames=tuple(f.take(obs_rows, next_rows, from_obs) for f in self.frames),
+            success=success,
         )
 
     # ----- the wire -----
@@ -602,6 +649,8 @@ class Transitions(Message):
         body = super().body()
         if self.frames:
             body["cameras"] = [f.header() for f in self.frames]
+        if self.success is not None:
+            body["success"] = list(self.success)
         return body
 
     def arrays(self) -> list[np.ndarray]:
@@ -639,7 +688,8 @@ class Transitions(Message):
                 k = len(_frame_specs(camera, codec.name))
                 frames.append(CameraFrames.from_wire(camera, codec, rest[:k], n, m))
                 rest = rest[k:]
-        msg = cls(sender, body["runner_id"], *base, chained=chained, frames=tuple(frames))
+        success = body.get("success")
+        msg = cls(sender, body["runner_id"], *base, chained=chained, frames=tuple(frames), success=success)
         for name in ("episode_ids", "first_seq", "count"):
             if body[name] != getattr(msg, name):
                 raise ProtocolError("value", f"header {name} {body[name]!r} disagrees with the arrays")
@@ -664,11 +714,13 @@ class Transitions(Message):
         camera_obs: Mapping[str, Any] | None = None,
         camera_next: Mapping[str, Any] | None = None,
         codecs: Mapping[str, Codec | str] | None = None,
+        success: Sequence[Any] | None = None,
         sender: str | None = None,
     ) -> Transitions:
         """Cast array-likes to the wire dtypes and number them from `first_seq`. A camera task's batch
         also takes each camera's obs and next frames, uint8 [n, H, W, C] each: rows are chained where the
-        content allows (so each frame is sent once), and coded per camera by `codecs` (default raw)."""
+        content allows (so each frame is sent once), and coded per camera by `codecs` (default raw).
+        `success` is per row: a bool on an ending row whose episode reports an outcome, None elsewhere."""
         n = len(reward)
         as_ = np.ascontiguousarray
         terminated, truncated = as_(terminated, dtype=DTYPES["bool"]), as_(truncated, dtype=DTYPES["bool"])
@@ -692,6 +744,7 @@ class Transitions(Message):
             policy_version=as_(policy_version, dtype=DTYPES["int64"]),
             chained=chained,
             frames=frames,
+            success=None if success is None else _ending_success(success, terminated | truncated),
         )
 
     @staticmethod
@@ -707,6 +760,7 @@ class Transitions(Message):
             "truncated": [s.truncated for s in steps],
             "episode_id": [s.episode for s in steps],
             "policy_version": [s.policy_version for s in steps],
+            "success": [s.success for s in steps],
         }
         parts = steps[0].obs
         if not isinstance(parts, Mapping):
@@ -748,7 +802,22 @@ def row_bytes(step: Transition) -> int:
         for obs in parts
         for value in (obs.values() if isinstance(obs, Mapping) else [obs])
     )
-    return frames + 4 * (np.size(step.action) + 1) + 2 + 3 * 8  # action, reward, flags, episode/seq/version
+    # action, reward, flags, episode/seq/version, and a success entry in the header
+    return frames + 4 * (np.size(step.action) + 1) + 2 + 3 * 8 + 1
+
+
+def _ending_success(success: Sequence[Any], ends: np.ndarray) -> tuple[bool | None, ...] | None:
+    """Per-row outcomes (None where unknown) as a batch holds them: one per ending row, or None if none
+    is known. An outcome on a row that does not end its episode, or one that is not a bool, is refused."""
+    if len(success) != len(ends):
+        raise ProtocolError("value", f"{len(success)} success entries for a batch of {len(ends)}")
+    for row, ok in enumerate(success):
+        if ok is not None and not isinstance(ok, (bool, np.bool_)):
+            raise ProtocolError("value", f"row {row}: success {ok!r} is not a bool")
+        if ok is not None and not ends[row]:
+            raise ProtocolError("value", f"row {row}: success on a row that neither terminates nor truncates")
+    kept = tuple(None if success[row] is None else bool(success[row]) for row in np.flatnonzero(ends))
+    return kept if any(ok is not None for ok in kept) else None
 
 
 def _stack(frames: list[Any], name: str) -> np.ndarray:
