@@ -77,6 +77,9 @@ def test_a_session_refuses_an_unknown_env_id_before_it_starts(
     assert line.startswith("robot-wsrl session: ")
     assert not out.exists()
     assert session.env_id_problem("Hopper-v5") is None
+    for other in ("dmc:hopper-hop", "emulated:tcp://127.0.0.1:1"):  # drivers the session cannot emulate
+        assert "gymnasium id (e.g. Hopper-v5" in (session.env_id_problem(other) or "")
+    assert session.parse_args(["--env-id", "gym:Hopper-v5", "--out", str(out)]).env_id == "Hopper-v5"
 
 
 def test_an_emulated_robot_that_fails_to_start_is_named_with_its_log(

@@ -163,6 +163,13 @@ def test_unset_picks_egl_where_libegl_loads(fresh: pytest.MonkeyPatch) -> None:
     assert os.environ[gl.VAR] == "egl" and gl.KEPT not in os.environ
 
 
+def test_an_empty_value_is_unset_as_mujoco_reads_it(fresh: pytest.MonkeyPatch) -> None:
+    fresh.setattr(gl, "_loadable", lambda name: name == "EGL")
+    fresh.setenv(gl.VAR, "")
+    gl.settle()
+    assert os.environ[gl.VAR] == "egl" and gl.KEPT not in os.environ
+
+
 def test_unset_without_egl_or_display_turns_rendering_off_and_says_why(fresh: pytest.MonkeyPatch) -> None:
     fresh.setattr(gl, "_loadable", lambda name: False)
     gl.settle()

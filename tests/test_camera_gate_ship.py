@@ -153,6 +153,26 @@ def test_a_failed_ship_leaves_no_folder_and_a_shipped_one_is_replaced_only_with_
     assert [p.name for p in policies.iterdir()] == ["pendulum"]
 
 
+def test_force_replaces_only_a_shipped_policy_never_other_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--force was advised for any non-empty folder and then deleted whatever it held."""
+    pendulum = tiny_checkpoint(tmp_path / "pendulum.pt")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    for extra in ([], ["--force"]):
+        assert ship_cli([str(pendulum), "--out", str(notes), "--episodes", "1", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "holds files but no shipped policy" in err and "--force" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "pendulum.pt"]
+    assert (notes / "todo.txt").read_text() == "mine"
+    monkeypatch.chdir(notes)  # the current folder cannot be renamed away: refused before any work
+    assert ship_cli([str(pendulum), "--out", ".", "--episodes", "1", "--force"]) == 2
+    assert "is the current folder" in capsys.readouterr().err
+    assert sorted(p.name for p in notes.iterdir()) == ["todo.txt"]
+
+
 def test_validate_runs_a_camera_policy_on_its_own_cameras_and_presets(
     exported: Path, shipped: Path, tmp_path: Path
 ) -> None:

@@ -869,6 +869,11 @@ def env_id_problem(env_id: str) -> str | None:
     or None: checked before any child starts, not in a traceback from the robot's start-up."""
     from robot_wsrl.sim.gym_mujoco import GymMujocoDriver  # the sim extra, as the robot needs it
 
+    if ":" in env_id.partition("@")[0] and not env_id.startswith("cam:"):  # dmc:, emulated:, a URL
+        return (
+            f"{env_id}: the session's robot simulates a gymnasium id (e.g. Hopper-v5 or gym:Hopper-v5) or a "
+            "camera task (cam:TASK[@CAM:HxW])"
+        )
     if env_id.startswith("cam:"):
         from robot_wsrl.sim.camera import parse_cameras
         from robot_wsrl.sim.camera_tasks import CAMERA_TASKS
@@ -925,6 +930,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     from robot_wsrl.gate.validate import load_config  # the learner extra: not needed for --help
     from robot_wsrl.sim.shift import preset_names
 
+    if args.env_id is not None:
+        args.env_id = args.env_id.removeprefix("gym:")  # the runner's driver name: the same robot
     driver = _env_of(args.policy_dir)["driver"] if args.env_id is None else policy_driver(args.env_id)
     if args.preset is None:
         args.preset = load_config(None, []).for_robot(driver).preset

@@ -20,6 +20,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.widgets import Button, Footer, Header, RichLog, Static
 
 from robot_wsrl.console.client import BackgroundClient, Event, tool_tag
@@ -116,7 +117,11 @@ class ConsoleApp(App[None]):
 
     def refresh_view(self) -> None:
         snap = self.client.snapshot
-        self.query_one("#banner", Static).update(deadman_text(snap))
+        try:
+            banner = self.query_one("#banner", Static)
+        except NoMatches:  # the interval can fire once more while the app tears its screen down
+            return
+        banner.update(deadman_text(snap))
         alarm = alarm_text(snap)
         alarm_widget = self.query_one("#alarm", Static)
         alarm_widget.display = alarm is not None

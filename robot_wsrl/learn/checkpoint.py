@@ -117,7 +117,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        # Not torch's text: for a file it cannot unpickle safely it advises weights_only=False, i.e. to run
+        # whatever code the file holds.
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}): "
+            "give a checkpoint.pt that pretrain or finetune wrote"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a robot-wsrl checkpoint (expected format {FORMAT!r})")
     for key in ("spec", "agent_config", "actor", "step", "config_hash"):

@@ -63,9 +63,19 @@ def check_out(out: Path, force: bool) -> None:
     and sessions start from, never overwritten by a slip of `--out`."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a folder, e.g. policies/NAME")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        what = "a shipped policy" if (out / MANIFEST).is_file() else "files"
-        raise ValueError(f"{out} already holds {what}: give --force to replace it, or another --out")
+    if out.exists() and Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise ValueError(
+            f"--out {out} is the current folder or holds it: give a new folder, e.g. policies/NAME"
+        )
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():  # --force replaces a shipped policy, never other files
+            raise ValueError(
+                f"--out {out} holds files but no shipped policy (manifest.json): give another --out"
+            )
+        if not force:
+            raise ValueError(
+                f"{out} already holds a shipped policy: give --force to replace it, or another --out"
+            )
 
 
 def ship(
@@ -109,9 +119,9 @@ def _build(
     selection: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The shipped folder's files, written into `folder` (empty); the manifest last."""
+    payload = load_checkpoint(checkpoint)  # first: its errors name the user's file, not the staging copy
     target = folder / CHECKPOINT
     shutil.copyfile(checkpoint, target)
-    payload = load_checkpoint(target)
     onnx_path = export_policy(target, folder, version=0)
     if signing_key is not None:
         write_signature(onnx_path, signing_key)

@@ -40,7 +40,7 @@ def settle() -> None:
     logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
     if "mujoco" in sys.modules or not sys.platform.startswith("linux"):
         return
-    value = os.environ.get(VAR)
+    value = os.environ.get(VAR) or None  # empty: mujoco reads it as unset, and so do we
     if value is not None and value.strip().lower() in OFF:
         return  # off by choice, or by a parent's settle() (then KEPT says why)
     os.environ.pop(KEPT, None)
