@@ -28,7 +28,7 @@ import numpy as np
 from robot_wsrl.core.driver import Driver, StepResult
 from robot_wsrl.robot.drivers import make_driver
 from robot_wsrl.robot.policy import OnnxPolicy
-from robot_wsrl.robot.runner import Runner
+from robot_wsrl.robot.runner import Runner, episode_success
 from robot_wsrl.robot.safety import SafetyConfig
 
 
@@ -62,8 +62,8 @@ class _EndRunOnStop:
 
     def step(self, action: np.ndarray) -> StepResult:
         result = self._driver.step(action)
-        if "success" in result.info:
-            self.last_success = bool(result.info["success"])
+        if (success := episode_success(result.info)) is not None:  # read as the robot reads it
+            self.last_success = success
         return result
 
     def safe_stop(self) -> None:
