@@ -379,9 +379,7 @@ def measure(repeats: int = 20) -> dict[str, Any]:
     cfg = compose_config("finetune", ["device=cpu", "threads=1", *overrides])
     ctx = zmq.Context()
     sock = transport.plain_server(ctx, zmq.ROUTER, "tcp://127.0.0.1:0")
-    learner = Learner(
-        cfg, sock, root / "out", Ed25519PrivateKey.generate(), LearnerOptions(), False
-    )
+    learner = Learner(cfg, sock, root / "out", Ed25519PrivateKey.generate(), LearnerOptions(), False)
     seqs: dict[str, int] = {}
 
     def wide(runner: str, n: int, **kw: Any) -> Transitions:

@@ -190,6 +190,22 @@ def test_link_runner_refuses_a_bad_camera_codec(
     ]
 
 
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_link_runner_says_its_key_folder_is_missing_and_how_keys_are_made(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said only that NAME.key_secret was not found, as if the folder were there, before any setup."""
+    keydir = tmp_path / "keys"
+    if kind == "file":
+        keydir.write_text("")
+    argv = ["--learner", "tcp://127.0.0.1:5555", "--keys", str(keydir), "--name", "r1", "--driver", "null"]
+    line = _usage_error(link_runner.cli, [*argv, "--steps", "3", "--state", str(tmp_path / "state")], capsys)
+    what = "no such folder" if kind == "missing" else "is a file, not a folder"
+    assert f"--keys {keydir}: {what}: " in line
+    assert f"robot-wsrl keys new r1 --dir {keydir} --role runner" in line and "learner.sign.pub" in line
+    assert not (tmp_path / "state").exists()  # refused before the latch or anything else was set up
+
+
 def test_operator_tools_refuse_malformed_endpoints(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +101,59 @@ def test_an_emulated_robot_that_fails_to_start_is_named_with_its_log(
     ]  # the robot's own one-line refusal (exit 2), no traceback anywhere
     assert "Traceback" not in log.read_text() and "Traceback" not in capfd.readouterr().err
     assert "learner" not in summary["pids"]  # nothing else was started
+    # Refused its input (exit 2), as a runner or a learner refusing theirs: the session exits 2 for each.
+    assert summary["failed_child"]["exit_code"] == 2 and session.exit_status(summary) == 2
+
+
+def test_a_policy_that_does_not_fit_the_robot_is_refused_before_any_child_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Hopper policy on a Walker, the camera arm's policy on the state-only Reacher: one line, naming
+    what differs and the fix, before the learner imports torch (the runner used to find it 20 s in)."""
+    out = tmp_path / "s"
+    with pytest.raises(SystemExit) as exited:
+        session.cli(["--plain", "--env-id", "Walker2d-v5", "--out", str(out)])
+    line = _one_line(int(exited.value.code or 0), capsys.readouterr().err, "obs_dim 17 != expected 11")
+    assert (
+        "(made for Hopper-v5) does not fit the robot gym:Walker2d-v5" in line and "leave out --env-id" in line
+    )
+    camera = ["--policy-dir", "policies/reacher_cam", "--env-id", "Reacher-v5", "--preset", "nominal"]
+    with pytest.raises(SystemExit) as exited:
+        session.cli(["--plain", *camera, "--out", str(out)])
+    _one_line(int(exited.value.code or 0), capsys.readouterr().err, "cameras [] != expected ['top 84x84x3']")
+    assert not out.exists()
+
+
+def test_a_camera_policy_that_cannot_render_is_refused_before_any_child_starts(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    command = ["session", "--plain", "--policy-dir", "policies/reacher_cam", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "robot_wsrl.apps.cli", *command],
+        env={**os.environ, "MUJOCO_GL": "disable", DEBUG_ENV: ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    _one_line(done.returncode, done.stderr, "cannot render camera 'top': MUJOCO_GL=disable", "MUJOCO_GL=egl")
+    assert not out.exists()
+
+
+def test_a_warmup_under_one_batch_is_the_batch_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The learner's first update needs one batch (256 for the shipped Hopper's agent): the session
+    reports the warmup it will really have; --warmup 0 (no warmup) is an update as soon as one batch is in."""
+    out = ["--plain", "--out", str(tmp_path / "s")]
+    for given, effective in ((100, 256), (0, 256), (300, 300)):
+        args = session.parse_args([*out, "--warmup", str(given)])
+        assert (args.warmup, args.batch_size, args.effective_warmup) == (given, 256, effective)
+    assert session.parse_args([*out, "--warmup", "100", "agent.batch_size=64"]).effective_warmup == 100
+    with pytest.raises(SystemExit) as exited:
+        session.cli([*out, "--warmup", "0", "--steps", "200"])
+    _one_line(
+        int(exited.value.code or 0), capsys.readouterr().err, "no update before step 256", "batch size 256"
+    )
 
 
 # ----- learner: its own out_dir it restarts in, another run's it leaves alone -----

@@ -83,6 +83,22 @@ def test_validate_bad_input_is_one_line_before_any_episode(tmp_path, capsys):
     _one_line(code, capsys.readouterr().err, f"--out {a_file} is a file, not a folder")
 
 
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("preset=rael", ["preset=rael is not a shift preset of gym:Hopper-v5", "(did you mean real?)"]),
+        ("variants=[nominal,real_mlid]", ["its presets: nominal, real, real_mild (did you mean real_mild?)"]),
+        ("robot_presets=[raal]", ["no shift preset 'raal'", "(did you mean real?)"]),
+        ("preset=moon", ["its presets: nominal, real, real_mild"]),  # nothing close: the list alone
+    ],
+)
+def test_validate_suggests_the_preset_a_typo_meant(override, fragments, tmp_path, capsys):
+    code = _run(
+        validate_app.cli, [str(POLICY), "--allow-unsigned", "episodes=1", override, "--out", str(tmp_path)]
+    )
+    _one_line(code, capsys.readouterr().err, "robot-wsrl validate: ", *fragments)
+
+
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu"])
 def test_finetune_refuses_an_unknown_device(device, tmp_path, capsys):
     code = _run(finetune_app.cli, [f"device={device}", f"out_dir={tmp_path / 'run'}"])

@@ -18,8 +18,9 @@ def _buffer(discount: float, lengths: list[int], terminal: list[bool]) -> Replay
         ends[end] = True
         terminated[end] = float(term)
     obs = np.arange(n, dtype=np.float32)[:, None]
-    return ReplayBuffer.from_arrays(discount, obs, np.zeros((n, 1), np.float32), np.ones(n, np.float32),
-                                    obs + 1, terminated, ends)
+    return ReplayBuffer.from_arrays(
+        discount, obs, np.zeros((n, 1), np.float32), np.ones(n, np.float32), obs + 1, terminated, ends
+    )
 
 
 def test_the_horizon_is_where_the_cut_off_remainder_falls_below_the_tolerance():

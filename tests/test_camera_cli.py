@@ -204,6 +204,31 @@ def test_nothing_changes_once_mujoco_is_imported(fresh: pytest.MonkeyPatch) -> N
     assert os.environ[gl.VAR] == "foo" and gl.KEPT not in os.environ
 
 
+# ----- a policy on a driver it was not made for: the driver it needs -----
+
+
+def test_runner_names_the_driver_a_camera_policy_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial's case: the camera policy on a state driver (nothing renders: refused before a step)."""
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    argv = ["--policy", str(_camera_policy(tmp_path / "policy")), "--driver", "gym:InvertedPendulum-v5"]
+    argv += ["--allow-unsigned", "--steps", "3", "--no-realtime", "--json", "--state", str(tmp_path)]
+    assert runner.cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("robot-wsrl runner: "), lines
+    assert "the policy expects camera 'top' 24x24x3 and state (8,) -> action (2,)" in lines[0]
+    assert lines[0].endswith(f"run it with --driver {DRIVER}")
+
+
+def test_runner_names_the_driver_a_state_policy_needs_on_a_camera_driver(tmp_path: Path) -> None:
+    policy = write_linear_policy(tmp_path / "policy", BALANCES).parent
+    argv = ["runner", "--policy", str(policy), "--driver", DRIVER, "--allow-unsigned", "--steps", "3"]
+    line = _one_line(_robot_wsrl(egl_env(), *argv, "--state", str(tmp_path / "state"), "--json"))
+    assert "cameras [] != expected ['top 24x24x3']" in line and "the policy expects state (4,)" in line
+    assert line.endswith("run it with --driver gym:InvertedPendulum-v5")
+
+
 # ----- link-runner --codec: a camera the driver lacks is refused before anything moves -----
 
 
@@ -243,6 +268,13 @@ def test_link_runner_refuses_a_codec_for_a_camera_the_camera_driver_lacks(tmp_pa
     line = _link_runner(tmp_path, _camera_policy(tmp_path / "policy"), DRIVER, "side=jpeg", env)
     assert line.startswith("robot-wsrl link-runner: link codecs {'side': 'jpeg'}: ")
     assert line.endswith("cam:reacher has no camera 'side'; its cameras: top")
+
+
+def test_link_runner_names_the_driver_the_learners_policy_needs(tmp_path: Path) -> None:
+    policy = write_linear_policy(tmp_path / "policy", BALANCES).parent
+    line = _link_runner(tmp_path, policy, DRIVER, "top=raw", egl_env())
+    assert line.startswith("robot-wsrl link-runner: ") and "the policy expects state (4,)" in line
+    assert line.endswith("run it with --driver gym:InvertedPendulum-v5")
 
 
 # ----- --help: the driver names the commands take -----

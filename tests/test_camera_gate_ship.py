@@ -20,6 +20,7 @@ from helpers import SMALL_AGENT, egl_env, tiny_checkpoint
 from robot_wsrl.apps.ship import cli as ship_cli
 from robot_wsrl.apps.validate import cli as validate_cli
 from robot_wsrl.core.spec import CameraSpec
+from robot_wsrl.learn import ship as ship_module
 from robot_wsrl.learn.agent import Agent
 from robot_wsrl.learn.config import compose_config
 from robot_wsrl.learn.export import export_policy
@@ -121,16 +122,21 @@ def test_ship_measures_a_camera_policy_on_the_arms_presets(shipped: Path) -> Non
 
 
 def test_a_failed_ship_leaves_no_folder_and_a_shipped_one_is_replaced_only_with_force(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In this process (MUJOCO_GL=disable) the camera policy's ship fails after its export, when measuring;
-    the pendulum's, which renders nothing, succeeds: no EGL needed."""
+    """In this process (MUJOCO_GL=disable) the camera policy's ship fails before its export (it checked the
+    driver renders after the export, tens of seconds in); the pendulum's, which renders nothing, succeeds:
+    no EGL needed."""
+    exports: list[Path] = []
+    monkeypatch.setattr(
+        ship_module, "export_policy", lambda *a, **k: exports.append(a[0]) or export_policy(*a, **k)
+    )
     policies = tmp_path / "policies"
     new = policies / "new"
     assert ship_cli([str(checkpoint), "--out", str(new), "--episodes", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot render camera 'top'" in err and "MUJOCO_GL=egl" in err
-    assert list(policies.iterdir()) == []  # no half-built folder, hidden or not
+    assert list(policies.iterdir()) == [] and exports == []  # no half-built folder, nothing exported
 
     pendulum = tiny_checkpoint(tmp_path / "pendulum.pt")
     existing = policies / "pendulum"
@@ -192,13 +198,18 @@ def test_validate_runs_a_camera_policy_on_its_own_cameras_and_presets(
 
     # a driver at another size than the policy's: refused, naming both
     done = _robot_wsrl("validate", str(shipped), *GATE, "driver=cam:reacher", "--out", str(tmp_path / "x"))
-    _one_line(done, "validate", "does not fit", "top 24x24x3", "top 84x84x3")
+    _one_line(
+        done, "validate", "does not fit", "top 24x24x3", "top 84x84x3", f"validate it with driver={DRIVER}"
+    )
 
 
 @pytest.mark.parametrize(
     ("override", "words"),
     [
-        ("preset=real", ["not shift presets of cam:reacher@top:24x24", "reacher_real"]),
+        ("preset=real", ["preset=real is not a shift preset of cam:reacher@top:24x24", "reacher_real"]),
+        ("preset=reacher_rael", ["its presets: nominal, reacher_real,", "(did you mean reacher_real?)"]),
+        ("variants=[nominal,reacher_rael_mild]", ["not shift presets", "did you mean reacher_real_mild?"]),
+        ("robot_presets=[reacher_rael]", ["no shift preset 'reacher_rael'", "did you mean reacher_real?"]),
         (f"env.driver={DRIVER}", [f"did you mean driver={DRIVER}?"]),
         ("env.shift=reacher_real", ["did you mean preset=reacher_real?"]),
     ],

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from helpers import TINY_LEARNER, egl_env
 
-from robot_wsrl.apps.session import env_id_problem, validated_versions, validation_results
+from robot_wsrl.apps.session import env_id_problem
+from robot_wsrl.apps.session_summary import validated_versions, validation_results
 from robot_wsrl.core.artifacts import CHECKPOINT, POLICY_DIR, POLICY_ONNX, POLICY_SIDECAR, REPORT, VERDICT
 from robot_wsrl.robot.drivers.emulated_robot import EmulatedRobotDriver
 from robot_wsrl.robot.policy import OnnxPolicy
@@ -123,6 +124,14 @@ def test_a_camera_session_streams_frames_caches_features_and_promotes_a_validate
         sum(outcomes)
     )
     assert "robot success rate: last third " in done.stdout and " vs pre-trained v0 " in done.stdout
+    if summary["baseline_return"] < 0:  # the usual case: negative returns have a difference, not a ratio
+        assert (
+            summary["last_third_over_baseline"] is None
+            and "not positive" in (summary["last_third_over_baseline_note"])
+        )
+    assert summary["last_third_minus_baseline"] == pytest.approx(
+        summary["robot_return_last_third"] - summary["baseline_return"]
+    )
     assert (out / "returns.png").stat().st_size > 0
 
 
@@ -174,9 +183,9 @@ def test_validation_results_carry_each_versions_return_and_success_rate(tmp_path
     ]
     assert results[1]["variants"][PRESET] == real
     assert validated_versions(results, PRESET) == [
-        (0, -40.0, True, 0.25),
-        (99, -20.0, False, 0.5),
-        (119, 100.0, True, None),
+        (0, -40.0, "pre-trained", 0.25),  # the starting policy: never "promoted"
+        (99, -20.0, "held back", 0.5),
+        (119, 100.0, "promoted", None),
     ]
 
 

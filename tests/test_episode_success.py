@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from helpers import LEARNER_WAIT_S, NULL_SPEC, LearnerProcess, free_port, start_runner_thread
 
-from robot_wsrl.apps.session import Progress, episode_returns, robot_returns
+from robot_wsrl.apps.session import Progress
+from robot_wsrl.apps.session_summary import episode_returns, robot_returns
 from robot_wsrl.core.driver import Driver, StepResult
 from robot_wsrl.robot.drivers.null import NullDriver
 from robot_wsrl.robot.policy import OnnxPolicy

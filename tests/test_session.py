@@ -16,25 +16,28 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_LEARNER, TINY_SESSION, TINY_WARMUP, tiny_policy_dir
+from helpers import TINY_LEARNER, TINY_SESSION, tiny_policy_dir
 
+from robot_wsrl.apps import session as session_module
 from robot_wsrl.apps.session import (
     LEARNER_NICE,
     POLL_S,
     Progress,
     Session,
-    promoted_versions,
-    promotion_steps,
-    robot_returns,
+    exit_status,
     robot_state,
 )
+from robot_wsrl.apps.session_summary import gate_summary, promoted_versions, promotion_steps, robot_returns
 from robot_wsrl.gate.registry import validation_state
 from robot_wsrl.learn.plots import plot_episode_returns
 from robot_wsrl.robot.policy import OnnxPolicy
 from robot_wsrl.wire import keys
 
 STEPS = 200
-TIMEOUT_S = 150.0  # generous: a shared 2-core machine; the session itself takes well under a minute
+WARMUP = 10  # below the tiny agent's batch size (16): the learner's first update is at step 16
+BATCH = 16
+TIMEOUT_S = 300.0  # generous: a shared 2-core machine (the session takes under a minute idle, plus up to
+# VERDICT_WAIT_S for a validation under way at its end; beside other jobs it took over 150 s)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,16 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _session(policy_dir: Path, out: Path, steps: int) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "robot_wsrl.apps.cli", "session", "--policy-dir", str(policy_dir)]
-    command += ["--out", str(out), "--steps", str(steps), *TINY_SESSION, *TINY_LEARNER]
+    command += [
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        *TINY_SESSION,
+        "--warmup",
+        str(WARMUP),
+        *TINY_LEARNER,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -70,7 +82,10 @@ def test_session_fine_tunes_exports_and_leaves_nothing_running(policy_dir: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["error"] is None and not summary["interrupted"]
     assert summary["steps"] == STEPS  # the budget exactly: the runner counts the transitions it hands over
-    assert summary["updates"] == STEPS - TINY_WARMUP + 1  # lockstep: one UTD round per step after warmup
+    # lockstep: one UTD round per step after warmup, which is never under one batch: said everywhere
+    assert summary["updates"] == STEPS - BATCH + 1
+    assert summary["warmup_steps"] == BATCH and summary["warmup_steps_given"] == WARMUP
+    assert f"warmup {BATCH} steps, not {WARMUP}: " in output.decode()
     assert summary["versions"] >= 3  # 141 updates, a version every 40
     assert summary["exit_codes"] == {"runner": 0, "learner": 0, "robot": 0}
     assert (out / "returns.png").stat().st_size > 0
@@ -82,7 +97,10 @@ def test_session_fine_tunes_exports_and_leaves_nothing_running(policy_dir: Path,
     # version 0, which passes by definition (on a fast host the session may end before the measurement
     # of version 0 that is only informational has finished, and then it has no verdict file).
     gate = summary["gate"]
-    assert all(v["reasons"] for v in gate["held_back"])
+    assert all(v["reasons"] for v in gate["held_back"] + gate["unfinished"])
+    judged = {int(path.parent.name[1:]) for path in (out / "learner" / "policies").glob("v*/validation")}
+    listed = gate["promoted"] + [v["version"] for v in gate["held_back"] + gate["unfinished"]]
+    assert sorted(listed) == sorted(judged), gate  # every validation the gate began, none left out
     ran = {int(line.split(",")[4]) for line in lines[1:]}
     assert 0 in ran and ran - {0} <= set(gate["promoted"]), (ran, gate)
     _assert_promoted_policy(out, summary)
@@ -159,6 +177,91 @@ def test_robot_returns_per_version_baseline_and_last_third() -> None:
     none = robot_returns([{"step": 10, "return": 5.0, "policy_version": 1}], 10)
     assert none["baseline_return"] is None and none["last_third_over_baseline"] is None
     assert robot_returns([], 0)["robot_return_last_third"] is None
+    assert got["last_third_minus_baseline"] == 30.0 and got["last_third_over_baseline_note"] is None
+    assert "no baseline" in none["last_third_over_baseline_note"]
+
+
+def test_a_negative_baseline_has_a_difference_and_says_why_it_has_no_ratio() -> None:
+    """A camera task's returns are negative: their ratio means nothing, their difference does."""
+    rows = [
+        {"step": 50, "return": -20.0, "policy_version": 0},
+        {"step": 290, "return": -5.0, "policy_version": 1},
+    ]
+    got = robot_returns(rows, 300)
+    assert got["baseline_return"] == -20.0 and got["robot_return_last_third"] == -5.0
+    assert got["last_third_over_baseline"] is None and got["last_third_minus_baseline"] == 15.0
+    assert "not positive" in got["last_third_over_baseline_note"]
+
+
+def test_a_validation_the_learner_stopped_is_listed_not_lost(tmp_path: Path) -> None:
+    """A validation that finished (report.json) or ran as the learner stopped, with no verdict.json."""
+    policies = _fake_learner_policies(tmp_path, {0: "passed", 1: "failed"})
+    for version, report in ((2, {"passed": True, "reasons": []}), (3, None)):
+        folder = policies / f"v{version:06d}" / "validation"
+        folder.mkdir()
+        if report is not None:
+            (folder / "report.json").write_text(json.dumps(report))
+    gate = gate_summary(policies)
+    assert gate["promoted"] == [0] and [v["version"] for v in gate["held_back"]] == [1]
+    finished, running = gate["unfinished"]
+    assert (finished["version"], finished["status"], finished["report_passed"]) == (2, "unfinished", True)
+    assert "finished at shutdown (report.json: passed) but no verdict" in finished["reasons"][0]
+    assert (running["version"], running["report_passed"]) == (3, None)
+    assert "validation unfinished at shutdown: never promoted" in running["reasons"][0]
+
+
+class _Learner:
+    """A status client whose learner validates for `busy` polls, then is idle."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.polls = busy, 0
+
+    def status(self, name: str) -> dict:
+        self.polls += 1
+        return {"gate": {"validating": self.polls <= self.busy}}
+
+
+def test_the_end_waits_for_a_validation_under_way_and_no_longer_than_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = Session(argparse.Namespace(out=tmp_path), stream=io.StringIO())
+    session.children = {"runner": _Exited(0)}  # its budget done; a learner gone would end the wait too
+    learner = _Learner(busy=2)
+    session._await_verdict(learner)  # type: ignore[arg-type]
+    assert learner.polls == 3 and session.last_status == {"gate": {"validating": False}}
+    monkeypatch.setattr(session_module, "VERDICT_WAIT_S", 1.5)
+    started = time.monotonic()
+    session._await_verdict(_Learner(busy=1_000_000))  # type: ignore[arg-type]
+    assert 1.5 <= time.monotonic() - started < 30.0
+    session.stop.set()  # a stop (Ctrl-C) does not wait
+    stopped = _Learner(busy=1_000_000)
+    session._await_verdict(stopped)  # type: ignore[arg-type]
+    assert stopped.polls == 0
+    session.stop.clear()
+    session.children["learner"] = _Exited(1)
+    with pytest.raises(session_module.ChildFailed, match="learner exited with code 1"):
+        session._await_verdict(_Learner(busy=1_000_000))  # type: ignore[arg-type]
+
+
+class _Exited:
+    """A child process that has exited with `code`."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def poll(self) -> int:
+        return self.code
+
+
+def test_exit_status_is_the_same_for_every_child() -> None:
+    """2: bad input, whoever refused it; 1: any other failure of any child (or of the session); 130: stop."""
+    ok = {"error": None, "failed_child": None, "interrupted": False}
+    assert exit_status(ok) == 0 and exit_status(ok | {"interrupted": True}) == 130
+    for name in ("emulated robot", "learner", "runner"):
+        for code, expected in ((2, 2), (1, 1), (-9, 1), (None, 1)):
+            failed = {"error": "x", "failed_child": {"name": name, "exit_code": code}, "interrupted": False}
+            assert exit_status(failed) == expected, (name, code)
+    assert exit_status({"error": "no progress for 60 s", "failed_child": None, "interrupted": False}) == 1
 
 
 def _fake_learner_policies(root: Path, verdicts: dict[int, str]) -> Path:
@@ -206,7 +309,7 @@ def test_export_of_a_promoted_latest_has_nothing_unvalidated(tmp_path: Path) -> 
     assert not (tmp_path / "policy-latest-unvalidated").exists()
 
 
-def test_returns_plot_marks_promotions_and_baseline(tmp_path: Path) -> None:
+def test_returns_plot_marks_promotions_and_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     policies = _fake_learner_policies(tmp_path, {})
     rows = [
         {"step": 50 * i, "runner": "robot1", "return": float(i), "length": 50, "policy_version": v}
@@ -219,8 +322,31 @@ def test_returns_plot_marks_promotions_and_baseline(tmp_path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    png = plot_episode_returns(csv_path, tmp_path / "returns.png", 60, "t", [], promotions, 2.0)
+    versions = [(0, 1.0, "pre-trained", None), (69, 2.0, "promoted", None), (99, 0.5, "held back", None)]
+    png = plot_episode_returns(csv_path, tmp_path / "returns.png", 60, "t", versions, promotions, 2.0)
     assert png.stat().st_size > 0
+    labels = _legend(monkeypatch, csv_path, tmp_path, versions)
+    assert "pre-trained policy (v0, the starting version), validation return" in labels
+    assert "learner version: promoted, validation return" in labels  # v1 only: v0 was never promoted
+    assert not any(label.startswith("mean of the last") for label in labels)  # 6 episodes: no window
+    many = [{**rows[0], "step": 10 * i} for i in range(1, 31)]
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(many)
+    assert "mean of the last 3 episodes" in _legend(monkeypatch, csv_path, tmp_path, versions)
+
+
+def _legend(monkeypatch: pytest.MonkeyPatch, csv_path: Path, tmp_path: Path, versions: list) -> list[str]:
+    """The returns plot's legend labels (its figure caught as it is saved)."""
+    from matplotlib.figure import Figure
+
+    saved: list[Figure] = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), original(fig, *a, **k)))
+    plot_episode_returns(csv_path, tmp_path / "legend.png", 60, "t", versions, [], None)
+    monkeypatch.undo()
+    return saved[0].axes[0].get_legend_handles_labels()[1]
 
 
 def test_promoted_versions_are_the_gates_learned_promotions() -> None:

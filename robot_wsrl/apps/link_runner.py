@@ -33,6 +33,7 @@ from robot_wsrl.apps.options import (
     serve_control,
     write_ready_file,
 )
+from robot_wsrl.apps.runner import setup_error
 from robot_wsrl.core.artifacts import POLICY_DIR, POLICY_RECORD, SPOOL_DIR
 from robot_wsrl.core.driver import DriverFault
 from robot_wsrl.core.durable import DurableRecord
@@ -214,11 +215,23 @@ class LinkRunner:
         transport.shutdown(self.ctx)
 
 
+def check_keys(p: CommandParser, args: argparse.Namespace) -> None:
+    """A --keys that is no folder, said as that (not as a key file missing in it), with how one is made."""
+    if not args.keys.is_dir():
+        what = "is a file, not a folder" if args.keys.exists() else "no such folder"
+        p.error(
+            f"--keys {args.keys}: {what}: make this runner's keys with `robot-wsrl keys new {args.name} "
+            f"--dir {args.keys} --role runner`, then copy the learner's {args.learner_name}.key and "
+            f"{args.learner_name}.sign.pub into it"
+        )
+
+
 def cli(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
     DRIVER.check(p, args, "transitions")
     check_control(p, args)
+    check_keys(p, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop, signalled = threading.Event(), threading.Event()
     stop_on_signals([signalled, stop])  # stop between ticks, then drain briefly: the spool keeps the rest
@@ -241,7 +254,7 @@ def cli(argv: list[str]) -> int:
         zmq.ZMQError,
     ) as exc:
         process.close()
-        return report("link-runner", exc)
+        return report("link-runner", exc, setup_error(exc))
     link = process.link
     assert link is not None
     try:

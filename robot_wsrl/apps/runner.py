@@ -33,7 +33,7 @@ from robot_wsrl.apps.options import (
 from robot_wsrl.core.driver import Driver, DriverFault
 from robot_wsrl.core.lifetime import stop_on_signals
 from robot_wsrl.robot import control
-from robot_wsrl.robot.policy import OnnxPolicy, policy_signer
+from robot_wsrl.robot.policy import OnnxPolicy, SpecMismatch, policy_signer
 from robot_wsrl.robot.runner import Runner
 from robot_wsrl.robot.safety import EStopLatch, RunnerState, SafetyConfig
 
@@ -147,6 +147,14 @@ def _supervise(
             line.show(runner.status())
 
 
+def setup_error(exc: BaseException) -> str | None:
+    """The line for a set-up that failed, where it can say the fix: a policy made for another robot names
+    the --driver that runs it, a missing simulator the extra that installs it (None: `exc`'s own message)."""
+    if isinstance(exc, SpecMismatch):
+        return f"{exc}: run it with --driver {exc.driver}"
+    return missing_extra(exc)
+
+
 def _close_all(
     server: control.ControlServer | None, driver: Driver | None, latch: EStopLatch, handlers: dict[int, Any]
 ) -> None:
@@ -212,7 +220,7 @@ def cli(argv: list[str]) -> int:
     if runner is None:
         _close_all(server, driver, latch, handlers)
         assert failure is not None
-        return report("runner", failure, missing_extra(failure))
+        return report("runner", failure, setup_error(failure))
     printer = threading.Thread(
         target=_supervise, args=(runner, stop, done, server is not None, line), daemon=True
     )

@@ -1,5 +1,7 @@
 """`robot-wsrl session`: the emulated robot, a learner and a runner linked to it, on this machine, in one
-command, with one live progress line.
+command, with one live progress line. Before it starts any of them it checks that the policy fits the robot
+(and renders, for a camera policy) and the warmup the learner will really use (session_preflight); its
+exit codes are EXIT_CODES (--help).
 
 Each part runs as it would across machines (its own process, the ZeroMQ link, signed policies), so the
 session exercises the real stack. The learner and the runner run in their own process groups so that a
@@ -54,6 +56,15 @@ import zmq
 from robot_wsrl.apps.errors import reports_errors, user_error
 from robot_wsrl.apps.options import CommandParser
 from robot_wsrl.apps.overrides import hydra_list
+from robot_wsrl.apps.session_summary import (
+    episode_returns,
+    gate_summary,
+    promoted_versions,
+    promotion_steps,
+    robot_returns,
+    validated_versions,
+    validation_results,
+)
 from robot_wsrl.core.artifacts import (
     CHECKPOINT,
     INGEST_LOG,
@@ -62,9 +73,7 @@ from robot_wsrl.core.artifacts import (
     POLICY_ONNX,
     POLICY_SIDECAR,
     POLICY_SIGNATURE,
-    REPORT,
     VALIDATION_DIR,
-    VERDICT,
 )
 from robot_wsrl.core.lifetime import die_with_parent, stop_on_signals
 from robot_wsrl.core.paths import REPO_ROOT, repo_path
@@ -78,6 +87,7 @@ STOP_TIMEOUT_S = 30.0  # a child asked to stop that is still up after this is ki
 START_TIMEOUT_S = 180.0  # the learner imports torch and exports version 0 before the runner can start
 FINISH_TIMEOUT_S = 120.0  # after the runner's last transition: the owed updates, then the end
 STALL_S = 60.0  # no new step and no update this long: something is stuck (an e-stopped robot, say)
+VERDICT_WAIT_S = 60.0  # at the budget's end: a validation under way gets this long to reach its verdict
 # Off real time nothing waits for the robot's clock, but a loaded 2-core host can hold a reply back longer
 # than the driver's default deadline; and with one resend, the `real` preset's 1% packet loss drops a
 # request twice (an e-stop: link lost) about once in 10,000 steps. Off real time both are relaxed.
@@ -307,177 +317,6 @@ class Progress:
             print(flush=True, file=self.stream)
 
 
-def episode_returns(log_path: Path) -> list[dict[str, Any]]:
-    """Each finished episode (in arrival order at the learner): the step it ended at, return, length, the
-    policy version that ended it and whether it succeeded (None for a task without a success signal)."""
-    from robot_wsrl.learn.ingest_log import IngestLog
-
-    rows: list[dict[str, Any]] = []
-    running: dict[tuple[str, int], list[float]] = {}
-    step = 0
-    log = IngestLog(log_path)
-    try:
-        for batch in log.replay():
-            outcomes = batch.successes()
-            for i in range(batch.count):
-                step += 1
-                key = (batch.runner_id, int(batch.episode_id[i]))
-                acc = running.setdefault(key, [0.0, 0])
-                acc[0] += float(batch.reward[i])
-                acc[1] += 1
-                if batch.terminated[i] or batch.truncated[i]:
-                    ret, length = running.pop(key)
-                    rows.append(
-                        {
-                            "step": step,
-                            "runner": batch.runner_id,
-                            "return": ret,
-                            "length": int(length),
-                            "policy_version": int(batch.policy_version[i]),
-                            "success": outcomes.get(i),
-                        }
-                    )
-    finally:
-        log.close()
-    return rows
-
-
-def gate_summary(policies: Path) -> dict[str, Any]:
-    """Which versions the validation gate promoted to the robot and which it held back, and why."""
-    promoted, held_back = [], []
-    for path in sorted(policies.glob(f"v*/{VALIDATION_DIR}/{VERDICT}")):
-        verdict = json.loads(path.read_text())
-        if verdict["status"] == "passed":
-            promoted.append(verdict["version"])
-        else:
-            held_back.append({k: verdict[k] for k in ("version", "status", "reasons")})
-    return {"promoted": promoted, "held_back": held_back}
-
-
-def made_at_step(sidecar: Path, warmup: int, utd: int) -> int:
-    """The environment step a learner's version was made at, from its sidecar's update count: in lockstep
-    the learner owes `utd` updates per step from the last warmup step on (0 for the pre-trained v0)."""
-    updates = int(json.loads(sidecar.read_text()).get("step") or 0)
-    return warmup + -(-updates // utd) - 1 if updates else 0
-
-
-def validation_results(policies: Path, warmup: int, utd: int) -> list[dict[str, Any]]:
-    """Each version of the learner the gate judged (passed or failed, with its report): its status, the
-    environment step it was made at, and per preset validated its mean return and success rate (None for a
-    task without a success signal), as summary.json's gate.validated."""
-    results = []
-    for verdict_path in sorted(policies.glob(f"v*/{VALIDATION_DIR}/{VERDICT}")):
-        verdict = json.loads(verdict_path.read_text())
-        report_path = verdict_path.with_name(REPORT)
-        if verdict["status"] not in ("passed", "failed") or not report_path.exists():
-            continue
-        variants = json.loads(report_path.read_text())["candidate"]["variants"]
-        results.append(
-            {
-                "version": int(verdict["version"]),
-                "status": verdict["status"],
-                "made_at_step": made_at_step(verdict_path.parents[1] / POLICY_SIDECAR, warmup, utd),
-                "variants": {
-                    name: {"return_mean": v["return_mean"], "success_rate": v.get("success_rate")}
-                    for name, v in variants.items()
-                },
-            }
-        )
-    return results
-
-
-def validated_versions(
-    results: list[dict[str, Any]], preset: str
-) -> list[tuple[int, float, bool, float | None]]:
-    """The learner's side of the plot, from `validation_results`: each judged version as (environment step
-    it was made at, its validation return on the robot's preset, or the mean over the presets validated,
-    promoted?, its success rate likewise, or None for a task without one)."""
-    points = []
-    for result in results:
-        variants = result["variants"]
-        chosen = [variants[preset]] if preset in variants else list(variants.values())
-        rates = [v["success_rate"] for v in chosen]
-        success = None if None in rates else sum(rates) / len(rates)
-        mean_return = sum(v["return_mean"] for v in chosen) / len(chosen)
-        points.append((result["made_at_step"], mean_return, result["status"] == "passed", success))
-    return points
-
-
-def promoted_versions(gate: dict[str, Any], learner_status: dict[str, Any] | None) -> list[int]:
-    """The learned versions (1 and up) the gate promoted to the robot: its passed verdicts on disk
-    (`gate_summary`) and those in the learner's last gate status, with the version it last deployed.
-    Version 0, the pre-trained policy, passes by definition and is not counted."""
-    found = set(gate["promoted"])
-    status = (learner_status or {}).get("gate") or {}
-    found |= {int(v["version"]) for v in status.get("verdicts", []) if v.get("status") == "passed"}
-    if status.get("enabled") and status.get("deployed_version") is not None:
-        found.add(int(status["deployed_version"]))
-    return sorted(v for v in found if v > 0)
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _success_rate(rows: list[dict[str, Any]]) -> float | None:
-    """The share of `rows` that succeeded, of those reporting an outcome (None if none does)."""
-    return _mean([float(r["success"]) for r in rows if r.get("success") is not None])
-
-
-def robot_returns(rows: list[dict[str, Any]], total_steps: int) -> dict[str, Any]:
-    """What the robot ran and returned (`episode_returns` rows): per policy version; the baseline, its
-    mean return on version 0 (the frozen pre-trained policy, warmup included: the same preset, the same
-    sampling); its mean over the episodes that ended in the last third of the session's `total_steps`
-    environment steps, and that over the baseline (None unless the baseline is positive). For a task with
-    a success signal (an episode reported an outcome), the success rates beside the returns: per version,
-    `baseline_success_rate` and `robot_success_rate_last_third`; absent for a task without one."""
-    by_version: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_version.setdefault(int(row["policy_version"]), []).append(row)
-    has_success = any(row.get("success") is not None for row in rows)
-    returns = {v: [float(r["return"]) for r in ran] for v, ran in by_version.items()}
-    baseline = _mean(returns.get(0, []))
-    last_rows = [r for r in rows if r["step"] > total_steps * 2 / 3]
-    last_mean = _mean([float(r["return"]) for r in last_rows])
-    ratio = None if last_mean is None or baseline is None or baseline <= 0 else last_mean / baseline
-    versions = []
-    for v, ran in sorted(by_version.items()):
-        versions.append({"version": v, "episodes": len(ran), "return_mean": _mean(returns[v])})
-        if has_success:
-            versions[-1]["success_rate"] = _success_rate(ran)
-    summary: dict[str, Any] = {
-        "versions_ran": versions,
-        "baseline_return": baseline,
-        "baseline_episodes": len(returns.get(0, [])),
-        "robot_return_last_third": last_mean,
-        "robot_episodes_last_third": len(last_rows),
-        "last_third_over_baseline": ratio,
-    }
-    if has_success:
-        summary["baseline_success_rate"] = _success_rate(by_version.get(0, []))
-        summary["robot_success_rate_last_third"] = _success_rate(last_rows)
-    return summary
-
-
-def promotion_steps(
-    rows: list[dict[str, Any]], promoted: list[int], policies: Path, warmup: int, utd: int
-) -> list[tuple[int, int]]:
-    """Where each promoted version shows on the returns plot, as (version, step): the end of the first
-    episode the robot finished on it; for one it never finished an episode on, the step it was made at."""
-    first: dict[int, int] = {}
-    for row in rows:
-        first.setdefault(int(row["policy_version"]), int(row["step"]))
-    made = {int(path.parent.name[1:]): path for path in policies.glob(f"v*/{POLICY_SIDECAR}")}
-    points = []
-    for version in promoted:
-        if version in first:
-            points.append((version, first[version]))
-        elif version in made:
-            with contextlib.suppress(OSError, ValueError):
-                points.append((version, made_at_step(made[version], warmup, utd)))
-    return points
-
-
 class Session:
     """The three processes and what the session makes of them; `run` returns the summary."""
 
@@ -547,7 +386,7 @@ class Session:
 
     def _start(self, env: dict[str, Any]) -> Endpoints:
         """Robot, learner (on a port it picks when it binds), then the runner; where they serve."""
-        from robot_wsrl.sim.emulated_robot import spawn_emulated_robot
+        from robot_wsrl.sim.emulated_robot import RobotStartFailed, spawn_emulated_robot
 
         a = self.args
         keydir = self.out / "keys"
@@ -569,7 +408,8 @@ class Session:
                 )
             except RuntimeError as exc:  # its reason is in its log, as a learner's or a runner's is
                 why = str(exc).removeprefix(f"{ROBOT} ")
-                raise ChildFailed(ROBOT, None, self._log("robot"), why) from exc
+                code = exc.exit_code if isinstance(exc, RobotStartFailed) else None
+                raise ChildFailed(ROBOT, code, self._log("robot"), why) from exc
         overrides = [
             f"env={env['name']}",
             f"run.checkpoint={(a.policy_dir / 'checkpoint.pt').resolve()}",
@@ -662,6 +502,24 @@ class Session:
         finally:
             progress.end()
 
+    def _await_verdict(self, client: StatusClient) -> None:
+        """At the budget's end (not on a stop): give a validation under way up to VERDICT_WAIT_S to reach
+        and record its verdict, so that a version judged as the session ends is promoted or held back, not
+        lost; one still running then stops with the learner (summary.json's gate.unfinished)."""
+        deadline = time.monotonic() + VERDICT_WAIT_S
+        waiting = False
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            self._check_children()  # a learner gone meanwhile is its failure, not a wait to the bound
+            status = client.status("learner")
+            if status is not None:
+                self.last_status = status
+                if not status["gate"].get("validating"):
+                    return
+            if not waiting:
+                print(f"waiting up to {VERDICT_WAIT_S:.0f} s for the validation under way", file=self.stream)
+                waiting = True
+            self.stop.wait(POLL_S)
+
     def _shutdown(self) -> dict[str, int | None]:
         """Runner, learner, robot, in this order; every one is waited for (killed if it must be)."""
         codes: dict[str, int | None] = {}
@@ -730,9 +588,10 @@ class Session:
         title = f"robot-wsrl session: {self.args.env_id} ({self.args.preset}), {self.args.policy_dir}"
         policies = self.out / "learner" / POLICY_DIR
         versions = validated_versions(validated, self.args.preset)
-        promotions = promotion_steps(rows, promoted, policies, self.args.warmup, self.args.utd)
+        warmup = self.args.effective_warmup
+        promotions = promotion_steps(rows, promoted, policies, warmup, self.args.utd)
         plot_episode_returns(
-            csv_path, self.out / "returns.png", self.args.warmup, title, versions, promotions, baseline
+            csv_path, self.out / "returns.png", warmup, title, versions, promotions, baseline
         )
         return rows
 
@@ -753,7 +612,15 @@ class Session:
             security = "plain (loopback, unauthenticated)" if a.plain else "CURVE (keys in SESSION/keys)"
             print(f"session in {self.out}: {a.env_id} ({a.preset}), {security}", file=self.stream)
             print(f"operator console: robot-wsrl console --session {self.out}", file=self.stream, flush=True)
+            if a.effective_warmup != a.warmup:
+                print(
+                    f"warmup {a.effective_warmup} steps, not {a.warmup}: the learner's first update needs "
+                    f"one batch (agent.batch_size={a.batch_size})",
+                    file=self.stream,
+                    flush=True,
+                )
             self._loop(client, started)
+            self._await_verdict(client)
         except (RuntimeError, OSError, ValueError) as exc:  # ValueError: bad keys, a robot refusing a preset
             error = str(exc)
             if isinstance(exc, ChildFailed):
@@ -768,7 +635,8 @@ class Session:
             "preset": a.preset,
             "policy_dir": str(a.policy_dir),
             "budget_steps": a.steps,
-            "warmup_steps": a.warmup,
+            "warmup_steps": a.effective_warmup,  # before the first update: never under one batch
+            "warmup_steps_given": a.warmup,
             "utd": a.utd,
             "interrupted": self.stop.is_set(),
             "error": error,
@@ -789,7 +657,9 @@ class Session:
             }
         summary["robot"] = robot_summary(self.robot_status)
         summary["gate"] = gate_summary(self.out / "learner" / POLICY_DIR)
-        summary["gate"]["validated"] = validation_results(self.out / "learner" / POLICY_DIR, a.warmup, a.utd)
+        summary["gate"]["validated"] = validation_results(
+            self.out / "learner" / POLICY_DIR, a.effective_warmup, a.utd
+        )
         promoted = promoted_versions(summary["gate"], status)
         summary["promoted_versions"] = promoted
         summary |= self._export(promoted)
@@ -804,12 +674,21 @@ class Session:
         return summary
 
 
+EXIT_CODES = (
+    "exit status: 0 done; 2 bad input, one line (refused before any child starts: options, the policy "
+    "against the robot, rendering; or by a child, which exits 2 too); 1 any other failure "
+    "of a child (the emulated robot, the learner, the runner) or of the session, with that child's log; "
+    "130 stopped (Ctrl-C, SIGTERM)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="robot-wsrl session",
         description="Emulated robot + learner + linked runner on this machine: warmup, fine-tuning, then "
         "the best promoted policy, a return plot and summary.json. Extra key=value args go to the learner "
         "(Hydra overrides, e.g. agent.batch_size=128 threads=1).",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the learner")
     parser.add_argument(
@@ -831,7 +710,13 @@ def _parser() -> argparse.ArgumentParser:
         "robot, configs/validate.yaml robot_presets: real for a Hopper, reacher_real for the camera arm)",
     )
     parser.add_argument("--steps", type=int, default=6000, help="environment steps in all, warmup included")
-    parser.add_argument("--warmup", type=int, default=1000, help="steps before the first update")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1000,
+        help="steps before the first update, never fewer than the learner's batch size (0: no warmup, the "
+        "first update as soon as one batch is in)",
+    )
     parser.add_argument("--utd", type=int, default=1, help="critic updates per environment step")
     parser.add_argument("--publish-every", type=int, default=500, help="updates between policy versions")
     parser.add_argument(
@@ -925,14 +810,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.policy_dir / CHECKPOINT).is_file():
         parser.error(f"{args.policy_dir / 'checkpoint.pt'} not found")
-    if args.steps <= args.warmup:
-        parser.error("--steps counts the warmup too: it must be larger than --warmup")
+    from robot_wsrl.apps.session_preflight import effective_warmup, learner_batch_size, robot_problem
     from robot_wsrl.gate.validate import load_config  # the learner extra: not needed for --help
     from robot_wsrl.sim.shift import preset_names
 
     if args.env_id is not None:
         args.env_id = args.env_id.removeprefix("gym:")  # the runner's driver name: the same robot
-    driver = _env_of(args.policy_dir)["driver"] if args.env_id is None else policy_driver(args.env_id)
+    policy_env = _env_of(args.policy_dir)
+    driver = policy_env["driver"] if args.env_id is None else policy_driver(args.env_id)
     if args.preset is None:
         args.preset = load_config(None, []).for_robot(driver).preset
     if args.preset not in (presets := preset_names(driver)):
@@ -952,6 +837,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         # Its keys, ready files and learner state belong to another session: mixing them in would point
         # the runner at a dead learner and fail its policies' signatures.
         parser.error(f"--out {args.out} is not empty (another session's folder?): give a new folder")
+    if (problem := robot_problem(args.policy_dir, driver, args.preset, args.seed)) is not None:
+        parser.error(problem)
+    args.batch_size = learner_batch_size(policy_env["name"], args.overrides)
+    args.effective_warmup = effective_warmup(args.warmup, args.batch_size)
+    if args.steps <= args.effective_warmup:
+        batch = "" if args.batch_size is None else f", batch size {args.batch_size}"
+        parser.error(
+            f"--steps {args.steps} counts the warmup too: no update before step {args.effective_warmup} "
+            f"(--warmup {args.warmup}{batch}): give --steps above {args.effective_warmup}"
+        )
     return args
 
 
@@ -966,18 +861,21 @@ def cli(argv: list[str]) -> int:
         failed = summary["failed_child"] or {}
         tail = "".join(f"\n  {line}" for line in failed.get("log_tail", []))
         print(f"robot-wsrl session: {summary['error']}{tail}", file=sys.stderr)
-        return 2 if failed.get("exit_code") == 2 else 1  # a child refused its input: so does the session
+        return exit_status(summary)
     print(f"promoted policy (v{summary.get('policy_version')}): {summary.get('policy')}")
     if summary.get("latest_unvalidated_version") is not None:
         print(
-            f"learner's latest, not validated (v{summary['latest_unvalidated_version']}): "
+            f"learner's latest, not promoted (v{summary['latest_unvalidated_version']}): "
             f"{summary['latest_unvalidated_policy']}"
         )
     baseline, last = summary.get("baseline_return"), summary.get("robot_return_last_third")
     if baseline is not None and last is not None:
         ratio = summary.get("last_third_over_baseline")
-        shown = "-" if ratio is None else f"{ratio:.2f}x"
-        print(f"robot return: last third {last:.1f} vs pre-trained v0 {baseline:.1f} ({shown})")
+        shown = "no ratio: a non-positive baseline" if ratio is None else f"{ratio:.2f}x"
+        print(
+            f"robot return: last third {last:.1f} vs pre-trained v0 {baseline:.1f} "
+            f"({summary['last_third_minus_baseline']:+.1f}, {shown})"
+        )
     rates = [
         f"v{r['version']} {v['success_rate']:.0%}"
         for r in summary["gate"]["validated"]
@@ -996,4 +894,13 @@ def cli(argv: list[str]) -> int:
         shown.append(f"pre-trained v0 {'-' if base is None else f'{base:.0%}'}")
         print(f"robot success rate: {' vs '.join(shown)} (by version: {', '.join(robot_rates)})")
     print(f"plot: {session.out / 'returns.png'}")
+    return exit_status(summary)
+
+
+def exit_status(summary: dict[str, Any]) -> int:
+    """The session's exit code (EXIT_CODES): bad input is 2 whoever refused it (this process before any
+    child starts, or a child: its own 2), any other failure of any child or of the session is 1, a stop
+    (Ctrl-C, SIGTERM) 130."""
+    if summary["error"]:
+        return 2 if (summary["failed_child"] or {}).get("exit_code") == 2 else 1
     return 130 if summary["interrupted"] else 0

@@ -17,6 +17,7 @@ from robot_wsrl.apps.options import CommandParser
 from robot_wsrl.core.artifacts import REPORT, REPORT_PLOT
 from robot_wsrl.core.driver import DriverFault
 from robot_wsrl.gate.registry import policy_file
+from robot_wsrl.robot.policy import SpecMismatch
 
 REPORTS = Path("runs/validate")  # the default report folders' parent, relative to the working directory
 
@@ -95,6 +96,10 @@ def cli(argv: list[str]) -> int:
         report = validate(
             args.policy, args.reference, cfg, out, keydir=args.keys, allow_unsigned=args.allow_unsigned
         )
+    except SpecMismatch as exc:  # the candidate on a driver it was not made for (env=, driver=)
+        raise ValueError(
+            f"{exc}: validate it with driver={exc.driver}, or leave env= and driver= out"
+        ) from exc
     except (ImportError, DriverFault) as exc:  # the simulator the policy needs is missing or cannot run
         raise ValueError(missing_extra(exc) or str(exc)) from exc
     _print_summary(report, out)

@@ -32,9 +32,9 @@ from robot_wsrl.gate.episodes import Episode, EpisodePool, EpisodeSetup, Result,
 from robot_wsrl.gate.registry import load_trusted, policy_file, require_trusted
 from robot_wsrl.gate.stats import SequentialTest, look_schedule, t_quantile
 from robot_wsrl.robot.drivers import simulator_name
-from robot_wsrl.robot.policy import OnnxPolicy, sha256_bytes
+from robot_wsrl.robot.policy import OnnxPolicy, PolicyError, SpecMismatch, sha256_bytes
 from robot_wsrl.sim.env_config import EnvConfig
-from robot_wsrl.sim.shift import load_shift_preset, preset_applies, preset_names
+from robot_wsrl.sim.shift import load_shift_preset, preset_applies, preset_hint, preset_names
 
 REPORT_FORMAT = "robot-wsrl-validation/1"
 MIN_PAIRED_EPISODES = 3  # a confidence bound over fewer paired episodes would be a single-episode verdict
@@ -204,9 +204,17 @@ class Setup:
             raise ValueError(f"env {env.name!r} has no max_episode_steps: set max_episode_steps")
         variants = cfg.judged()
         presets = preset_names(env.driver)
-        unknown = sorted(set(variants) - set(presets))
+        if variants[0] not in presets:  # the robot's preset (`preset=`)
+            raise ValueError(
+                f"preset={variants[0]} is not a shift preset of {env.driver}; its presets: "
+                f"{preset_hint(variants[0], presets)}"
+            )
+        unknown = [v for v in variants if v not in presets]
         if unknown:
-            raise ValueError(f"variants {unknown} are not shift presets of {env.driver}: {presets}")
+            raise ValueError(
+                f"variants {unknown} are not shift presets of {env.driver}; its presets: "
+                f"{preset_hint(unknown[0], presets)}"
+            )
         episode = EpisodeSetup(
             env.driver, steps, cfg.seed, cfg.deterministic, cfg.max_delta_per_step,
             cfg.success_return.get(env.name),
@@ -498,7 +506,10 @@ def validate(
     if ref is not None:
         if cfg.episodes < MIN_PAIRED_EPISODES:
             raise ValueError(f"comparing with a reference needs episodes >= {MIN_PAIRED_EPISODES}")
-        OnnxPolicy.load(ref, expected_spec=spec)
+        try:
+            OnnxPolicy.load(ref, expected_spec=spec)
+        except SpecMismatch as exc:  # not a driver to change: the two were made for different robots
+            raise PolicyError(f"--reference {exc}: compare with a policy for the candidate's robot") from exc
     workers = cfg.workers or default_workers()
     cand_m = Measurement(cand, "candidate")
     ref_m = None if ref is None else Measurement(ref, "reference", _reusable(ref, setup))

@@ -38,19 +38,29 @@ def plot_eval_returns(eval_csv: Path, out_png: Path, warmup_steps: int, title: s
     return out_png
 
 
+# How the returns plot draws each kind of version the gate judged: (marker, colour, legend label).
+VERSION_MARKS = {
+    "pre-trained": ("s", "black", "pre-trained policy (v0, the starting version)"),
+    "promoted": ("^", "tab:green", "learner version: promoted"),
+    "held back": ("x", "tab:red", "learner version: held back"),
+}
+
+
 def plot_episode_returns(
     returns_csv: Path,
     out_png: Path,
     warmup_steps: int,
     title: str,
-    versions: list[tuple[int, float, bool, float | None]] | None = None,
+    versions: list[tuple[int, float, str, float | None]] | None = None,
     promotions: list[tuple[int, int]] | None = None,
     baseline: float | None = None,
 ) -> Path:
-    """Each episode's return at the step it ended, with a moving mean and the end of warmup marked
-    (a session has no separate evaluation: its episodes are the robot's own). `versions`: the learner's
-    versions as (step published, validation return, promoted, validation success rate or None), drawn
-    next to what the robot ran, each labelled with its success rate (a task with a success signal).
+    """Each episode's return at the step it ended, with a moving mean (once there are 20 episodes: over a
+    tenth of them) and the end of warmup marked (a session has no separate evaluation: its episodes are
+    the robot's own). `versions`: the learner's versions as (step published, validation return, what the
+    gate made of it: VERSION_MARKS' `pre-trained` for v0, `promoted` or `held back`, validation success
+    rate or None), drawn next to what the robot ran, each labelled with its success rate (a task with a
+    success signal).
     `promotions`: (version, step) of each version the gate promoted, a vertical line labelled vN where the
     robot took it up; `baseline`: the robot's mean return on the pre-trained policy, a dashed line."""
     import matplotlib
@@ -62,20 +72,20 @@ def plot_episode_returns(
         rows = list(csv.DictReader(f))
     steps = [int(r["step"]) for r in rows]
     returns = [float(r["return"]) for r in rows]
-    window = max(1, len(returns) // 10)
-    mean = [sum(returns[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(returns))]
+    window = len(returns) // 10
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.plot(steps, returns, "o", markersize=3, alpha=0.4, label="episode return (what the robot ran)")
-    ax.plot(steps, mean, label=f"mean of the last {window} episodes")
+    if window > 1:  # of one episode, the "mean" would be the episode itself
+        mean = [
+            sum(returns[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(returns))
+        ]
+        ax.plot(steps, mean, label=f"mean of the last {window} episodes")
     rates = " (% success)" if any(v[3] is not None for v in versions or []) else ""
-    for promoted, marker, label in ((True, "^", "promoted"), (False, "x", "held back")):
-        chosen = [(s, r) for s, r, p, _ in versions or [] if p == promoted]
+    for role, (marker, color, label) in VERSION_MARKS.items():
+        chosen = [(s, r) for s, r, made, _ in versions or [] if made == role]
         if chosen:
             ax.plot(
-                *zip(*chosen, strict=True),
-                marker,
-                color="tab:green" if promoted else "tab:red",
-                label=f"learner version, validation return{rates}: {label}",
+                *zip(*chosen, strict=True), marker, color=color, label=f"{label}, validation return{rates}"
             )
     for step, ret, _, success in versions or []:
         if success is not None:

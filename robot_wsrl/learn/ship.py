@@ -58,6 +58,16 @@ def measure_returns(
     return results
 
 
+def check_drivable(env: dict[str, Any], seed: int) -> None:
+    """Open the env's driver and reset it once: a simulator that cannot run here (a camera task under
+    MUJOCO_GL=disable, a missing extra) fails in a second, before the export and the copy, not after."""
+    driver = make_driver(env["driver"], seed=seed, max_episode_steps=env["max_episode_steps"])
+    try:
+        driver.reset(seed=seed)
+    finally:
+        driver.close()
+
+
 def check_out(out: Path, force: bool) -> None:
     """Refuse to ship into a folder that holds something, unless `force`: a shipped policy is what runners
     and sessions start from, never overwritten by a slip of `--out`."""
@@ -120,6 +130,7 @@ def _build(
 ) -> dict[str, Any]:
     """The shipped folder's files, written into `folder` (empty); the manifest last."""
     payload = load_checkpoint(checkpoint)  # first: its errors name the user's file, not the staging copy
+    check_drivable(payload["config"]["env"], seed)
     target = folder / CHECKPOINT
     shutil.copyfile(checkpoint, target)
     onnx_path = export_policy(target, folder, version=0)

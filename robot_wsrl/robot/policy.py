@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 from robot_wsrl.core.artifacts import POLICY_ONNX, sidecar_path, signature_path
 from robot_wsrl.core.spec import STATE, EnvSpec, ObservationError
+from robot_wsrl.robot.drivers import simulator_name
 from robot_wsrl.wire import keys
 from robot_wsrl.wire.signing import SignatureError, read_signature, verify_signature_file
 
@@ -53,6 +54,18 @@ SIGNED_HINT = "signed policy: give --keys KEYS to verify it, or --allow-unsigned
 
 class PolicyError(ValueError):
     """A policy file is missing, corrupt, mismatched or produces non-finite outputs."""
+
+
+class SpecMismatch(PolicyError):
+    """A sound policy made for other observations or actions than a driver's. `driver` is the simulator
+    driver it was made for (`simulator_name`), so a command can say how to run it with its own option."""
+
+    def __init__(self, message: str, driver: str) -> None:
+        super().__init__(message, driver)  # both in args: it crosses a process pool's pickling whole
+        self.driver = driver
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def input_names(spec: EnvSpec) -> list[str]:
@@ -138,6 +151,12 @@ def spec_mismatches(expected: EnvSpec, actual: EnvSpec) -> list[str]:
 
 def _cameras(spec: EnvSpec) -> list[str]:
     return [f"{c.name} {c.height}x{c.width}x{c.channels}" for c in spec.cameras]
+
+
+def expects(spec: EnvSpec) -> str:
+    """What a policy for `spec` takes and gives: `camera 'top' 84x84x3 and state (8,) -> action (2,)`."""
+    cameras = [f"camera {c.name!r} {c.height}x{c.width}x{c.channels}" for c in spec.cameras]
+    return " and ".join([*cameras, f"state ({spec.obs_dim},)"]) + f" -> action ({spec.act_dim},)"
 
 
 def _session_options() -> ort.SessionOptions:
@@ -309,8 +328,10 @@ class OnnxPolicy:
         if expected_spec is not None:
             problems = spec_mismatches(expected_spec, spec)
             if problems:
-                raise PolicyError(
-                    f"{self.path}: policy does not fit {expected_spec.name!r}: {'; '.join(problems)}"
+                raise SpecMismatch(
+                    f"{self.path}: policy does not fit {expected_spec.name!r}: {'; '.join(problems)}; "
+                    f"the policy expects {expects(spec)}",
+                    simulator_name(spec),
                 )
         probes = _probes(spec)
         try:

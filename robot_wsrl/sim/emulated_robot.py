@@ -346,6 +346,15 @@ class EmulatedRobotServer:
 # ---------------------------------------------------------------------------------------------- process
 
 
+class RobotStartFailed(RuntimeError):
+    """The emulated robot process ended before it was ready; `exit_code` is its status (2: it refused its
+    arguments), so a caller can tell a user's mistake from a crash as it does for its other children."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"emulated robot exited during start-up (code {exit_code})")
+        self.exit_code = exit_code
+
+
 class EmulatedRobotProcess:
     """Handle on a server subprocess: `stop()` asks it to exit, then terminates, then kills."""
 
@@ -471,7 +480,7 @@ def _read_ready_line(popen: subprocess.Popen, deadline: float) -> str:
         if ready:
             chunk = os.read(fd, 4096)
             if not chunk:
-                raise RuntimeError(f"emulated robot exited during start-up (code {popen.wait(timeout=5.0)})")
+                raise RobotStartFailed(popen.wait(timeout=5.0))
             buf += chunk
     for line in buf.decode(errors="replace").splitlines():
         if line.startswith(READY_PREFIX + " "):

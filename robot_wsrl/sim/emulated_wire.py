@@ -56,9 +56,7 @@ class ProtocolError(ValueError):
 def encode(header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> list[bytes]:
     """Header + raw buffers: uint8 arrays (camera frames) as they are, anything else as float32; the
     header describes each buffer's dtype and shape."""
-    bufs = [
-        np.ascontiguousarray(a, dtype="u1" if np.asarray(a).dtype == np.uint8 else "<f4") for a in arrays
-    ]
+    bufs = [np.ascontiguousarray(a, dtype="u1" if np.asarray(a).dtype == np.uint8 else "<f4") for a in arrays]
     h = dict(header)
     h["v"] = PROTOCOL_VERSION
     h["arrays"] = [{"dtype": b.dtype.name, "shape": list(b.shape)} for b in bufs]

@@ -13,6 +13,7 @@ noise, blur), applied by robot_wsrl.sim.camera when a driver renders.
 
 from __future__ import annotations
 
+import difflib
 import weakref
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -192,6 +193,13 @@ def preset_names(driver: str | None = None) -> list[str]:
     return names if driver is None else [n for n in names if preset_applies(load_shift_preset(n), driver)]
 
 
+def preset_hint(name: str, presets: list[str]) -> str:
+    """How to say which presets a mistyped `name` could be: `presets` listed, then the closest as a did you
+    mean (`nominal, reacher_real (did you mean reacher_real?)`); one helper for every place a name is read."""
+    close = difflib.get_close_matches(name, presets, n=1)
+    return ", ".join(presets) + (f" (did you mean {close[0]}?)" if close else "")
+
+
 def preset_applies(preset: dict[str, Any], driver: str) -> bool:
     """A preset names the simulated robot it describes by a driver-name prefix (`for_driver`, e.g.
     `cam:reacher`): a camera arm's lighting and damping mean nothing to a Hopper. None: every robot."""
@@ -212,7 +220,9 @@ def load_shift_preset(name: str) -> dict[str, Any]:
         raise ValueError(f"invalid shift preset name {name!r}")
     path = SHIFT_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no shift preset {name!r} at {path}; available: {preset_names()}")
+        raise FileNotFoundError(
+            f"no shift preset {name!r} at {path}; available: {preset_hint(name, preset_names())}"
+        )
     raw = _read_yaml(path)
     return normalise_preset(raw, source=str(path))
 
