@@ -150,3 +150,20 @@ def test_the_paper_recipe_starts_resumes_and_skips_each_phase(tmp_path: Path) ->
     (out / "pretrain" / "summary.json").write_text("{}")  # finished: skipped
     commands = _recipe(out, "--device", "cpu")
     assert not any(" pretrain " in c for c in commands) and any("device=cpu" in c for c in commands)
+
+
+def test_the_paper_recipe_runs_the_camera_arm_with_its_own_data_robot_and_encoder(tmp_path: Path) -> None:
+    out = tmp_path / "cam"
+    commands = _recipe(out, "--task", "reacher_cam")
+    pretrain, finetune = (c for c in commands if " pretrain " in c or " finetune " in c)
+    assert "env=reacher_cam" in pretrain and "run.dataset=data/reacher_cam/expert.npz" in pretrain
+    assert "env.shift=reacher_real" in finetune and "agent.encoder.train_online=true" in finetune
+    assert "run.buffer_capacity=100000" in finetune
+    assert f"run.checkpoint={out}/pretrain/checkpoint.pt" in finetune
+    hopper = [c for c in _recipe(tmp_path / "hopper") if " finetune " in c]
+    assert "env=hopper" in hopper[0] and "train_online" not in hopper[0]
+    bad = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "paper_recipe.sh"), "--dry-run", "--task", "walker"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "no such task" in bad.stderr
