@@ -1,7 +1,8 @@
 """A camera task end to end, as a user runs it: `collect` records the scripted expert's frames, `pretrain`
 trains the image encoder with CQL, `finetune` warm-starts WSRL on the shifted robot with the encoder frozen
-and its features cached in the replay, `ship` exports one ONNX graph and measures it. Tiny scale (24x24
-frames, a few updates); rendered headless in subprocesses (MUJOCO_GL=egl), skipped where nothing renders."""
+and its features cached in the replay (and runs the retain-offline baseline, the dataset held as features),
+`ship` exports one ONNX graph and measures it. Tiny scale (24x24 frames, a few updates); rendered headless
+in subprocesses (MUJOCO_GL=egl), skipped where nothing renders."""
 
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ def test_a_camera_policy_is_collected_pretrained_finetuned_and_shipped(tmp_path:
     with np.load(replay) as saved:  # each frame once (50-step episodes: about 1 + 1/50 per transition)
         frames = next(v for k, v in saved.items() if k.startswith("frames"))
         assert frames.dtype == np.uint8 and frames.shape[1:] == (24, 24, 3)
+
+    # the retain-offline baseline on a camera task: the dataset mixed in as the frozen encoder's features
+    _robot_wsrl("finetune", *env, "env.shift=reacher_real", f"run.checkpoint={pretrained}", "run.steps=70",
+                "run.warmup_steps=60", "run.eval_every=0", "run.offline_ratio=0.5",
+                "agent.actor_objective=mean", f"run.dataset={tmp_path / 'data' / 'expert.npz'}",
+                "agent.batch_size=16", f"out_dir={tmp_path / 'retain'}")  # fmt: skip
+    assert json.loads((tmp_path / "retain" / "summary.json").read_text())["updates"] == 70 - 60 + 1
 
     _robot_wsrl("ship", str(tmp_path / "ft" / "checkpoint.pt"), "--out", str(tmp_path / "policy"),
                 "--episodes", "2")  # fmt: skip

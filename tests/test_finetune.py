@@ -67,9 +67,9 @@ def test_retain_offline_baseline_mixes_dataset(small_overrides, pendulum_dataset
     calls = []
     original = finetune_module.load_offline_buffer
 
-    def spy(cfg, spec):
+    def spy(cfg, spec, agent):
         calls.append(cfg.run.dataset)
-        return original(cfg, spec)
+        return original(cfg, spec, agent)
 
     monkeypatch.setattr(finetune_module, "load_offline_buffer", spy)
     cfg = _cfg(

@@ -366,3 +366,34 @@ def test_the_camera_cpu_recipe_is_the_cpu_recipe_with_a_smaller_encoder():
     assert (camera.agent.encoder.channels, camera.agent.encoder.strides) == ([16, 32, 32], [2, 2, 2])
     assert dataclasses.replace(camera.agent, encoder=cpu.agent.encoder) == cpu.agent
     assert camera.run == cpu.run and camera.agent.encoder != cpu.agent.encoder
+
+
+class _ImageDataset:
+    """What `offline_features` reads of an OfflineDataset: rows' states and their frames at s and s'."""
+
+    def __init__(self, n: int, rng: np.random.Generator) -> None:
+        self.rewards = np.zeros(n, np.float32)
+        self.observations = rng.standard_normal((n, SPEC.obs_dim)).astype(np.float32)
+        self.next_observations = rng.standard_normal((n, SPEC.obs_dim)).astype(np.float32)
+        self.obs_frames, self.next_frames = frames(n, rng), frames(n, rng)
+
+    def images(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return (
+            {c: f[rows] for c, f in self.obs_frames.items()},
+            {c: f[rows] for c, f in self.next_frames.items()},
+        )
+
+
+def test_a_retained_image_dataset_is_held_as_the_frozen_encoders_features_chunk_by_chunk():
+    """Retain-offline on a camera task mixes the dataset into minibatches of cached features: each row's
+    [state, features] at s and s' must be what featurize gives for the whole dataset at once, however it is
+    chunked (7 rows in chunks of 3: a short last chunk)."""
+    from robot_wsrl.learn.finetune import offline_features
+
+    agent = make_agent()
+    ds = _ImageDataset(7, np.random.default_rng(3))
+    obs, next_obs = offline_features(agent, ds, chunk=3)
+    assert obs.shape == next_obs.shape == (7, agent.input_dim) and obs.dtype == np.float32
+    np.testing.assert_allclose(obs, agent.featurize(ds.observations, ds.obs_frames), atol=1e-6)
+    np.testing.assert_allclose(next_obs, agent.featurize(ds.next_observations, ds.next_frames), atol=1e-6)
+    np.testing.assert_array_equal(obs[:, : SPEC.obs_dim], ds.observations)  # the state rides in front

@@ -38,29 +38,52 @@ from robot_wsrl.learn.training import (
 )
 
 if TYPE_CHECKING:
+    from robot_wsrl.learn.datasets import OfflineDataset
     from robot_wsrl.learn.guarded import DeployedPolicy, Judge
 
+OFFLINE_FEATURE_CHUNK = 1024  # dataset rows whose frames are gathered and encoded at once
 
-def load_offline_buffer(cfg: Config, spec) -> ReplayBuffer:
-    """Only the retain-offline baselines call this: WSRL never loads the offline dataset."""
+
+def load_offline_buffer(cfg: Config, spec, agent: Agent) -> ReplayBuffer:
+    """Only the retain-offline baselines call this: WSRL never loads the offline dataset. A camera task's
+    dataset is held as the frozen encoder's [state, features], as the online replay holds its own
+    (`trainer.online_buffer`), so both mix in one minibatch at a state task's cost; its frames are encoded
+    once, here, in chunks (`offline_features`)."""
     from robot_wsrl.learn.datasets import load_dataset
 
-    if spec.cameras:
+    if spec.cameras and agent.replay_featurize is None:
         raise ValueError(
-            "run.offline_ratio > 0 (retain offline data) is not available for camera tasks yet: its offline "
-            "frames would need the encoder's features; use run.offline_ratio=0 (WSRL)"
+            "run.offline_ratio > 0 (retain offline data) on a camera task needs the encoder frozen online "
+            "(agent.encoder.train_online=false: the dataset is kept as its features); use that, or "
+            "run.offline_ratio=0 (WSRL)"
         )
-
-    ds = load_dataset(cfg.run.dataset, action_low=spec.low, action_high=spec.high)
+    ds = load_dataset(cfg.run.dataset, action_low=spec.low, action_high=spec.high, cameras=spec.cameras)
+    obs, next_obs = offline_features(agent, ds) if spec.cameras else (ds.observations, ds.next_observations)
     return ReplayBuffer.from_arrays(
         cfg.agent.discount,
-        ds.observations,
+        obs,
         spec.to_normalised(ds.actions),
         ds.rewards,
-        ds.next_observations,
+        next_obs,
         ds.terminals.astype(np.float32),
         ds.episode_ends(),
     )
+
+
+def offline_features(
+    agent: Agent, ds: OfflineDataset, chunk: int = OFFLINE_FEATURE_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image dataset `ds`'s observations and next observations as `agent.featurize` gives them, `chunk`
+    rows at a time: the frames of 20,000 transitions at 84x84 would be 0.85 GB if gathered at once."""
+    n = len(ds.rewards)
+    obs = np.empty((n, agent.input_dim), np.float32)
+    next_obs = np.empty_like(obs)
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(n, start + chunk))
+        frames, next_frames = ds.images(rows)
+        obs[rows] = agent.featurize(ds.observations[rows], frames)
+        next_obs[rows] = agent.featurize(ds.next_observations[rows], next_frames)
+    return obs, next_obs
 
 
 def finetune(cfg: Config, judge: Judge | None = None) -> dict[str, Any]:
@@ -102,7 +125,7 @@ def finetune(cfg: Config, judge: Judge | None = None) -> dict[str, Any]:
         online,
         rng,
         run.warmup_steps,
-        offline=load_offline_buffer(cfg, spec) if run.offline_ratio > 0 else None,
+        offline=load_offline_buffer(cfg, spec, agent) if run.offline_ratio > 0 else None,
         offline_ratio=run.offline_ratio,
         updates=agent.updates if run.resume else 0,  # a pre-trained checkpoint's rounds are not this run's
         publish_every=run.gate_every,
