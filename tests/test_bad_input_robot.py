@@ -190,7 +190,7 @@ def test_link_runner_refuses_a_bad_camera_codec(
     ]
 
 
-@pytest.mark.parametrize("kind", ["missing", "file"])
+@pytest.mark.parametrize("kind", ["missing", "file", "empty"])
 def test_link_runner_says_its_key_folder_is_missing_and_how_keys_are_made(
     kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -198,9 +198,12 @@ def test_link_runner_says_its_key_folder_is_missing_and_how_keys_are_made(
     keydir = tmp_path / "keys"
     if kind == "file":
         keydir.write_text("")
+    if kind == "empty":
+        keydir.mkdir()
     argv = ["--learner", "tcp://127.0.0.1:5555", "--keys", str(keydir), "--name", "r1", "--driver", "null"]
     line = _usage_error(link_runner.cli, [*argv, "--steps", "3", "--state", str(tmp_path / "state")], capsys)
-    what = "no such folder" if kind == "missing" else "is a file, not a folder"
+    what = {"missing": "no such folder", "file": "is a file, not a folder", "empty": "holds no r1.key_secret"}
+    what = what[kind]
     assert f"--keys {keydir}: {what}: " in line
     assert f"robot-wsrl keys new r1 --dir {keydir} --role runner" in line and "learner.sign.pub" in line
     assert not (tmp_path / "state").exists()  # refused before the latch or anything else was set up

@@ -58,6 +58,45 @@ def test_a_session_refuses_a_bad_validate_arg_before_it_starts(
     session.check_validate_args(["preset=real", "episodes=3", "variants=[nominal]"])  # the gate's own form
 
 
+@pytest.mark.parametrize(
+    ("arg", "words"),
+    [
+        ("preset=reacher_rael", ["--validate-arg preset=reacher_rael: ", "not a shift preset of gym:Hopper"]),
+        ("preset=reacher_real", ["--validate-arg preset=reacher_real: ", "nominal, real, real_mild"]),
+        ("variants=[nominal,rael]", ["['rael'] are not shift presets", "did you mean real?"]),
+        ("driver=gym:Walker2d-v5", ["--validate-arg driver=gym:Walker2d-v5: ", "obs_dim 11 != expected 17"]),
+    ],
+)
+def test_a_validate_arg_the_policys_robot_cannot_take_is_refused_before_it_starts(
+    arg: str, words: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Well-formed but wrong for this policy: each validation would refuse it (exit 2, logged by the
+    learner) and hold back every version, unseen, for the whole session."""
+    out = tmp_path / "s"
+    code = session.cli(["--plain", "--validate-arg", arg, "--out", str(out)])
+    _one_line(code, capsys.readouterr().err, *words)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--warmup", "-1"], ["argument --warmup: must be an integer >= 0, got -1"]),
+        (["--utd", "0"], ["argument --utd: must be a positive integer, got 0"]),
+        (["--policy-dir", "/nonexistent"], ["--policy-dir /nonexistent: no checkpoint.pt there", "policies"]),
+    ],
+)
+def test_session_options_out_of_range_are_its_own_one_line_errors(
+    argv: list[str], words: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Said in the session's words before anything starts, not as the learner's `run.warmup_steps=-1`."""
+    out = tmp_path / "s"
+    with pytest.raises(SystemExit) as exited:
+        session.cli(["--plain", *argv, "--out", str(out)])
+    _one_line(int(exited.value.code or 0), capsys.readouterr().err, *words)
+    assert not out.exists()
+
+
 def test_a_session_runs_on_a_preset_of_its_policys_robot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -66,7 +105,10 @@ def test_a_session_runs_on_a_preset_of_its_policys_robot(
     out = tmp_path / "t"
     with pytest.raises(SystemExit) as exited:
         session.cli(["--plain", "--preset", "reacher_real", "--out", str(out)])
-    _one_line(int(exited.value.code or 0), capsys.readouterr().err, "--preset reacher_real: ", "real_mild")
+    _one_line(
+        int(exited.value.code or 0), capsys.readouterr().err,
+        "--preset reacher_real: it describes another robot (cam:reacher), not gym:Hopper-v5", "real_mild",
+    )  # fmt: skip
     assert not out.exists()
 
 

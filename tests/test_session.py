@@ -98,9 +98,9 @@ def test_session_fine_tunes_exports_and_leaves_nothing_running(policy_dir: Path,
     # of version 0 that is only informational has finished, and then it has no verdict file).
     gate = summary["gate"]
     assert all(v["reasons"] for v in gate["held_back"] + gate["unfinished"])
-    judged = {int(path.parent.name[1:]) for path in (out / "learner" / "policies").glob("v*/validation")}
+    made = {int(path.parent.name[1:]) for path in (out / "learner" / "policies").glob("v*/policy.json")}
     listed = gate["promoted"] + [v["version"] for v in gate["held_back"] + gate["unfinished"]]
-    assert sorted(listed) == sorted(judged), gate  # every validation the gate began, none left out
+    assert sorted(listed) == sorted(made), gate  # every version the learner made, in exactly one list
     ran = {int(line.split(",")[4]) for line in lines[1:]}
     assert 0 in ran and ran - {0} <= set(gate["promoted"]), (ran, gate)
     _assert_promoted_policy(out, summary)
@@ -181,6 +181,16 @@ def test_robot_returns_per_version_baseline_and_last_third() -> None:
     assert "no baseline" in none["last_third_over_baseline_note"]
 
 
+def test_a_session_whose_robot_ran_only_v0_says_its_gain_is_not_learning() -> None:
+    rows = [
+        {"step": 50, "return": 100.0, "policy_version": 0},
+        {"step": 290, "return": 150.0, "policy_version": 0},
+    ]
+    got = robot_returns(rows, 300)
+    assert got["last_third_over_baseline"] == 150.0 / 125.0  # measured as ever, for the tools that read it
+    assert "the robot ran only the pre-trained v0" in got["last_third_over_baseline_note"]
+
+
 def test_a_negative_baseline_has_a_difference_and_says_why_it_has_no_ratio() -> None:
     """A camera task's returns are negative: their ratio means nothing, their difference does."""
     rows = [
@@ -194,8 +204,11 @@ def test_a_negative_baseline_has_a_difference_and_says_why_it_has_no_ratio() -> 
 
 
 def test_a_validation_the_learner_stopped_is_listed_not_lost(tmp_path: Path) -> None:
-    """A validation that finished (report.json) or ran as the learner stopped, with no verdict.json."""
+    """A validation that finished (report.json) or ran as the learner stopped, with no verdict.json, and a
+    version still waiting its turn (no validation folder yet, as after a Ctrl-C)."""
     policies = _fake_learner_policies(tmp_path, {0: "passed", 1: "failed"})
+    waiting = policies / "v000004"
+    shutil.copytree(policies / "v000003", waiting)
     for version, report in ((2, {"passed": True, "reasons": []}), (3, None)):
         folder = policies / f"v{version:06d}" / "validation"
         folder.mkdir()
@@ -203,7 +216,9 @@ def test_a_validation_the_learner_stopped_is_listed_not_lost(tmp_path: Path) -> 
             (folder / "report.json").write_text(json.dumps(report))
     gate = gate_summary(policies)
     assert gate["promoted"] == [0] and [v["version"] for v in gate["held_back"]] == [1]
-    finished, running = gate["unfinished"]
+    finished, running, queued = gate["unfinished"]
+    assert queued["version"] == 4 and "validation not started at shutdown" in queued["reasons"][0]
+    assert str(waiting) in queued["reasons"][0]
     assert (finished["version"], finished["status"], finished["report_passed"]) == (2, "unfinished", True)
     assert "finished at shutdown (report.json: passed) but no verdict" in finished["reasons"][0]
     assert (running["version"], running["report_passed"]) == (3, None)

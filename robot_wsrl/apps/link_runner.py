@@ -217,8 +217,12 @@ class LinkRunner:
 
 def check_keys(p: CommandParser, args: argparse.Namespace) -> None:
     """A --keys that is no folder, said as that (not as a key file missing in it), with how one is made."""
-    if not args.keys.is_dir():
-        what = "is a file, not a folder" if args.keys.exists() else "no such folder"
+    secret = args.keys / f"{args.name}{keys.SECRET}"
+    if not args.keys.is_dir() or not secret.is_file():
+        if args.keys.is_dir():
+            what = f"holds no {secret.name}"
+        else:
+            what = "is a file, not a folder" if args.keys.exists() else "no such folder"
         p.error(
             f"--keys {args.keys}: {what}: make this runner's keys with `robot-wsrl keys new {args.name} "
             f"--dir {args.keys} --role runner`, then copy the learner's {args.learner_name}.key and "

@@ -54,7 +54,7 @@ from typing import Any, BinaryIO, TextIO
 import zmq
 
 from robot_wsrl.apps.errors import reports_errors, user_error
-from robot_wsrl.apps.options import CommandParser
+from robot_wsrl.apps.options import CommandParser, non_negative_int, positive_int
 from robot_wsrl.apps.overrides import hydra_list
 from robot_wsrl.apps.session_summary import (
     episode_returns,
@@ -65,6 +65,7 @@ from robot_wsrl.apps.session_summary import (
     validated_versions,
     validation_results,
 )
+from robot_wsrl.apps.streams import ReaderMayLeave
 from robot_wsrl.core.artifacts import (
     CHECKPOINT,
     INGEST_LOG,
@@ -77,6 +78,7 @@ from robot_wsrl.core.artifacts import (
 )
 from robot_wsrl.core.lifetime import die_with_parent, stop_on_signals
 from robot_wsrl.core.paths import REPO_ROOT, repo_path
+from robot_wsrl.core.spec import EnvSpec
 from robot_wsrl.robot.link import WAIT_HOLDS
 from robot_wsrl.wire import keys, transport
 from robot_wsrl.wire.endpoints import Endpoints, save_endpoints
@@ -709,18 +711,25 @@ def _parser() -> argparse.ArgumentParser:
         help="robot shift preset, configs/shift/NAME.yaml (default: the gate's robot preset for the policy's "
         "robot, configs/validate.yaml robot_presets: real for a Hopper, reacher_real for the camera arm)",
     )
-    parser.add_argument("--steps", type=int, default=6000, help="environment steps in all, warmup included")
+    parser.add_argument(
+        "--steps", type=positive_int, default=6000, help="environment steps in all, warmup included"
+    )
     parser.add_argument(
         "--warmup",
-        type=int,
+        type=non_negative_int,
         default=1000,
         help="steps before the first update, never fewer than the learner's batch size (0: no warmup, the "
         "first update as soon as one batch is in)",
     )
-    parser.add_argument("--utd", type=int, default=1, help="critic updates per environment step")
-    parser.add_argument("--publish-every", type=int, default=500, help="updates between policy versions")
+    parser.add_argument("--utd", type=positive_int, default=1, help="critic updates per environment step")
     parser.add_argument(
-        "--credit", type=int, default=100, help="steps the robot may run ahead of the updates it is owed"
+        "--publish-every", type=positive_int, default=500, help="updates between policy versions"
+    )
+    parser.add_argument(
+        "--credit",
+        type=positive_int,
+        default=100,
+        help="steps the robot may run ahead of the updates it is owed",
     )
     parser.add_argument(
         "--realtime",
@@ -781,24 +790,33 @@ def env_id_problem(env_id: str) -> str | None:
     return None
 
 
-def check_validate_args(overrides: list[str]) -> None:
-    """Compose the gate's config as each validation will (gate.validate.load_config): a bad --validate-arg
-    would otherwise hold back every version, v0 included, while the session runs on for nothing."""
-    from robot_wsrl.gate.validate import MIN_PAIRED_EPISODES, load_config
+def check_validate_args(overrides: list[str], policy: EnvSpec | None = None) -> None:
+    """Compose the gate's config as each validation will (gate.validate.load_config) and, given the `policy`
+    it will judge, resolve it on that policy's robot as validate does (its env, driver, preset and variants):
+    a bad --validate-arg would otherwise hold back every version, v0 included, while the session runs on."""
+    from robot_wsrl.apps.session_preflight import driver_problem
+    from robot_wsrl.gate.validate import MIN_PAIRED_EPISODES, Setup, load_config, resolve_env
 
     try:
-        episodes = load_config(None, overrides).episodes
-        if episodes < MIN_PAIRED_EPISODES:  # every version after v0 is compared with the robot's version
+        cfg = load_config(None, overrides)
+        if cfg.episodes < MIN_PAIRED_EPISODES:  # every version after v0 is compared with the robot's version
             raise ValueError(
                 f"episodes: the session's gate compares each version with the one the robot runs, which "
-                f"needs episodes >= {MIN_PAIRED_EPISODES}, got {episodes}"
+                f"needs episodes >= {MIN_PAIRED_EPISODES}, got {cfg.episodes}"
             )
+        if policy is not None:
+            env = resolve_env(cfg, policy)
+            Setup.of(cfg.for_robot(env.driver), env)  # its presets and variants describe that robot
+            if cfg.driver is not None and (problem := driver_problem(policy, cfg.driver)) is not None:
+                raise ValueError(f"driver: {problem}")
     except Exception as exc:
         line = user_error(exc)
         if line is None:
             raise
         keys = {o.partition("=")[0]: o for o in overrides}  # the last of a key wins, as in the gate
         key, _, why = line.partition(": ")
+        if " " in key:  # a sentence that names its key (`preset=NAME is not a shift preset of ...`)
+            key, why = key.partition("=")[0], line
         if key in keys:
             raise ValueError(f"--validate-arg {keys[key]}: {why}") from None  # this line, not the cause's
         raise ValueError(f"--validate-arg: {line}") from None
@@ -809,10 +827,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
     if not (args.policy_dir / CHECKPOINT).is_file():
-        parser.error(f"{args.policy_dir / 'checkpoint.pt'} not found")
-    from robot_wsrl.apps.session_preflight import effective_warmup, learner_batch_size, robot_problem
+        parser.error(
+            f"--policy-dir {args.policy_dir}: no {CHECKPOINT} there: give a shipped policy's folder "
+            f"(`robot-wsrl policies` lists them, e.g. policies/hopper)"
+        )
+    from robot_wsrl.apps.session_preflight import (
+        effective_warmup,
+        learner_batch_size,
+        policy_spec,
+        robot_problem,
+    )
     from robot_wsrl.gate.validate import load_config  # the learner extra: not needed for --help
-    from robot_wsrl.sim.shift import preset_names
+    from robot_wsrl.sim.shift import load_shift_preset, preset_hint, preset_names
 
     if args.env_id is not None:
         args.env_id = args.env_id.removeprefix("gym:")  # the runner's driver name: the same robot
@@ -821,18 +847,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.preset is None:
         args.preset = load_config(None, []).for_robot(driver).preset
     if args.preset not in (presets := preset_names(driver)):
-        close = difflib.get_close_matches(args.preset, presets, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        parser.error(
-            f"--preset {args.preset}: no preset of that name describes {driver}; its presets: "
-            f"{', '.join(presets)}{hint}"
+        what = (
+            f"it describes another robot ({load_shift_preset(args.preset)['for_driver']}), not {driver}"
+            if args.preset in preset_names()
+            else f"no preset of that name describes {driver}"
         )
+        parser.error(f"--preset {args.preset}: {what}; its presets: {preset_hint(args.preset, presets)}")
     args.validate_arg = [f"preset={args.preset}", *(args.validate_arg or [])]  # the user's may override it
     if args.env_id is not None:
         problem = env_id_problem(args.env_id)
         if problem is not None:
             parser.error(f"--env-id {problem}")
-    check_validate_args(args.validate_arg)
+    check_validate_args(args.validate_arg, policy_spec(args.policy_dir))
     if args.out is not None and args.out.is_dir() and any(args.out.iterdir()):
         # Its keys, ready files and learner state belong to another session: mixing them in would point
         # the runner at a dead learner and fail its policies' signatures.
@@ -852,8 +878,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 @reports_errors("session")
 def cli(argv: list[str]) -> int:
+    sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)  # `session | head`
     args = parse_args(argv)
-    session = Session(args)
+    session = Session(args, sys.stdout)
     stop_on_signals([session.stop], (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     summary = session.run()
     print(json.dumps({k: summary.get(k) for k in ("steps", "updates", "versions", "wall_s", "error")}))
@@ -872,9 +899,12 @@ def cli(argv: list[str]) -> int:
     if baseline is not None and last is not None:
         ratio = summary.get("last_third_over_baseline")
         shown = "no ratio: a non-positive baseline" if ratio is None else f"{ratio:.2f}x"
+        only_v0 = {v["version"] for v in summary["versions_ran"]} == {0}
         print(
-            f"robot return: last third {last:.1f} vs pre-trained v0 {baseline:.1f} "
-            f"({summary['last_third_minus_baseline']:+.1f}, {shown})"
+            f"robot return: last third {last:.1f} ({summary['robot_episodes_last_third']} episodes) vs "
+            f"pre-trained v0 {baseline:.1f} ({summary['baseline_episodes']} episodes): "
+            f"{summary['last_third_minus_baseline']:+.1f}, {shown}"
+            + ("; the robot ran only v0, so this is v0's own spread, not learning" if only_v0 else "")
         )
     rates = [
         f"v{r['version']} {v['success_rate']:.0%}"

@@ -31,27 +31,35 @@ def policy_spec(policy_dir: Path) -> EnvSpec:
     return EnvSpec.from_dict(load_checkpoint(policy_dir / CHECKPOINT)["spec"])
 
 
-def robot_problem(policy_dir: Path, driver: str, preset: str, seed: int) -> str | None:
-    """Why the policy in `policy_dir` cannot run on the emulated robot `driver` with `preset` (sizes,
-    action bounds, control period, cameras; a camera that cannot render), with the fix; None if it can."""
-    policy = policy_spec(policy_dir)
+def driver_problem(policy: EnvSpec, driver: str, preset: str = "nominal", seed: int = 0) -> str | None:
+    """Why a policy made for `policy` cannot run on `driver` with `preset` (sizes, action bounds, control
+    period, cameras, in the runner's words: the policy's value != the robot's; or a camera that cannot
+    render), None if it can. A camera robot renders one frame: what its first reset will do."""
     try:
         robot = make_driver(driver, seed=seed, shift_preset=preset)
         try:
             if robot.spec.cameras:
-                robot.reset(seed=seed)  # one rendered frame: what the robot's first reset will do
+                robot.reset(seed=seed)
             spec = robot.spec
         finally:
             robot.close()
     except ValueError as exc:  # a camera that cannot render (MUJOCO_GL), with gl.FIX in its words
         return f"the robot {driver} cannot start: {exc}"
-    problems = spec_mismatches(policy, spec)
-    if not problems:
-        return None
+    problems = spec_mismatches(spec, policy)
+    return None if not problems else f"the policy does not fit {driver}: {'; '.join(problems)}"
+
+
+def robot_problem(policy_dir: Path, driver: str, preset: str, seed: int) -> str | None:
+    """Why the policy in `policy_dir` cannot run on the emulated robot `driver` with `preset`, with the
+    fix; None if it can."""
+    policy = policy_spec(policy_dir)
+    problem = driver_problem(policy, driver, preset, seed)
+    if problem is None or problem.startswith("the robot "):
+        return problem
     return (
         f"the policy in {policy_dir} (made for {policy.name}) does not fit the robot {driver}: "
-        f"{'; '.join(problems)}; leave out --env-id to run it on its own robot, or give a policy made for "
-        f"{driver}"
+        f"{problem.partition(': ')[2]}; leave out --env-id to run it on its own robot, or give a policy made "
+        f"for {driver}"
     )
 
 

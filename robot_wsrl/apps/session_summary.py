@@ -50,9 +50,11 @@ def episode_returns(log_path: Path) -> list[dict[str, Any]]:
 
 def gate_summary(policies: Path) -> dict[str, Any]:
     """Which versions the validation gate promoted to the robot, which it held back and why, and which it
-    had begun to judge when the learner stopped (`unfinished_validation`): none is left out."""
+    had not judged when the learner stopped (`unfinished_validation`: begun, or still waiting its turn):
+    every version folder is in exactly one list."""
     promoted, held_back, unfinished = [], [], []
-    for folder in sorted(policies.glob(f"v*/{VALIDATION_DIR}")):
+    for version_dir in sorted(p for p in policies.glob("v*") if (p / POLICY_SIDECAR).is_file()):
+        folder = version_dir / VALIDATION_DIR
         if not (folder / VERDICT).is_file():
             unfinished.append(unfinished_validation(folder))
             continue
@@ -65,20 +67,22 @@ def gate_summary(policies: Path) -> dict[str, Any]:
 
 
 def unfinished_validation(folder: Path) -> dict[str, Any]:
-    """A validation the learner stopped before it recorded a verdict (the session's end came first): the
-    version was never promoted (v0, the pre-trained policy, runs without one). Its report, if the
+    """A validation the learner stopped before it recorded a verdict, or never began (the session's end came
+    first): the version was never promoted (v0, the pre-trained policy, runs without one). Its report, if the
     validation finished just before, says what the gate measured (`report_passed`)."""
     version = int(folder.parent.name[1:])
     start = "the pre-trained v0 runs without a verdict; " if version == 0 else "never promoted; "
     entry: dict[str, Any] = {"version": version, "status": "unfinished", "report_passed": None}
     report = folder / REPORT
-    if report.is_file():
+    if not folder.is_dir():
+        why = "validation not started at shutdown (it waited for an earlier version's)"
+    elif report.is_file():
         entry["report_passed"] = bool(json.loads(report.read_text())["passed"])
         measured = "passed" if entry["report_passed"] else "failed"
         why = f"validation finished at shutdown ({REPORT}: {measured}) but no verdict was recorded"
     else:
         why = "validation unfinished at shutdown"
-    entry["reasons"] = [f"{why}: {start}see {folder}"]
+    entry["reasons"] = [f"{why}: {start}see {folder if folder.is_dir() else folder.parent}"]
     return entry
 
 
@@ -181,6 +185,8 @@ def robot_returns(rows: list[dict[str, Any]], total_steps: int) -> dict[str, Any
         note = "no episode ended in the session's last third"
     elif ratio is None:
         note = f"no ratio: the baseline return {baseline:.1f} is not positive; see last_third_minus_baseline"
+    elif set(by_version) == {0}:
+        note = "the robot ran only the pre-trained v0: the last third and the baseline are the same policy"
     else:
         note = None
     versions = []
