@@ -155,14 +155,14 @@ def test_a_policy_that_does_not_fit_the_robot_is_refused_before_any_child_starts
     out = tmp_path / "s"
     with pytest.raises(SystemExit) as exited:
         session.cli(["--plain", "--env-id", "Walker2d-v5", "--out", str(out)])
-    line = _one_line(int(exited.value.code or 0), capsys.readouterr().err, "obs_dim 17 != expected 11")
+    line = _one_line(int(exited.value.code or 0), capsys.readouterr().err, "obs_dim 11 != expected 17")
     assert (
         "(made for Hopper-v5) does not fit the robot gym:Walker2d-v5" in line and "leave out --env-id" in line
     )
     camera = ["--policy-dir", "policies/reacher_cam", "--env-id", "Reacher-v5", "--preset", "nominal"]
     with pytest.raises(SystemExit) as exited:
         session.cli(["--plain", *camera, "--out", str(out)])
-    _one_line(int(exited.value.code or 0), capsys.readouterr().err, "cameras [] != expected ['top 84x84x3']")
+    _one_line(int(exited.value.code or 0), capsys.readouterr().err, "cameras ['top 84x84x3'] != expected []")
     assert not out.exists()
 
 

@@ -217,8 +217,8 @@ class LinkRunner:
 
 def check_keys(p: CommandParser, args: argparse.Namespace) -> None:
     """A --keys that is no folder, said as that (not as a key file missing in it), with how one is made."""
-    secret = args.keys / f"{args.name}{keys.SECRET}"
-    if not args.keys.is_dir() or not secret.is_file():
+    secret = args.keys / f"{args.name}{keys.SECRET}"  # --plain: no CURVE, the folder holds only what verifies
+    if not args.keys.is_dir() or not (args.plain or secret.is_file()):
         if args.keys.is_dir():
             what = f"holds no {secret.name}"
         else:
