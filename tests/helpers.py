@@ -267,6 +267,26 @@ def tiny_policy_dir(directory: Path) -> Path:
 # ----- wire records -----
 
 
+def random_batch(
+    runner: str, first_seq: int, n: int, obs_dim: int, act_dim: int, **fields: Any
+) -> Transitions:
+    """A Transitions batch of `n` rows of random content seeded by `first_seq` (so a resent batch is the
+    same batch), one episode (0) that does not end and version 0, unless `fields` say otherwise
+    (terminated, truncated, episode_id, success, sender, ...)."""
+    rng = np.random.default_rng(first_seq)
+    columns: dict[str, Any] = {
+        "obs": rng.standard_normal((n, obs_dim)),
+        "action": rng.uniform(-1, 1, (n, act_dim)),
+        "reward": rng.standard_normal(n),
+        "next_obs": rng.standard_normal((n, obs_dim)),
+        "terminated": np.zeros(n, bool),
+        "truncated": np.zeros(n, bool),
+        "episode_id": np.zeros(n, np.int64),
+        "policy_version": np.zeros(n, np.int64),
+    }
+    return Transitions.make(runner, first_seq, **(columns | fields))
+
+
 def transition_steps(n: int, start: int = 0, episode: int = 0) -> list[Transition]:
     """n steps of one episode (the last one truncated) whose reward is their running index, so a batch's
     content identifies it."""

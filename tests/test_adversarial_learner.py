@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from helpers import SMALL_AGENT
+from helpers import SMALL_AGENT, random_batch
 
 from robot_wsrl.apps.cli import main
 from robot_wsrl.core.spec import EnvSpec
@@ -62,19 +62,15 @@ def batch(
     episodes: Any = 0,
     ends: Any = False,
 ) -> Transitions:
-    rng = np.random.default_rng(first_seq)
-    return Transitions.make(
+    return random_batch(
         runner,
         first_seq,
-        obs=rng.standard_normal((n, obs_dim)),
-        action=rng.uniform(-1, 1, (n, act_dim)),
-        reward=rng.standard_normal(n),
-        next_obs=rng.standard_normal((n, obs_dim)),
-        terminated=np.broadcast_to(ends, n),
-        truncated=np.zeros(n, bool),
-        episode_id=np.broadcast_to(episodes, n),
-        policy_version=np.zeros(n, np.int64),
+        n,
+        obs_dim,
+        act_dim,
         sender=sender,
+        terminated=np.broadcast_to(ends, n),
+        episode_id=np.broadcast_to(episodes, n),
     )
 
 

@@ -17,7 +17,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from helpers import LEARNER_WAIT_S, LearnerProcess, free_port
+from helpers import LEARNER_WAIT_S, LearnerProcess, free_port, random_batch
 
 from robot_wsrl.wire import keys, transport
 from robot_wsrl.wire.protocol import MAX_LIST, Ack, Transitions, decode, encode
@@ -29,22 +29,11 @@ RUNNER = "robot1"
 def batch(first_seq: int, episodes: list[int], outcomes: dict[int, bool]) -> Transitions:
     """Rows numbered from `first_seq` in `episodes` (one entry per row), each episode's last row truncated,
     the last episode included; `outcomes`: row -> its episode's success."""
-    n = len(episodes)
     ids = np.asarray(episodes)
     ends = np.r_[ids[1:] != ids[:-1], True]
-    rng = np.random.default_rng(first_seq)
-    return Transitions.make(
-        RUNNER,
-        first_seq,
-        obs=rng.standard_normal((n, OBS_DIM)),
-        action=rng.uniform(-1, 1, (n, ACT_DIM)),
-        reward=rng.standard_normal(n),
-        next_obs=rng.standard_normal((n, OBS_DIM)),
-        terminated=np.zeros(n, bool),
-        truncated=ends,
-        episode_id=ids,
-        policy_version=np.zeros(n, np.int64),
-        success=[outcomes.get(row) for row in range(n)],
+    success = [outcomes.get(row) for row in range(len(ids))]
+    return random_batch(
+        RUNNER, first_seq, len(ids), OBS_DIM, ACT_DIM, truncated=ends, episode_id=ids, success=success
     )
 
 
