@@ -794,7 +794,7 @@ def check_validate_args(overrides: list[str], policy: EnvSpec | None = None) -> 
     """Compose the gate's config as each validation will (gate.validate.load_config) and, given the `policy`
     it will judge, resolve it on that policy's robot as validate does (its env, driver, preset and variants):
     a bad --validate-arg would otherwise hold back every version, v0 included, while the session runs on."""
-    from robot_wsrl.apps.session_preflight import driver_problem
+    from robot_wsrl.apps.session_preflight import driver_mismatches
     from robot_wsrl.gate.validate import MIN_PAIRED_EPISODES, Setup, load_config, resolve_env
 
     try:
@@ -807,8 +807,8 @@ def check_validate_args(overrides: list[str], policy: EnvSpec | None = None) -> 
         if policy is not None:
             env = resolve_env(cfg, policy)
             Setup.of(cfg.for_robot(env.driver), env)  # its presets and variants describe that robot
-            if cfg.driver is not None and (problem := driver_problem(policy, cfg.driver)) is not None:
-                raise ValueError(f"driver: {problem}")
+            if cfg.driver is not None and (problems := driver_mismatches(policy, cfg.driver)):
+                raise ValueError(f"driver: the policy does not fit {cfg.driver}: {'; '.join(problems)}")
     except Exception as exc:
         line = user_error(exc)
         if line is None:
@@ -858,12 +858,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         problem = env_id_problem(args.env_id)
         if problem is not None:
             parser.error(f"--env-id {problem}")
-    check_validate_args(args.validate_arg, policy_spec(args.policy_dir))
+    policy = policy_spec(args.policy_dir)
+    check_validate_args(args.validate_arg, policy)
     if args.out is not None and args.out.is_dir() and any(args.out.iterdir()):
         # Its keys, ready files and learner state belong to another session: mixing them in would point
         # the runner at a dead learner and fail its policies' signatures.
         parser.error(f"--out {args.out} is not empty (another session's folder?): give a new folder")
-    if (problem := robot_problem(args.policy_dir, driver, args.preset, args.seed)) is not None:
+    if (problem := robot_problem(policy, args.policy_dir, driver, args.preset, args.seed)) is not None:
         parser.error(problem)
     args.batch_size = learner_batch_size(policy_env["name"], args.overrides)
     args.effective_warmup = effective_warmup(args.warmup, args.batch_size)

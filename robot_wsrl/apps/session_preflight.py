@@ -31,10 +31,11 @@ def policy_spec(policy_dir: Path) -> EnvSpec:
     return EnvSpec.from_dict(load_checkpoint(policy_dir / CHECKPOINT)["spec"])
 
 
-def driver_problem(policy: EnvSpec, driver: str, preset: str = "nominal", seed: int = 0) -> str | None:
-    """Why a policy made for `policy` cannot run on `driver` with `preset` (sizes, action bounds, control
-    period, cameras, in the runner's words: the policy's value != the robot's; or a camera that cannot
-    render), None if it can. A camera robot renders one frame: what its first reset will do."""
+def driver_mismatches(policy: EnvSpec, driver: str, preset: str = "nominal", seed: int = 0) -> list[str]:
+    """How a policy made for `policy` differs from what `driver` with `preset` takes (sizes, action bounds,
+    control period, cameras, in the runner's words: the policy's value != the robot's); none if it fits.
+    A camera robot renders one frame, what its first reset will do: one that cannot is a ValueError
+    naming the robot (MUJOCO_GL, with gl.FIX in its words)."""
     try:
         robot = make_driver(driver, seed=seed, shift_preset=preset)
         try:
@@ -43,23 +44,24 @@ def driver_problem(policy: EnvSpec, driver: str, preset: str = "nominal", seed: 
             spec = robot.spec
         finally:
             robot.close()
-    except ValueError as exc:  # a camera that cannot render (MUJOCO_GL), with gl.FIX in its words
-        return f"the robot {driver} cannot start: {exc}"
-    problems = spec_mismatches(spec, policy)
-    return None if not problems else f"the policy does not fit {driver}: {'; '.join(problems)}"
+    except ValueError as exc:
+        raise ValueError(f"the robot {driver} cannot start: {exc}") from None
+    return spec_mismatches(spec, policy)
 
 
-def robot_problem(policy_dir: Path, driver: str, preset: str, seed: int) -> str | None:
-    """Why the policy in `policy_dir` cannot run on the emulated robot `driver` with `preset`, with the
-    fix; None if it can."""
-    policy = policy_spec(policy_dir)
-    problem = driver_problem(policy, driver, preset, seed)
-    if problem is None or problem.startswith("the robot "):
-        return problem
+def robot_problem(policy: EnvSpec, policy_dir: Path, driver: str, preset: str, seed: int) -> str | None:
+    """Why the policy `policy` (in `policy_dir`) cannot run on the emulated robot `driver` with `preset`,
+    with the fix; None if it can."""
+    try:
+        problems = driver_mismatches(policy, driver, preset, seed)
+    except ValueError as exc:
+        return str(exc)
+    if not problems:
+        return None
     return (
         f"the policy in {policy_dir} (made for {policy.name}) does not fit the robot {driver}: "
-        f"{problem.partition(': ')[2]}; leave out --env-id to run it on its own robot, or give a policy made "
-        f"for {driver}"
+        f"{'; '.join(problems)}; leave out --env-id to run it on its own robot, or give a policy made for "
+        f"{driver}"
     )
 
 
