@@ -15,7 +15,7 @@ from pathlib import Path
 
 from robot_wsrl.core.artifacts import CHECKPOINT, POLICY_SIDECAR
 from robot_wsrl.core.spec import EnvSpec
-from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.robot.drivers import probe_driver
 from robot_wsrl.robot.policy import spec_mismatches
 
 LEARNER_RUN = "finetune"  # the run config the learner composes (robot_wsrl.apps.learner.COMMAND)
@@ -37,13 +37,7 @@ def driver_mismatches(policy: EnvSpec, driver: str, preset: str = "nominal", see
     A camera robot renders one frame, what its first reset will do: one that cannot is a ValueError
     naming the robot (MUJOCO_GL, with gl.FIX in its words)."""
     try:
-        robot = make_driver(driver, seed=seed, shift_preset=preset)
-        try:
-            if robot.spec.cameras:
-                robot.reset(seed=seed)
-            spec = robot.spec
-        finally:
-            robot.close()
+        spec = probe_driver(driver, seed=seed, shift_preset=preset)
     except ValueError as exc:
         raise ValueError(f"the robot {driver} cannot start: {exc}") from None
     return spec_mismatches(spec, policy)

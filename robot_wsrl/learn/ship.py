@@ -27,7 +27,7 @@ from robot_wsrl.core.artifacts import CHECKPOINT, MANIFEST
 from robot_wsrl.learn.checkpoint import load_checkpoint
 from robot_wsrl.learn.envs import evaluate
 from robot_wsrl.learn.export import export_policy
-from robot_wsrl.robot.drivers import make_driver
+from robot_wsrl.robot.drivers import make_driver, probe_driver
 from robot_wsrl.robot.policy import OnnxPolicy
 from robot_wsrl.sim.shift import preset_names
 from robot_wsrl.wire.signing import write_signature
@@ -56,16 +56,6 @@ def measure_returns(
             "episodes": episodes,
         }
     return results
-
-
-def check_drivable(env: dict[str, Any], seed: int) -> None:
-    """Open the env's driver and reset it once: a simulator that cannot run here (a camera task under
-    MUJOCO_GL=disable, a missing extra) fails in a second, before the export and the copy, not after."""
-    driver = make_driver(env["driver"], seed=seed, max_episode_steps=env["max_episode_steps"])
-    try:
-        driver.reset(seed=seed)
-    finally:
-        driver.close()
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -130,7 +120,8 @@ def _build(
 ) -> dict[str, Any]:
     """The shipped folder's files, written into `folder` (empty); the manifest last."""
     payload = load_checkpoint(checkpoint)  # first: its errors name the user's file, not the staging copy
-    check_drivable(payload["config"]["env"], seed)
+    env = payload["config"]["env"]  # a simulator that cannot run here fails now, before the export
+    probe_driver(env["driver"], seed=seed, max_episode_steps=env["max_episode_steps"])
     target = folder / CHECKPOINT
     shutil.copyfile(checkpoint, target)
     onnx_path = export_policy(target, folder, version=0)

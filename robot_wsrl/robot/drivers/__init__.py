@@ -91,6 +91,18 @@ def make_driver(
     raise ValueError(f"unknown driver {name!r}: use {forms} ({CAMERA_REQUESTS})")
 
 
+def probe_driver(name: str, *, seed: int = 0, **kwargs: Any) -> EnvSpec:
+    """Open the driver `name` (make_driver's arguments), reset it once and close it; its spec. A check
+    before long work (an export, a session's children): a simulator that cannot run here (a camera under
+    an unusable MUJOCO_GL renders its first frame at reset, a missing extra) fails now, in a second."""
+    driver = make_driver(name, seed=seed, **kwargs)
+    try:
+        driver.reset(seed=seed)
+        return driver.spec
+    finally:
+        driver.close()
+
+
 def simulator_name(spec: EnvSpec) -> str:
     """The simulator driver whose observations are `spec`'s, its cameras at their sizes (`gym:Hopper-v5`,
     `cam:reacher@top:24x24`): what a policy made for `spec` runs on in simulation. The inverse of the names
